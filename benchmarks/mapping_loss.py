@@ -1,0 +1,173 @@
+"""Fused mapping loss vs its peers: time (median/p20/p80) and peak extra memory, forward and forward+backward.
+
+``python -m benchmarks.mapping_loss [--device cpu|cuda] [--quick]``; rows go to results/mapping_loss.csv.
+Peers: naive PyTorch (full logits + F.cross_entropy), ``F.linear_cross_entropy`` with chunking options
+(if this torch has it), Liger-Kernel FLCE and Apple Cut Cross-Entropy (CUDA, if importable), clmap.
+On CPU every case runs in a fresh process (``--case JSON``) so peak-RSS numbers are comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import append_csv, cpu_peak_extra_mb, environment_tags, run_case_subprocess, time_fn
+
+IMPLS = ("naive", "torch_lce", "liger", "cce", "clmap")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CPU_SWEEP = [(4096, 512, 32000), (16384, 512, 32000)]
+CPU_QUICK = [(2048, 256, 8000)]
+CUDA_SWEEP = [(4096, 2048, 32000), (8192, 4096, 128256), (16384, 4096, 128256)]
+CUDA_QUICK = [(4096, 2048, 32000)]
+
+
+def _loss_fn(impl: str) -> Callable | None:
+    """Scalar summed loss of ``(h, w, t)`` for one implementation, or None (with a message) if unavailable."""
+    if impl == "naive":
+        return lambda h, w, t: F.cross_entropy((h @ w.t()).float(), t, reduction="sum")
+    if impl == "torch_lce":
+        if not hasattr(F, "linear_cross_entropy") or not hasattr(torch.nn, "LinearCrossEntropyOptions"):
+            print("skip torch_lce: this torch has no F.linear_cross_entropy with chunking options")
+            return None
+        opts = torch.nn.LinearCrossEntropyOptions()
+        return lambda h, w, t: F.linear_cross_entropy(h, w, t, reduction="sum", options=opts)
+    if impl == "liger":
+        try:
+            from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+        except ImportError:
+            print("skip liger: liger-kernel is not installed (pip install liger-kernel)")
+            return None
+        return lambda h, w, t: liger_fused_linear_cross_entropy(h, w, t, reduction="sum")
+    if impl == "cce":
+        try:
+            from cut_cross_entropy import linear_cross_entropy as cce
+        except ImportError:
+            print("skip cce: cut-cross-entropy is not installed (pip install cut-cross-entropy)")
+            return None
+        return lambda h, w, t: cce(h, w, t, reduction="sum")
+    if impl == "clmap":
+        mapping_loss = importlib.import_module("clmap.kernels.mapping_loss").mapping_loss
+        return lambda h, w, t: mapping_loss(h, w, t).loss_sum.sum()
+    raise ValueError(f"unknown implementation {impl!r}")
+
+
+def _inputs(n: int, h: int, v: int, dtype: torch.dtype, device: str, ignore: float):
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    hidden = torch.randn(n, h, generator=gen).to(device=device, dtype=dtype).requires_grad_()
+    weight = (torch.randn(v, h, generator=gen) / h**0.5).to(device=device, dtype=dtype).requires_grad_()
+    targets = torch.randint(0, v, (n,), generator=gen)
+    targets[torch.rand(n, generator=gen) < ignore] = -100
+    return hidden, weight, targets.to(device)
+
+
+def _step(loss_fn: Callable, hidden, weight, targets, backward: bool) -> Callable[[], object]:
+    if backward:
+        return lambda: torch.autograd.grad(loss_fn(hidden, weight, targets), [hidden, weight])
+
+    def forward_only():
+        with torch.no_grad():
+            return loss_fn(hidden, weight, targets)
+
+    return forward_only
+
+
+def run_case(case: dict) -> dict | None:
+    """One (implementation, shape, dtype, pass) measurement in this process."""
+    loss_fn = _loss_fn(case["impl"])
+    if loss_fn is None:
+        return None
+    device = case["device"]
+    torch.manual_seed(0)
+    hidden, weight, targets = _inputs(case["N"], case["H"], case["V"], DTYPES[case["dtype"]], device,
+                                      case.get("ignore", 0.0))
+    fn = _step(loss_fn, hidden, weight, targets, case["pass"] == "fwd+bwd")
+    if device == "cpu":
+        peak_mb = cpu_peak_extra_mb(fn)  # also the warm-up run
+        timing = time_fn(fn, device=device, warmup=0, rep=case.get("rep", 3))
+    else:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
+        timing = time_fn(fn, device=device)
+    return {**case, "median_ms": round(timing.median_ms, 3), "p20_ms": round(timing.p20_ms, 3),
+            "p80_ms": round(timing.p80_ms, 3), "peak_extra_mb": round(peak_mb, 1)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=default_device)
+    parser.add_argument("--quick", action="store_true", help="one small shape")
+    parser.add_argument("--shapes", help="N,H,V[;N,H,V...] instead of the default sweep")
+    parser.add_argument("--impls", default=",".join(IMPLS), help="subset of: " + ",".join(IMPLS))
+    parser.add_argument("--passes", default="fwd+bwd,fwd", help="comma-separated: fwd+bwd, fwd")
+    parser.add_argument("--rep", type=int, default=3, help="timed repetitions per case on CPU")
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.case:
+        print(json.dumps(run_case(json.loads(args.case))))
+        return
+    if args.device == "cpu":
+        shapes, dtype = (CPU_QUICK if args.quick else CPU_SWEEP), "fp32"
+    else:
+        shapes, dtype = (CUDA_QUICK if args.quick else CUDA_SWEEP), "bf16"
+    if args.shapes:
+        shapes = [tuple(int(x) for x in shape.split(",")) for shape in args.shapes.split(";")]
+    impls = [i for i in args.impls.split(",") if _loss_fn(i) is not None]
+    tags = environment_tags(args.device)
+    rows = []
+    for n, h, v in shapes:
+        for pass_ in args.passes.split(","):
+            for impl in impls:
+                case = {"impl": impl, "N": n, "H": h, "V": v, "dtype": dtype, "pass": pass_,
+                        "device": args.device, "rep": args.rep}
+                try:
+                    if args.device == "cpu":
+                        row = run_case_subprocess("benchmarks.mapping_loss", case)
+                    else:
+                        row = run_case(case)
+                except (RuntimeError, torch.OutOfMemoryError) as err:
+                    print(f"{impl} N={n} H={h} V={v} {pass_}: failed: {str(err).splitlines()[-1]}")
+                    continue
+                if row is None:
+                    continue
+                print(f"{impl:>9} N={n:<6} H={h:<5} V={v:<7} {dtype} {pass_:<8} "
+                      f"median {row['median_ms']:>10.1f} ms "
+                      f"[p20 {row['p20_ms']:.1f}, p80 {row['p80_ms']:.1f}]  "
+                      f"peak extra {row['peak_extra_mb']:>9.1f} MB", flush=True)
+                rows.append({**tags, **row})
+    _print_ratios(rows)
+    path = append_csv("mapping_loss", rows)
+    print(f"wrote {len(rows)} rows to {path}")
+
+
+def _print_ratios(rows: list[dict]) -> None:
+    """clmap's time vs the fastest chunked peer and its memory vs the naive path, per shape and pass."""
+    by_key: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        by_key.setdefault((row["N"], row["H"], row["V"], row["pass"]), {})[row["impl"]] = row
+    for (n, h, v, pass_), impls in by_key.items():
+        if "clmap" not in impls:
+            continue
+        mine = impls["clmap"]
+        parts = []
+        if "naive" in impls and impls["naive"]["peak_extra_mb"] > 0:
+            parts.append(f"memory/naive {mine['peak_extra_mb'] / impls['naive']['peak_extra_mb']:.3f}")
+        for peer in ("torch_lce", "liger", "cce"):
+            if peer in impls:
+                parts.append(f"time/{peer} {mine['median_ms'] / impls[peer]['median_ms']:.3f}")
+        print(f"clmap N={n} H={h} V={v} {pass_}: " + ", ".join(parts))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Corpus, readers, tokenizer, example construction, blending and packing."""

@@ -1,0 +1,162 @@
+"""One tokenizer interface over a SentencePiece model trained on the corpus or any local HF tokenizer.
+
+The mapping objective needs a language tag between source and target (``<2cs>``). A tokenizer trained
+here owns those tags as single special pieces; a pretrained Hugging Face tokenizer gets a short text
+tag instead (``"\\n[cs] "``), configurable, so no embedding rows have to be added to a pretrained model.
+The choice is saved in ``clmap_tokenizer.json`` next to the tokenizer files, so a checkpoint always
+evaluates with the tokenizer and tag style it was trained with.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+META_FILE = "clmap_tokenizer.json"
+SPM_FILE = "tokenizer.model"
+DEFAULT_SPECIAL_TAG = "<2{lang}>"
+DEFAULT_TEXT_TAG = "\n[{lang}] "
+
+
+class ClmapTokenizer:
+    """Encode/decode plus the ids the objective needs: bos, eos, pad and the per-language tag."""
+
+    def __init__(self, backend, kind: str, tag_format: str, languages: Sequence[str]):
+        self.backend = backend
+        self.kind = kind
+        self.tag_format = tag_format
+        self.languages = list(languages)
+        self._tags: dict[str, list[int]] = {}
+        if kind == "sentencepiece":
+            self.bos_id, self.eos_id, self.pad_id = backend.bos_id(), backend.eos_id(), backend.pad_id()
+            self.vocab_size = backend.vocab_size()
+            self._special = {backend.piece_to_id(tag_format.format(lang=lang)) for lang in self.languages}
+        else:
+            self.bos_id = backend.bos_token_id if backend.bos_token_id is not None else backend.eos_token_id
+            self.eos_id = backend.eos_token_id
+            self.pad_id = backend.pad_token_id if backend.pad_token_id is not None else self.eos_id
+            self.vocab_size = len(backend)
+            self._special = set()
+        if self.bos_id is None or self.eos_id is None or self.bos_id < 0 or self.eos_id < 0:
+            raise ValueError(f"{kind} tokenizer has no bos/eos token; clmap needs both")
+
+    # -- text <-> ids -------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without bos/eos (the objective adds them where DESIGN.md says)."""
+        if self.kind == "sentencepiece":
+            return self.backend.encode(text)
+        return self.backend(text, add_special_tokens=False)["input_ids"]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        if self.kind == "sentencepiece":
+            return self.backend.encode(list(texts))
+        return self.backend(list(texts), add_special_tokens=False)["input_ids"]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``, dropping bos/eos/pad and language tags."""
+        drop = {self.bos_id, self.eos_id, self.pad_id} | self._special
+        ids = [int(i) for i in ids if int(i) not in drop]
+        if self.kind == "sentencepiece":
+            return self.backend.decode(ids)
+        return self.backend.decode(ids, skip_special_tokens=True)
+
+    def lang_tag(self, lang: str) -> list[int]:
+        """Ids of the tag that announces ``lang`` as the target language."""
+        if lang not in self._tags:
+            if self.kind == "sentencepiece" and lang not in self.languages:
+                raise KeyError(
+                    f"language {lang!r} has no tag in this tokenizer (trained with {self.languages})"
+                )
+            tag = self.tag_format.format(lang=lang)
+            # A trained tokenizer owns the tag as one piece; encode() would prepend a word boundary.
+            self._tags[lang] = [self.backend.piece_to_id(tag)] if self.kind == "sentencepiece" else self.encode(tag)
+        return self._tags[lang]
+
+    # -- persistence --------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        """Write the tokenizer files and clmap's metadata into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.kind == "sentencepiece":
+            (directory / SPM_FILE).write_bytes(self.backend.serialized_model_proto())
+        else:
+            self.backend.save_pretrained(directory)
+        meta = {"kind": self.kind, "tag_format": self.tag_format, "languages": self.languages}
+        (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_tokenizer(path: str | Path, tag_format: str | None = None) -> ClmapTokenizer:
+    """Load a folder written by :meth:`ClmapTokenizer.save`, a bare SentencePiece model, or any HF tokenizer."""
+    path = Path(path)
+    meta: dict = {}
+    if path.is_dir() and (path / META_FILE).is_file():
+        meta = json.loads((path / META_FILE).read_text())
+    spm_path = path if path.suffix == ".model" else path / SPM_FILE
+    kind = meta.get("kind") or ("sentencepiece" if spm_path.is_file() else "hf")
+    if kind == "sentencepiece":
+        import sentencepiece as spm
+
+        if not spm_path.is_file():
+            raise FileNotFoundError(f"{spm_path}: SentencePiece model not found")
+        backend = spm.SentencePieceProcessor(model_file=str(spm_path))
+        return ClmapTokenizer(
+            backend, "sentencepiece", tag_format or meta.get("tag_format", DEFAULT_SPECIAL_TAG),
+            meta.get("languages", []),
+        )
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no tokenizer folder (expected {SPM_FILE} or Hugging Face files)")
+    from transformers import AutoTokenizer
+
+    try:
+        backend = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise FileNotFoundError(f"{path}: no tokenizer found there ({exc})") from exc
+    return ClmapTokenizer(backend, "hf", tag_format or meta.get("tag_format", DEFAULT_TEXT_TAG),
+                          meta.get("languages", []))
+
+
+def train_sentencepiece(
+    texts: Iterable[str],
+    out_dir: str | Path,
+    languages: Sequence[str],
+    vocab_size: int = 8000,
+    model_type: str = "bpe",
+    character_coverage: float = 0.9995,
+    max_sentences: int = 200_000,
+) -> ClmapTokenizer:
+    """Train a byte-fallback SentencePiece model with one special tag piece per language.
+
+    ``byte_fallback`` keeps every character encodable (rare CJK characters become bytes, never
+    ``<unk>``); the high character coverage keeps common CJK characters as whole pieces.
+    """
+    import sentencepiece as spm
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tags = [DEFAULT_SPECIAL_TAG.format(lang=lang) for lang in languages]
+    prefix = out_dir / "spm"
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=(t for t in texts if t.strip()),
+        model_prefix=str(prefix),
+        vocab_size=vocab_size,
+        model_type=model_type,
+        byte_fallback=True,
+        character_coverage=character_coverage,
+        user_defined_symbols=tags,
+        pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+        input_sentence_size=max_sentences,
+        shuffle_input_sentence=True,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        split_digits=True,
+        hard_vocab_limit=False,  # small corpora: a smaller vocabulary instead of an error
+        minloglevel=2,
+        num_threads=2,
+    )
+    prefix.with_suffix(".model").rename(out_dir / SPM_FILE)
+    prefix.with_suffix(".vocab").unlink(missing_ok=True)
+    backend = spm.SentencePieceProcessor(model_file=str(out_dir / SPM_FILE))
+    tokenizer = ClmapTokenizer(backend, "sentencepiece", DEFAULT_SPECIAL_TAG, languages)
+    tokenizer.save(out_dir)
+    return tokenizer

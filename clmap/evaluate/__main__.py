@@ -1,0 +1,128 @@
+"""Command line: ``python -m clmap.evaluate --checkpoint DIR [...]`` or ``--compare DIR_A DIR_B [...]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from clmap.evaluate import ALL_TASKS, DATA_KEYS, DEFAULT_PAIRS, evaluate
+from clmap.evaluate.lm import CheckpointError
+from clmap.evaluate.sources import EvalDataError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m clmap.evaluate",
+        description="Evaluate a clmap run (RUN or RUN/hf) or any local Hugging Face causal LM.",
+    )
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--checkpoint", help="clmap run folder or Hugging Face model folder")
+    target.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="DIR",
+        help="two or more checkpoints or report folders (with report.json); deltas vs the first",
+    )
+    parser.add_argument("--tasks", default=",".join(ALL_TASKS), help=f"comma list of {', '.join(ALL_TASKS)}")
+    parser.add_argument("--pairs", default=",".join(DEFAULT_PAIRS), help="comma list of src-tgt pairs")
+    parser.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="TASK=PATH",
+        help=f"local input per task ({', '.join(DATA_KEYS)}); repeatable; default: bundled splits",
+    )
+    parser.add_argument("--split", default="test", help="bundled corpus split (test or dev)")
+    parser.add_argument("--out", default="eval_report", help="output folder")
+    parser.add_argument("--limit", type=int, default=None, help="at most N examples per task and pair")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--num-beams", type=int, default=1, help="beam size for MT (1 = greedy)")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument(
+        "--mt-template",
+        default=None,
+        help="text prompt template with {src_name} {tgt_name} {src}; default for non-clmap models",
+    )
+    parser.add_argument(
+        "--few-shot", type=int, default=1, help="solved examples in the text template (dev split)"
+    )
+    parser.add_argument("--bertscore-model", default=None, help="local encoder folder for BERTScore (CLQA)")
+    parser.add_argument(
+        "--lac-layer", type=int, default=None, help="layer reported for LAC (default: middle)"
+    )
+    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for the LAC interval")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _data_map(entries: list[str]) -> dict[str, str]:
+    data = {}
+    for entry in entries:
+        task, sep, path = entry.partition("=")
+        if not sep or not path:
+            raise ValueError(f"--data {entry!r}: expected TASK=PATH")
+        data[task.strip()] = path
+    return data
+
+
+def _evaluate_kwargs(args: argparse.Namespace) -> dict:
+    return dict(
+        tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
+        pairs=args.pairs,
+        data=_data_map(args.data),
+        limit=args.limit,
+        device=args.device,
+        batch_size=args.batch_size,
+        num_beams=args.num_beams,
+        split=args.split,
+        max_new_tokens=args.max_new_tokens,
+        mt_template=args.mt_template,
+        few_shot=args.few_shot,
+        bertscore_model=args.bertscore_model,
+        lac_layer=args.lac_layer,
+        n_boot=args.n_boot,
+        seed=args.seed,
+    )
+
+
+def run_compare(args: argparse.Namespace) -> Path:
+    """Read each folder's report.json, or evaluate it into OUT/run{i}_{name}; then compare."""
+    from clmap.evaluate.report import compare_reports, write_comparison
+
+    if len(args.compare) < 2:
+        raise ValueError("--compare needs at least two folders")
+    out = Path(args.out)
+    named = []
+    for index, folder in enumerate(args.compare):
+        folder = Path(folder)
+        name = f"{index}:{folder.name}"
+        if (folder / "report.json").is_file():
+            report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+        else:
+            report = evaluate(folder, out_dir=out / f"run{index}_{folder.name}", **_evaluate_kwargs(args))
+        named.append((name, report))
+    write_comparison(compare_reports(named), out)
+    return out / "comparison.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.compare:
+            written = run_compare(args)
+        else:
+            evaluate(args.checkpoint, out_dir=args.out, **_evaluate_kwargs(args))
+            written = Path(args.out) / "report.md"
+    except (CheckpointError, EvalDataError, FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"clmap.evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    print(written.read_text(encoding="utf-8"))
+    print(f"written to {written.parent}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

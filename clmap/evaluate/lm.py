@@ -1,0 +1,224 @@
+"""The one place that loads a checkpoint and runs it: log-likelihood scoring, generation, hidden states.
+
+Every task (CLNLU, CLQA, summarisation, perplexity, MT, LAC) goes through these helpers, so padding,
+batching, device placement and the prompt format are decided once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from clmap.data.examples import mapping_prompt
+from clmap.data.tokenizer import META_FILE, SPM_FILE, ClmapTokenizer, load_tokenizer
+
+_HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that cannot be evaluated (no model, no tokenizer)."""
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM in eval mode plus its tokenizer and where it came from."""
+
+    model: torch.nn.Module
+    tokenizer: ClmapTokenizer
+    device: torch.device
+    path: Path
+    trained_by_clmap: bool  # the tokenizer carries clmap's metadata, so the mapping prompt format applies
+    max_length: int
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """(model folder, tokenizer folder) of a clmap run folder (uses RUN/hf) or a plain HF model folder."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint folder does not exist")
+    model_dir = path / "hf" if (path / "hf" / "config.json").is_file() else path
+    if not (model_dir / "config.json").is_file():
+        raise CheckpointError(f"{path}: neither {path}/config.json nor {path}/hf/config.json exists")
+    for candidate in (model_dir, model_dir / "tokenizer", path, path / "tokenizer"):
+        if (candidate / META_FILE).is_file() or (candidate / SPM_FILE).is_file():
+            return model_dir, candidate
+        if any((candidate / name).is_file() for name in _HF_TOKENIZER_FILES):
+            return model_dir, candidate
+    raise CheckpointError(
+        f"{path}: no tokenizer found (looked for {META_FILE}, {SPM_FILE} or Hugging Face tokenizer files in "
+        f"{model_dir} and {path}); save it with ClmapTokenizer.save next to the model"
+    )
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None) -> LoadedModel:
+    """Load model + tokenizer for evaluation (eval mode, sdpa attention)."""
+    from transformers import AutoModelForCausalLM
+
+    model_dir, tokenizer_dir = resolve_checkpoint(path)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    torch_device = torch.device(device)
+    if dtype is None:
+        dtype = (
+            torch.bfloat16
+            if torch_device.type == "cuda" and torch.cuda.is_bf16_supported()
+            else torch.float32
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        str(model_dir), dtype=dtype, attn_implementation="sdpa", local_files_only=True
+    )
+    model.to(torch_device).eval()
+    max_length = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        device=torch_device,
+        path=Path(path),
+        trained_by_clmap=(tokenizer_dir / META_FILE).is_file(),
+        max_length=max_length,
+    )
+
+
+def mapping_prompt_ids(tok: ClmapTokenizer, src_text: str, tgt_lang: str) -> list[int]:
+    """The training format's prompt ``<bos> x <2b>`` (DESIGN.md), as the trainer builds it."""
+    return mapping_prompt(tok, src_text, tgt_lang)
+
+
+def _batches(order: Sequence[int], batch_size: int) -> list[list[int]]:
+    return [list(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def score_continuations(
+    lm: LoadedModel,
+    contexts: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
+    batch_size: int = 8,
+    desc: str = "scoring",
+) -> list[tuple[float, int]]:
+    """(sum of log p(continuation | context), number of continuation tokens) for each pair.
+
+    Right padding, longest first (stable memory), context truncated from the left to fit the model.
+    """
+    if len(contexts) != len(continuations):
+        raise ValueError("contexts and continuations differ in length")
+    sequences: list[tuple[list[int], int]] = []
+    for context, continuation in zip(contexts, continuations, strict=False):
+        context, continuation = list(context), list(continuation)
+        if not context:
+            raise ValueError("every continuation needs at least one context token (e.g. bos)")
+        continuation = continuation[: lm.max_length - 1]
+        context = context[-(lm.max_length - len(continuation)) :]
+        sequences.append((context + continuation, len(context)))
+    results: list[tuple[float, int]] = [(0.0, 0)] * len(sequences)
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0]))
+    pad = lm.tokenizer.pad_id if lm.tokenizer.pad_id is not None and lm.tokenizer.pad_id >= 0 else 0
+    for batch in tqdm(_batches(order, batch_size), desc=desc, leave=False, disable=None):
+        width = max(len(sequences[i][0]) for i in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            seq = sequences[i][0]
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+        token_logprobs = logprobs.gather(-1, ids[:, 1:].to(lm.device).unsqueeze(-1)).squeeze(-1).cpu()
+        for row, i in enumerate(batch):
+            seq, n_context = sequences[i]
+            # position t predicts token t + 1, so the continuation is predicted from n_context - 1 on
+            picked = token_logprobs[row, n_context - 1 : len(seq) - 1]
+            results[i] = (float(picked.double().sum()), len(seq) - n_context)
+    return results
+
+
+@torch.no_grad()
+def generate(
+    lm: LoadedModel,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int = 64,
+    num_beams: int = 1,
+    batch_size: int = 8,
+    stop: Callable[[str], str] | None = None,
+    desc: str = "generating",
+) -> list[str]:
+    """Decoded continuations of ``prompts``: HF ``generate`` with KV cache, left padding, greedy by default.
+
+    ``stop`` post-processes each decoded text (e.g. cut at the first newline for few-shot templates).
+    """
+    tok = lm.tokenizer
+    pad = tok.pad_id if tok.pad_id is not None and tok.pad_id >= 0 else tok.eos_id
+    outputs: list[str] = [""] * len(prompts)
+    room = max(1, lm.max_length - max_new_tokens)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    for batch in tqdm(_batches(order, batch_size), desc=desc, leave=False, disable=None):
+        trimmed = [list(prompts[i])[-room:] for i in batch]
+        width = max(len(p) for p in trimmed)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, prompt in enumerate(trimmed):
+            ids[row, width - len(prompt) :] = torch.tensor(prompt)
+            mask[row, width - len(prompt) :] = 1
+        generated = lm.model.generate(
+            input_ids=ids.to(lm.device),
+            attention_mask=mask.to(lm.device),
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            do_sample=False,
+            eos_token_id=tok.eos_id,
+            pad_token_id=pad,
+            use_cache=True,
+        )
+        for row, i in enumerate(batch):
+            new_tokens = generated[row, width:].tolist()
+            if tok.eos_id in new_tokens:
+                new_tokens = new_tokens[: new_tokens.index(tok.eos_id)]
+            text = tok.decode(new_tokens)
+            outputs[i] = (stop(text) if stop else text).strip()
+    return outputs
+
+
+@torch.no_grad()
+def pooled_hidden_states(
+    lm: LoadedModel, texts: Sequence[str], batch_size: int = 8, desc: str = "encoding"
+) -> torch.Tensor:
+    """[layers+1, len(texts), H] fp32: each text encoded alone as ``<bos> text``, mean over its text tokens.
+
+    Index 0 is the embedding output, index l the output of decoder layer l. Pooling is
+    ``clmap.kernels.pool_spans`` over the flattened batch (the spans skip bos and padding).
+    """
+    from clmap.kernels import pool_spans
+
+    tok = lm.tokenizer
+    encoded = [([tok.bos_id] + tok.encode(text))[: lm.max_length] for text in texts]
+    for i, ids in enumerate(encoded):
+        if len(ids) < 2:
+            raise ValueError(f"text {i} encodes to no tokens: {texts[i]!r}")
+    pad = tok.pad_id if tok.pad_id is not None and tok.pad_id >= 0 else 0
+    pooled: torch.Tensor | None = None
+    for batch in tqdm(_batches(range(len(encoded)), batch_size), desc=desc, leave=False, disable=None):
+        width = max(len(encoded[i]) for i in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
+            mask[row, : len(encoded[i])] = 1
+        out = lm.model(
+            input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), output_hidden_states=True
+        )
+        starts = torch.tensor([row * width + 1 for row in range(len(batch))], device=lm.device)
+        ends = torch.tensor([row * width + len(encoded[i]) for row, i in enumerate(batch)], device=lm.device)
+        layers = [pool_spans(h.reshape(-1, h.shape[-1]), starts, ends).cpu() for h in out.hidden_states]
+        if pooled is None:
+            pooled = torch.empty(len(layers), len(encoded), layers[0].shape[-1], dtype=torch.float32)
+        pooled[:, batch] = torch.stack(layers).float()
+    if pooled is None:
+        raise ValueError("no texts to encode")
+    return pooled

@@ -1,0 +1,258 @@
+"""report.json (everything), report.md (one table per task), PNG plots, and the comparison of runs.
+
+Every task result carries a flat list of metrics ``{key, metric, value, ci, n}`` (key = direction,
+pair or language). The markdown tables, the comparison and its bar charts all read that one list,
+so a new metric shows up everywhere without touching this module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+TASK_TITLES = {
+    "mt": "Machine translation",
+    "clnlu": "Cross-lingual understanding",
+    "clqa": "Cross-lingual QA",
+    "clsum": "Cross-lingual summarisation",
+    "ppl": "Perplexity per language",
+    "lac": "Language alignment",
+}
+
+
+def metric(
+    key: str, name: str, value: float, ci: Sequence[float] | None = None, n: int | None = None
+) -> dict:
+    return {
+        "key": key,
+        "metric": name,
+        "value": float(value),
+        "ci": list(ci) if ci is not None else None,
+        "n": n,
+    }
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.4g}" if abs(value) < 10 else f"{value:.2f}"
+
+
+def _cell(entry: dict) -> str:
+    text = _fmt(entry["value"])
+    if entry.get("ci"):
+        text += f" [{_fmt(entry['ci'][0])}, {_fmt(entry['ci'][1])}]"
+    return text
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return lines
+
+
+def render_markdown(report: dict) -> str:
+    """One table per task: rows = keys (direction / pair / language), columns = metrics."""
+    lines = [f"# clmap evaluation: `{report.get('checkpoint', '?')}`", ""]
+    settings = report.get("settings", {})
+    if settings:
+        lines += ["Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None), ""]
+    for task, result in report.get("tasks", {}).items():
+        lines += [f"## {TASK_TITLES.get(task, task)}", ""]
+        metrics = result.get("metrics", [])
+        if metrics:
+            names = list(dict.fromkeys(m["metric"] for m in metrics))
+            keys = list(dict.fromkeys(m["key"] for m in metrics))
+            by = {(m["key"], m["metric"]): m for m in metrics}
+            rows = [
+                [key] + [_cell(by[key, name]) if (key, name) in by else "" for name in names] for key in keys
+            ]
+            lines += _table(["", *names], rows)
+            lines.append("")
+        for note in result.get("notes", []):
+            lines.append(f"- {note}")
+        if result.get("notes"):
+            lines.append("")
+    if report.get("plots"):
+        lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in report["plots"]] + [""]
+    return "\n".join(lines)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_lac_per_layer(alignment: dict, path: Path) -> Path:
+    """LAC (with its bootstrap band) per layer, one line per language pair."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for pair, detail in alignment.items():
+        layers = [row["layer"] for row in detail["layers"]]
+        ax.plot(layers, [row["lac"] for row in detail["layers"]], marker="o", label=pair)
+        ax.fill_between(
+            layers,
+            [row["lac_lo"] for row in detail["layers"]],
+            [row["lac_hi"] for row in detail["layers"]],
+            alpha=0.2,
+        )
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set(
+        xlabel="layer (0 = embeddings)",
+        ylabel="LAC",
+        ylim=(-1.05, 1.05),
+        title="Language alignment per layer",
+    )
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_heatmap(matrix: list[list[float]], pair: str, layer: int, path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    image = ax.imshow(matrix, cmap="viridis", aspect="auto")
+    src, _, tgt = pair.partition("-")
+    ax.set(
+        xlabel=f"{tgt} sentence j", ylabel=f"{src} sentence i", title=f"cos(u_i, v_j), {pair}, layer {layer}"
+    )
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_bars(groups: dict[str, dict[str, float]], title: str, ylabel: str, path: Path) -> Path:
+    """Grouped bars: ``groups[x_label][series] = value``."""
+    plt = _pyplot()
+    labels = list(groups)
+    series = list(dict.fromkeys(s for values in groups.values() for s in values))
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(labels) * max(1, len(series)) + 2), 4))
+    for index, name in enumerate(series):
+        xs = [i + index * width for i in range(len(labels))]
+        ax.bar(xs, [groups[label].get(name, 0.0) for label in labels], width=width, label=name)
+    ax.set_xticks(
+        [i + width * (len(series) - 1) / 2 for i in range(len(labels))], labels, rotation=30, ha="right"
+    )
+    ax.set(title=title, ylabel=ylabel)
+    if len(series) > 1:
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_report(report: dict, out_dir: str | Path) -> dict:
+    """Draw the plots, then write report.json and report.md into ``out_dir``; returns the report."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots: list[str] = []
+    tasks = report.get("tasks", {})
+    alignment = tasks.get("lac", {}).get("details", {})
+    if alignment:
+        plots.append(str(plot_lac_per_layer(alignment, out_dir / "lac_per_layer.png")))
+        for pair, detail in alignment.items():
+            if detail.get("heatmap"):
+                path = out_dir / f"similarity_{pair}.png"
+                plots.append(str(plot_heatmap(detail["heatmap"], pair, detail["report_layer"], path)))
+    ppl = [m for m in tasks.get("ppl", {}).get("metrics", []) if m["metric"] == "bits_per_byte"]
+    if ppl:
+        groups = {m["key"]: {"bits/byte": m["value"]} for m in ppl}
+        plots.append(
+            str(plot_bars(groups, "Bits per byte per language", "bits/byte", out_dir / "perplexity.png"))
+        )
+    report["plots"] = plots
+    (out_dir / "report.json").write_text(
+        json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    return report
+
+
+# -- comparison ------------------------------------------------------------------------------------
+
+
+def compare_reports(named_reports: Sequence[tuple[str, dict]]) -> dict:
+    """One row per (task, key, metric): each run's value, its delta vs the first run, and whether that
+    delta falls outside the first run's 95 % interval (None where the metric has no interval)."""
+    if len(named_reports) < 2:
+        raise ValueError("a comparison needs at least two reports")
+    names = [name for name, _ in named_reports]
+    indexed = []
+    for _, report in named_reports:
+        indexed.append(
+            {
+                (task, m["key"], m["metric"]): m
+                for task, result in report.get("tasks", {}).items()
+                for m in result.get("metrics", [])
+            }
+        )
+    rows = []
+    for task, key, name in indexed[0]:
+        base = indexed[0][task, key, name]
+        row = {"task": task, "key": key, "metric": name, "values": {}, "deltas": {}, "outside_ci": {}}
+        for run_name, metrics in zip(names, indexed, strict=False):
+            entry = metrics.get((task, key, name))
+            row["values"][run_name] = entry["value"] if entry else None
+            if run_name == names[0] or entry is None:
+                continue
+            row["deltas"][run_name] = entry["value"] - base["value"]
+            ci = base.get("ci")
+            row["outside_ci"][run_name] = (not ci[0] <= entry["value"] <= ci[1]) if ci else None
+        rows.append(row)
+    return {"runs": names, "baseline": names[0], "rows": rows}
+
+
+def render_comparison(comparison: dict) -> str:
+    names, base = comparison["runs"], comparison["baseline"]
+    lines = [
+        f"# clmap comparison (baseline: {base})",
+        "",
+        "Δ is each run minus the baseline; `*` marks a Δ outside the baseline's 95 % interval.",
+        "",
+    ]
+    by_task: dict[str, list[dict]] = {}
+    for row in comparison["rows"]:
+        by_task.setdefault(row["task"], []).append(row)
+    for task, rows in by_task.items():
+        header = ["key", "metric", *names, *(f"Δ {n}" for n in names[1:])]
+        body = []
+        for row in rows:
+            deltas = []
+            for name in names[1:]:
+                delta = row["deltas"].get(name)
+                mark = "*" if row["outside_ci"].get(name) else ""
+                deltas.append("–" if delta is None else f"{delta:+.4g}{mark}")
+            body.append([row["key"], row["metric"], *(_fmt(row["values"][n]) for n in names), *deltas])
+        lines += [f"## {TASK_TITLES.get(task, task)}", "", *_table(header, body), ""]
+    return "\n".join(lines)
+
+
+def write_comparison(comparison: dict, out_dir: str | Path) -> list[Path]:
+    """comparison.json, comparison.md and one grouped bar chart per task."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "comparison.json").write_text(
+        json.dumps(comparison, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    (out_dir / "comparison.md").write_text(render_comparison(comparison), encoding="utf-8")
+    written = [out_dir / "comparison.json", out_dir / "comparison.md"]
+    by_task: dict[str, dict[str, dict[str, float]]] = {}
+    for row in comparison["rows"]:
+        values = {run: v for run, v in row["values"].items() if v is not None and not math.isnan(v)}
+        by_task.setdefault(row["task"], {})[f"{row['key']} {row['metric']}"] = values
+    for task, groups in by_task.items():
+        path = out_dir / f"compare_{task}.png"
+        written.append(plot_bars(groups, f"{TASK_TITLES.get(task, task)}: runs compared", "value", path))
+    return written

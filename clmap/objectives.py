@@ -1,0 +1,147 @@
+"""The training objective: L = L_NTP + λ_CL · L_CL + λ_map · L_map (DESIGN.md, The objective).
+
+One forward gives, through the fused kernel, a loss sum and a token count per group (NTP per
+language, mapping per direction and pair); the mapping term pools the source spans of the two
+directions of each pair at layer ℓ from the same forward. Token means are taken over the whole
+optimizer step (all micro-batches, all ranks): the trainer counts the step's targets first and
+passes the coefficients in, so 1 process and N processes compute the same loss.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+
+from clmap.config import ObjectiveConfig
+from clmap.data.examples import IGNORE_INDEX, GroupTable
+from clmap.kernels import cosine_matrix, mapping_loss, paired_cosine
+from clmap.model import decoder_layers
+
+
+class ObjectiveOutput(NamedTuple):
+    loss_sum: torch.Tensor  # [G] fp32 per-group sums of token losses
+    count: torch.Tensor  # [G] non-ignored tokens per group
+    map_sum: torch.Tensor  # scalar: sum over pairs of the mapping term
+    map_count: torch.Tensor  # scalar: number of pairs
+    cos_sum: torch.Tensor  # scalar: sum of the pairs' cosines (logged)
+
+
+class MappingObjective(nn.Module):
+    """Wraps the causal LM so the loss runs inside the FSDP root's forward (lm_head unsharded there)."""
+
+    def __init__(self, lm: PreTrainedModel, table: GroupTable, cfg: ObjectiveConfig):
+        super().__init__()
+        self.lm = lm
+        self.table = table
+        self.cfg = cfg
+        num_layers = len(decoder_layers(lm))
+        self.map_layer = cfg.map_layer if cfg.map_layer >= 0 else num_layers // 2
+        if not 0 <= self.map_layer <= num_layers:
+            raise ValueError(f"objective.map_layer={cfg.map_layer} outside 0..{num_layers}")
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        targets: torch.Tensor,
+        groups: torch.Tensor,
+        span_starts: torch.Tensor,
+        span_ends: torch.Tensor,
+        pair_a: torch.Tensor,
+        pair_b: torch.Tensor,
+    ) -> ObjectiveOutput:
+        want_map = self.cfg.lambda_map > 0 and pair_a.numel() > 0
+        out = self.lm.get_decoder()(
+            input_ids=input_ids, position_ids=position_ids, use_cache=False, output_hidden_states=want_map
+        )
+        hidden = out.last_hidden_state
+        loss = mapping_loss(
+            hidden.flatten(0, 1),
+            self.lm.get_output_embeddings().weight,
+            targets.flatten(),
+            groups.flatten(),
+            len(self.table),
+            ignore_index=IGNORE_INDEX,
+            z_loss=self.cfg.z_loss,
+        )
+        zero = hidden.new_zeros((), dtype=torch.float32)
+        if not want_map:
+            return ObjectiveOutput(loss.loss_sum, loss.count, zero, zero.detach(), zero.detach())
+        layer = out.hidden_states[self.map_layer].flatten(0, 1)
+        a_starts, a_ends = span_starts[pair_a], span_ends[pair_a]
+        b_starts, b_ends = span_starts[pair_b], span_ends[pair_b]
+        if self.cfg.map_loss == "infonce":
+            sim = cosine_matrix(layer, a_starts, a_ends, layer, b_starts, b_ends)
+            logits, labels = sim / self.cfg.infonce_temperature, torch.arange(sim.shape[0], device=sim.device)
+            map_sum = 0.5 * (
+                F.cross_entropy(logits, labels, reduction="sum") + F.cross_entropy(logits.T, labels, reduction="sum")
+            )
+            cos = sim.diagonal()
+        else:
+            cos = paired_cosine(layer, a_starts, a_ends, b_starts, b_ends)
+            map_sum = (1.0 - cos).sum()
+        pairs = torch.tensor(float(cos.numel()), device=cos.device)
+        return ObjectiveOutput(loss.loss_sum, loss.count, map_sum, pairs, cos.detach().sum())
+
+
+def loss_coefficients(
+    table: GroupTable, counts: torch.Tensor, num_pairs: float, cfg: ObjectiveConfig
+) -> tuple[torch.Tensor, float]:
+    """Weights that turn per-group sums into L for a whole step, given the step's global counts.
+
+    L_NTP is a token mean over all NTP (and pairs-as-text) tokens; L_CL = ½(L_a→b + L_b→a), each a
+    token mean over its own direction (L_CL = L_a→b when one direction is trained); L_map a mean
+    over pairs.
+    """
+    kinds = table.kinds
+    counts = counts.double()
+    coef = torch.zeros(len(table), dtype=torch.float64, device=counts.device)
+    ntp = torch.tensor([k in ("ntp", "text") for k in kinds], device=counts.device)
+    if counts[ntp].sum() > 0:
+        coef[ntp] = 1.0 / counts[ntp].sum()
+    directions = [d for d in ("cl_forward", "cl_backward") if counts[_mask(kinds, d, counts)].sum() > 0]
+    for d in directions:
+        mask = _mask(kinds, d, counts)
+        coef[mask] = cfg.lambda_cl / len(directions) / counts[mask].sum()
+    map_coef = cfg.lambda_map / num_pairs if num_pairs > 0 else 0.0
+    return coef.float(), map_coef
+
+
+def _mask(kinds: list[str], kind: str, like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor([k == kind for k in kinds], device=like.device)
+
+
+def summarize(
+    table: GroupTable, loss_sum: torch.Tensor, count: torch.Tensor, map_sum: float, map_count: float,
+    cos_sum: float, cfg: ObjectiveConfig,
+) -> dict[str, float]:
+    """Per-task and per-group means of a step (sums already reduced over micro-batches and ranks)."""
+    loss_sum, count = loss_sum.double().cpu(), count.double().cpu()
+    coef, map_coef = loss_coefficients(table, count, map_count, cfg)
+    metrics: dict[str, float] = {}
+
+    def mean(kinds: tuple[str, ...]) -> float | None:
+        mask = torch.tensor([k in kinds for k in table.kinds])
+        n = count[mask].sum()
+        return float(loss_sum[mask].sum() / n) if n > 0 else None
+
+    for name, kinds in {"ntp": ("ntp", "text"), "cl_forward": ("cl_forward",), "cl_backward": ("cl_backward",)}.items():
+        value = mean(kinds)
+        if value is not None:
+            metrics[f"loss/{name}"] = value
+    directions = [metrics[k] for k in ("loss/cl_forward", "loss/cl_backward") if k in metrics]
+    if directions:
+        metrics["loss/cl"] = sum(directions) / len(directions)
+    if map_count > 0:
+        metrics["loss/map"] = map_sum / map_count
+        metrics["map/mean_cos"] = cos_sum / map_count
+    metrics["loss/total"] = float((coef.double() * loss_sum).sum()) + map_coef * map_sum
+    for g, name in enumerate(table.names):
+        if count[g] > 0:
+            metrics[f"group/{name}"] = float(loss_sum[g] / count[g])
+    metrics["tokens/targets"] = float(count.sum())
+    return metrics

@@ -1,0 +1,340 @@
+"""Training entry point: ``torchrun --nproc_per_node=N -m clmap.train --config configs/tiny.toml [--key=value ...]``.
+
+Also runs as one process (``python -m clmap.train``). The whole optimizer step is ``train_step``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from clmap import BUNDLED_CORPUS
+from clmap.checkpoint import Checkpointer, export_hf
+from clmap.config import Config, load_config
+from clmap.data.examples import IGNORE_INDEX, GroupTable
+from clmap.data.readers import read_monolingual, read_parallel
+from clmap.data.stream import Row, TrainingStream, build_sources, collate, source_weights
+from clmap.data.tokenizer import ClmapTokenizer, load_tokenizer, train_sentencepiece
+from clmap.metrics import MetricLogger, flops_per_token, peak_flops, peak_memory_gib
+from clmap.model import build_model, count_parameters, decoder_layers
+from clmap.objectives import MappingObjective, loss_coefficients, summarize
+from clmap.parallel import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, shard_model
+
+
+# -- data ---------------------------------------------------------------------------------------
+def corpus_file(cfg: Config, kind: str, name: str, split: str) -> Path:
+    root = BUNDLED_CORPUS if cfg.data.corpus == "bundled" else Path(cfg.data.corpus)
+    return root / kind / name / f"{split}.jsonl.gz"
+
+
+def load_texts(cfg: Config, split: str) -> tuple[dict[str, list[str]], dict[str, tuple[list[str], list[str]]]]:
+    """Monolingual texts per language and parallel sides per pair of one split."""
+    mono, parallel = {}, {}
+    for lang in cfg.data.languages:
+        path = cfg.data.mono_paths.get(lang) if split == "train" else None
+        path = path or corpus_file(cfg, "mono", lang, split)
+        if split != "train" and not Path(path).exists():
+            continue
+        mono[lang] = list(read_monolingual(path, lang=lang)["text"])
+    for pair in cfg.data.pairs:
+        a, b = pair.split("-")
+        path = cfg.data.parallel_paths.get(pair) if split == "train" else None
+        if path is None:
+            path = corpus_file(cfg, "parallel", pair, split)
+            if not path.exists() and corpus_file(cfg, "parallel", f"{b}-{a}", split).exists():
+                path = corpus_file(cfg, "parallel", f"{b}-{a}", split)
+            if split != "train" and not path.exists():
+                continue
+        ds = read_parallel(path, src_lang=a, tgt_lang=b)
+        if ds[0]["src_lang"] != a:  # stored the other way round
+            parallel[pair] = (list(ds["tgt"]), list(ds["src"]))
+        else:
+            parallel[pair] = (list(ds["src"]), list(ds["tgt"]))
+    if cfg.data.ntp_share == 0.0:
+        mono = {}
+    if cfg.data.ntp_share == 1.0:
+        parallel = {}
+    return mono, parallel
+
+
+def prepare_tokenizer(cfg: Config, run_dir: Path, dist_info: DistInfo, mono, parallel) -> ClmapTokenizer:
+    """The configured tokenizer, the model's own, or a SentencePiece model trained on the corpus (rank 0)."""
+    path = cfg.tokenizer.path or cfg.model.path
+    if path:
+        return load_tokenizer(path, tag_format=cfg.tokenizer.tag_format or None)
+    out = run_dir / "tokenizer"
+    if dist_info.is_main and not (out / "tokenizer.model").is_file():
+        texts = [t for texts in mono.values() for t in texts]
+        texts += [t for src, tgt in parallel.values() for t in (*src, *tgt)]
+        rng = np.random.default_rng(cfg.train.seed)
+        sample = [texts[i] for i in rng.permutation(len(texts))[: cfg.tokenizer.train_sentences]]
+        train_sentencepiece(sample, out, cfg.data.languages, vocab_size=cfg.tokenizer.vocab_size)
+    barrier()
+    return load_tokenizer(out)
+
+
+def make_stream(cfg: Config, tok, table, mono, parallel, seed: int) -> TrainingStream:
+    sources = build_sources(
+        tok, mono, parallel, seq_len=cfg.data.seq_len, max_segment_tokens=cfg.data.max_segment_tokens,
+        parallel_as_text=cfg.data.parallel_as_text,
+    )
+    weights = source_weights(sources, cfg.data.ntp_share, cfg.data.temperature)
+    return TrainingStream(
+        tok, table, sources, weights, seq_len=cfg.data.seq_len, packing=cfg.data.packing,
+        window=cfg.data.pack_window, directions=cfg.data.cl_directions, seed=seed,
+    )
+
+
+# -- optimisation -------------------------------------------------------------------------------
+def build_optimizer(model: torch.nn.Module, cfg: Config):
+    """AdamW (no decay on norms and biases) with linear warm-up then cosine decay to min_lr_ratio."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, foreach=True,
+    )
+
+    def schedule(step: int) -> float:
+        if step < o.warmup_steps:
+            return (step + 1) / o.warmup_steps
+        progress = min(1.0, (step - o.warmup_steps) / max(1, cfg.train.steps - o.warmup_steps))
+        return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def step_counts(rows: list[Row], num_groups: int) -> tuple[torch.Tensor, float]:
+    """Target tokens per group and pairs in the whole step (every rank sees every row's metadata)."""
+    counts = torch.zeros(num_groups, dtype=torch.float64)
+    for row in rows:
+        targets, groups = torch.tensor(row.targets), torch.tensor(row.groups)
+        counts.index_add_(0, groups[targets != IGNORE_INDEX], torch.ones(int((targets != IGNORE_INDEX).sum()),
+                                                                         dtype=torch.float64))
+    return counts, float(sum(len(row.pairs) for row in rows))
+
+
+def train_step(objective, optimizer, rows: list[Row], cfg: Config, table: GroupTable, dist_info: DistInfo):
+    """One optimizer step over the global batch ``rows``: this rank's share, in micro-batches.
+
+    Loss weights come from the whole step's counts, and the loss is scaled by the world size because
+    FSDP averages gradients over ranks: the gradient is then exactly that of the global-batch mean.
+    Returns the reduced sums (for metrics) and whether the step was applied.
+    """
+    counts, num_pairs = step_counts(rows, len(table))
+    coef, map_coef = loss_coefficients(table, counts, num_pairs, cfg.objective)
+    coef = coef.to(dist_info.device)
+    per_rank = len(rows) // dist_info.world_size
+    mine = rows[dist_info.rank * per_rank : (dist_info.rank + 1) * per_rank]
+    micro = [mine[i : i + cfg.train.micro_batch] for i in range(0, len(mine), cfg.train.micro_batch)]
+    sums = torch.zeros(len(table) * 2 + 3, dtype=torch.float64, device=dist_info.device)
+    for i, chunk in enumerate(micro):
+        objective.set_requires_gradient_sync(i == len(micro) - 1)
+        out = objective(**collate(chunk, dist_info.device))
+        loss = (coef * out.loss_sum).sum() + map_coef * out.map_sum
+        (loss * dist_info.world_size).backward()
+        sums += torch.cat([out.loss_sum.detach(), out.count.to(out.loss_sum.dtype),
+                           torch.stack([out.map_sum.detach(), out.map_count, out.cos_sum])]).double()
+    all_reduce_sum(sums)
+    finite = bool(torch.isfinite(sums).all())
+    grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), cfg.optim.grad_clip or float("inf"))
+    grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    finite = finite and bool(torch.isfinite(grad_norm))
+    if finite:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return sums.cpu(), float(grad_norm), finite
+
+
+@torch.no_grad()
+def dev_metrics(objective, dev_rows: list[Row], cfg: Config, table: GroupTable, dist_info: DistInfo) -> dict:
+    """Dev loss per task and group on fixed dev rows (the same rows at every evaluation)."""
+    objective.eval()
+    sums = torch.zeros(len(table) * 2 + 3, dtype=torch.float64, device=dist_info.device)
+    mine = dev_rows[dist_info.rank :: dist_info.world_size]
+    for i in range(0, len(mine), cfg.train.micro_batch):
+        out = objective(**collate(mine[i : i + cfg.train.micro_batch], dist_info.device))
+        sums += torch.cat([out.loss_sum, out.count.to(out.loss_sum.dtype),
+                           torch.stack([out.map_sum, out.map_count, out.cos_sum])]).double()
+    all_reduce_sum(sums)
+    objective.train()
+    g = len(table)
+    summary = summarize(table, sums[:g], sums[g : 2 * g], *sums[2 * g :].tolist(), cfg.objective)
+    return {f"dev/{k}": v for k, v in summary.items()}
+
+
+# -- main ---------------------------------------------------------------------------------------
+class _Preemption:
+    """SIGTERM sets a flag; the loop saves a checkpoint after the current step and exits cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def agreed(self, device: torch.device) -> bool:
+        flag = torch.tensor([float(self.requested)], device=device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
+def run(cfg: Config) -> Path:
+    dist_info = init_distributed(cfg.train.device, cfg.train.backend)
+    torch.manual_seed(cfg.train.seed)
+    run_dir = Path(cfg.run_dir)
+    main = dist_info.is_main
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.json")
+    if cfg.train.global_batch % (cfg.train.micro_batch * dist_info.world_size):
+        raise ValueError(
+            f"train.global_batch={cfg.train.global_batch} is not a multiple of micro_batch × world size "
+            f"({cfg.train.micro_batch} × {dist_info.world_size})"
+        )
+
+    mono, parallel = load_texts(cfg, "train")
+    tok = prepare_tokenizer(cfg, run_dir, dist_info, mono, parallel)
+    table = GroupTable(cfg.data.languages, cfg.data.pairs)
+    stream = make_stream(cfg, tok, table, mono, parallel, cfg.train.seed)
+    dev_mono, dev_parallel = load_texts(cfg, "dev")
+    dev_rows: list[Row] = []
+    if cfg.metrics.eval_every and (dev_mono or dev_parallel):
+        dev_mono = {k: v[: cfg.data.dev_pairs] for k, v in dev_mono.items()}
+        dev_parallel = {k: (s[: cfg.data.dev_pairs], t[: cfg.data.dev_pairs]) for k, (s, t) in dev_parallel.items()}
+        dev_stream = make_stream(cfg, tok, table, dev_mono, dev_parallel, seed=1234)
+        dev_rows = dev_stream.window_rows(0)
+        dev_rows = dev_rows[: max(dist_info.world_size, len(dev_rows) // dist_info.world_size * dist_info.world_size)]
+
+    lm = build_model(cfg.model, tok, dist_info.device)
+    num_params = count_parameters(lm)
+    objective = MappingObjective(lm, table, cfg.objective).to(dist_info.device)
+    objective = shard_model(objective, dist_info.device, cfg.train.mixed_precision,
+                            cfg.train.activation_checkpointing)
+    optimizer, scheduler = build_optimizer(objective, cfg)
+    checkpointer = Checkpointer(run_dir, dist_info, keep=cfg.checkpoint.keep)
+
+    start_step, rows_done, nonfinite_total = 0, 0, 0
+    latest = checkpointer.latest() if cfg.checkpoint.resume else None
+    if latest is not None:
+        state = checkpointer.load(latest, objective, optimizer, scheduler)
+        start_step, rows_done, nonfinite_total = state["step"], state["rows"], state.get("nonfinite_total", 0)
+        if main:
+            print(f"resumed from {latest} (step {start_step})", flush=True)
+
+    logger = MetricLogger(run_dir, enabled=main, tensorboard=cfg.metrics.tensorboard)
+    preemption = _Preemption()
+    peak = peak_flops(dist_info.device)
+    flops_tok = flops_per_token(num_params, len(decoder_layers(lm)), lm.config.hidden_size, cfg.data.seq_len)
+    if main:
+        print(f"model: {num_params / 1e6:.2f}M parameters, {len(table)} loss groups, world size "
+              f"{dist_info.world_size}, device {dist_info.device}, run folder {run_dir}", flush=True)
+
+    profiler = _profiler(cfg, run_dir) if cfg.profile.enabled else nullcontext()
+    rows_iter = stream.rows(rows_done)
+    bar = tqdm(total=cfg.train.steps, initial=start_step, disable=not (main and cfg.metrics.progress),
+               desc="train", dynamic_ncols=True)
+    nonfinite_in_a_row = 0
+    step = start_step
+    with profiler as prof:
+        while step < cfg.train.steps:
+            t0 = time.perf_counter()
+            rows = [next(rows_iter) for _ in range(cfg.train.global_batch)]
+            t_data = time.perf_counter() - t0
+            sums, grad_norm, applied = train_step(objective, optimizer, rows, cfg, table, dist_info)
+            scheduler.step()
+            step += 1
+            rows_done += len(rows)
+            if prof is not None:
+                prof.step()
+            elapsed = time.perf_counter() - t0
+            nonfinite_in_a_row = 0 if applied else nonfinite_in_a_row + 1
+            nonfinite_total += 0 if applied else 1
+            if nonfinite_in_a_row > cfg.train.max_nonfinite_in_a_row:
+                raise FloatingPointError(
+                    f"{nonfinite_in_a_row} non-finite losses in a row (limit train.max_nonfinite_in_a_row="
+                    f"{cfg.train.max_nonfinite_in_a_row}); last good checkpoint: {checkpointer.latest()}"
+                )
+            if step % cfg.metrics.log_every == 0 or step == cfg.train.steps:
+                g = len(table)
+                metrics = summarize(table, sums[:g], sums[g : 2 * g], *sums[2 * g :].tolist(), cfg.objective)
+                tokens = sum(sum(1 for p in r.input_ids if p != tok.pad_id) for r in rows)
+                metrics.update({
+                    "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "tokens_per_s": tokens / elapsed,
+                    "step_time_s": elapsed, "data_time_share": t_data / elapsed,
+                    "peak_memory_gib": peak_memory_gib(dist_info.device), "nonfinite_total": nonfinite_total,
+                    "skipped": 0.0 if applied else 1.0,
+                })
+                if peak:
+                    metrics["mfu"] = tokens * flops_tok / elapsed / (peak * dist_info.world_size)
+                if cfg.metrics.eval_every and dev_rows and step % cfg.metrics.eval_every == 0:
+                    metrics.update(dev_metrics(objective, dev_rows, cfg, table, dist_info))
+                logger.log(step, metrics)
+                bar.set_postfix(loss=f"{metrics['loss/total']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
+            bar.update(1)
+            stop = preemption.agreed(dist_info.device)
+            if step % cfg.checkpoint.every == 0 or step == cfg.train.steps or stop:
+                checkpointer.save(step, objective, optimizer, scheduler,
+                                  {"rows": rows_done, "nonfinite_total": nonfinite_total})
+            if stop:
+                if main:
+                    print(f"\nSIGTERM: checkpoint saved at step {step}; exiting", flush=True)
+                break
+    bar.close()
+    logger.close()
+    if step >= cfg.train.steps and cfg.checkpoint.export_hf:
+        export_hf(objective, tok, run_dir / "hf", dist_info)
+        if main:
+            print(f"exported Hugging Face model to {run_dir / 'hf'}", flush=True)
+    cleanup()
+    return run_dir
+
+
+def _profiler(cfg: Config, run_dir: Path):
+    """torch.profiler over a few steps: a Chrome/TensorBoard trace and a text summary of the top ops."""
+    from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+
+    out = run_dir / "profile"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+
+    def on_ready(prof):
+        tensorboard_trace_handler(str(out))(prof)
+        sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+        (out / "summary.txt").write_text(prof.key_averages().table(sort_by=sort, row_limit=25))
+
+    p = cfg.profile
+    return profile(
+        activities=activities, schedule=schedule(wait=p.wait, warmup=p.warmup, active=p.active, repeat=1),
+        on_trace_ready=on_ready, record_shapes=True, profile_memory=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any config field can be overridden as --section.key=value (see clmap/config.py).",
+    )
+    parser.add_argument("--config", default=None, help="TOML preset, e.g. configs/tiny.toml")
+    parser.add_argument("--profile", action="store_true", help="write a torch.profiler trace for a few steps")
+    args, overrides = parser.parse_known_args(argv)
+    if args.profile:
+        overrides.append("--profile.enabled=true")
+    cfg = load_config(args.config, overrides)
+    run(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

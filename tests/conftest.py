@@ -1,0 +1,89 @@
+"""Shared fixtures: a small corpus cut from the bundled one, a tokenizer trained on it, a train launcher."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # the Triton kernels run on the CPU in tests
+
+from clmap import BUNDLED_CORPUS  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+LANGS = ["en", "cs", "uk"]
+PAIRS = ["en-cs", "cs-uk"]
+
+
+def _copy_head(src: Path, dst: Path, n: int) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(src, "rt", encoding="utf-8") as f:
+        lines = [line for _, line in zip(range(n), f, strict=False)]
+    with gzip.open(dst, "wt", encoding="utf-8") as f:
+        f.writelines(lines)
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """The first records of the bundled corpus for three languages and two pairs (same layout)."""
+    root = tmp_path_factory.mktemp("corpus")
+    sizes = {"train": 300, "dev": 24, "test": 24}
+    for split, n in sizes.items():
+        for lang in LANGS:
+            _copy_head(BUNDLED_CORPUS / "mono" / lang / f"{split}.jsonl.gz", root / "mono" / lang / f"{split}.jsonl.gz", n)
+        for pair in PAIRS:
+            _copy_head(
+                BUNDLED_CORPUS / "parallel" / pair / f"{split}.jsonl.gz",
+                root / "parallel" / pair / f"{split}.jsonl.gz", n,
+            )
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer(small_corpus, tmp_path_factory) -> Path:
+    from clmap.data.tokenizer import train_sentencepiece
+
+    texts = []
+    for path in sorted(small_corpus.rglob("train.jsonl.gz")):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                record = json.loads(line)
+                texts += [record[k] for k in ("text", "src", "tgt") if k in record]
+    out = tmp_path_factory.mktemp("tokenizer")
+    train_sentencepiece(texts, out, LANGS, vocab_size=800)
+    return out
+
+
+def tiny_overrides(corpus: Path, tokenizer: Path, run_dir: Path, **extra) -> list[str]:
+    """A 2-layer model on the small corpus: each step takes a fraction of a second on the CPU."""
+    values = {
+        "run_dir": run_dir, "data.corpus": corpus, "tokenizer.path": tokenizer,
+        "data.languages": ",".join(LANGS), "data.pairs": ",".join(PAIRS),
+        "model.hidden_size": 32, "model.intermediate_size": 64, "model.num_layers": 2, "model.num_heads": 2,
+        "model.num_kv_heads": 1, "data.seq_len": 128, "data.max_segment_tokens": 24, "data.pack_window": 64,
+        "train.global_batch": 8, "train.micro_batch": 2, "train.steps": 6, "optim.warmup_steps": 2,
+        "optim.lr": 3e-3, "checkpoint.every": 3, "metrics.eval_every": 3, "metrics.progress": "false",
+        "metrics.tensorboard": "false",
+    }
+    values.update(extra)
+    return [f"--{k}={v}" for k, v in values.items()]
+
+
+def run_train(overrides: list[str], nproc: int = 1, check: bool = True, **popen) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node=nproc -m clmap.train`` (plain ``python -m`` for one process)."""
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    else:
+        cmd = [sys.executable]
+    cmd += ["-m", "clmap.train", *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CLMAP_KERNEL_BACKEND": os.environ.get("CLMAP_KERNEL_BACKEND", "")}
+    env.pop("TRITON_INTERPRET", None)  # training uses the chunked CPU path, as a CPU user would
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, **popen)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc

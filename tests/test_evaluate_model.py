@@ -1,0 +1,326 @@
+"""The evaluator on tiny random Llama checkpoints: hand-computed perplexity, padding invariance, the CLI
+end to end, the comparison mode and every bad-input error."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from clmap.data.tokenizer import SPM_FILE, train_sentencepiece
+from clmap.evaluate.__main__ import main
+from clmap.evaluate.clnlu import belebele_items
+from clmap.evaluate.clqa import clqa_items
+from clmap.evaluate.lm import (
+    CheckpointError,
+    generate,
+    load_checkpoint,
+    resolve_checkpoint,
+    score_continuations,
+)
+from clmap.evaluate.mt import evaluate_mt
+from clmap.evaluate.perplexity import evaluate_perplexity
+from clmap.evaluate.sources import EvalDataError, ParallelSegment
+
+LANGS = ["en", "cs", "uk", "zh", "ja"]
+FIXTURE_TEXT = [
+    "The cat sleeps on the mat. Open the file and click Save.",
+    "The sky is blue today. Select a cell.",
+    "Kočka spí na rohožce. Otevřete soubor a klepněte na Uložit.",
+    "Nebe je dnes modré. Vyberte buňku.",
+    "Кіт спить на килимку. Відкрийте файл і натисніть Зберегти.",
+    "Небо сьогодні блакитне. Виберіть клітинку.",
+    "猫在垫子上睡觉。打开文件并单击保存。",
+    "今天天空是蓝色的。选择一个单元格。",
+    "猫がマットの上で寝ています。ファイルを開いて保存をクリックします。",
+    "今日は空が青いです。セルを選択します。",
+]
+
+
+def _tiny_llama(vocab_size: int, seed: int, tok) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=vocab_size,
+        max_position_embeddings=512,
+        bos_token_id=tok.bos_id,
+        eos_token_id=tok.eos_id,
+        pad_token_id=tok.pad_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """A clmap run folder (RUN/hf with clmap's tokenizer) and a plain HF folder (bare SentencePiece model)."""
+    root = tmp_path_factory.mktemp("evaluate")
+    texts = FIXTURE_TEXT * 4
+    tok = train_sentencepiece(texts, root / "tok", LANGS, vocab_size=400)
+    run = root / "run"
+    model = _tiny_llama(tok.vocab_size, 0, tok)
+    model.save_pretrained(run / "hf")
+    tok.save(run / "hf")
+    plain = root / "plain"
+    _tiny_llama(tok.vocab_size, 1, tok).save_pretrained(plain)
+    (plain / SPM_FILE).write_bytes((root / "tok" / SPM_FILE).read_bytes())  # no clmap metadata: not "ours"
+    return {"run": run, "plain": plain, "root": root}
+
+
+@pytest.fixture(scope="module")
+def task_data(checkpoints) -> dict[str, Path]:
+    """Tiny Belebele / XQuAD / CrossSum / FLORES fixtures for en-cs."""
+    root = checkpoints["root"] / "data"
+    belebele, xquad, flores = root / "belebele", root / "xquad", root / "flores"
+    for folder in (belebele, xquad, flores):
+        folder.mkdir(parents=True)
+    questions = {
+        "en": [
+            ("Where does the cat sleep?", ["on the mat", "in the car", "at school", "on the roof"], 1),
+            ("What colour is the sky?", ["green", "blue", "red", "black"], 2),
+        ],
+        "cs": [
+            ("Kde spí kočka?", ["na rohožce", "v autě", "ve škole", "na střeše"], 1),
+            ("Jakou barvu má nebe?", ["zelenou", "modrou", "červenou", "černou"], 2),
+        ],
+    }
+    passages = {
+        "en": ["The cat sleeps on the mat.", "The sky is blue today."],
+        "cs": ["Kočka spí na rohožce.", "Nebe je dnes modré."],
+    }
+    for lang, code in (("en", "eng_Latn"), ("cs", "ces_Latn")):
+        rows = []
+        for k, ((question, options, answer), passage) in enumerate(
+            zip(questions[lang], passages[lang], strict=True)
+        ):
+            row = {
+                "link": f"l{k}",
+                "question_number": 1,
+                "flores_passage": passage,
+                "question": question,
+                "correct_answer_num": str(answer),
+            }
+            row.update({f"mc_answer{i + 1}": option for i, option in enumerate(options)})
+            rows.append(json.dumps(row, ensure_ascii=False))
+        (belebele / f"{code}.jsonl").write_text("\n".join(reversed(rows)) + "\n", encoding="utf-8")
+        squad = {
+            "data": [
+                {
+                    "paragraphs": [
+                        {
+                            "context": passages[lang][k],
+                            "qas": [
+                                {
+                                    "id": f"q{k}",
+                                    "question": questions[lang][k][0],
+                                    "answers": [{"text": questions[lang][k][1][0], "answer_start": 0}],
+                                }
+                            ],
+                        }
+                        for k in range(2)
+                    ]
+                }
+            ]
+        }
+        (xquad / f"xquad.{lang}.json").write_text(json.dumps(squad, ensure_ascii=False), encoding="utf-8")
+        (flores / f"{code}.devtest").write_text("\n".join(passages[lang]) + "\n", encoding="utf-8")
+    crosssum = root / "crosssum"
+    crosssum.mkdir()
+    (crosssum / "en-cs.jsonl").write_text(
+        "\n".join(
+            json.dumps({"text": p, "summary": c}, ensure_ascii=False)
+            for p, c in zip(passages["en"], passages["cs"], strict=True)
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    return {"clnlu": belebele, "clqa": xquad, "clsum": crosssum, "mt": flores}
+
+
+# -- shared scoring ---------------------------------------------------------------------------------
+
+
+def test_perplexity_equals_exp_mean_nll_by_hand(checkpoints):
+    lm = load_checkpoint(checkpoints["run"])
+    texts = ["The cat sleeps on the mat.", "Kočka spí na rohožce a sní.", "猫が寝る。"]
+    result = evaluate_perplexity(lm, texts, batch_size=2)
+    total_nll, total_tokens = 0.0, 0
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([[lm.tokenizer.bos_id] + lm.tokenizer.encode(text)])
+            loss = lm.model(input_ids=ids, labels=ids).loss  # mean NLL over the tokens after bos
+            total_nll += float(loss) * (ids.shape[1] - 1)
+            total_tokens += ids.shape[1] - 1
+    assert result["tokens"] == total_tokens
+    assert result["ppl"] == pytest.approx(math.exp(total_nll / total_tokens), rel=1e-4)
+    n_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    assert result["bits_per_byte"] == pytest.approx(total_nll / (math.log(2) * n_bytes), rel=1e-4)
+
+
+def test_scoring_and_generation_do_not_depend_on_padding(checkpoints):
+    lm = load_checkpoint(checkpoints["run"])
+    tok = lm.tokenizer
+    contexts = [[tok.bos_id] + tok.encode(t) for t in ["a", "a longer context here", "střední"]]
+    continuations = [tok.encode(t) for t in ["x y z w", "b", "c d"]]
+    batched = score_continuations(lm, contexts, continuations, batch_size=3)
+    single = score_continuations(lm, contexts, continuations, batch_size=1)
+    for (a, n), (b, m) in zip(batched, single, strict=True):
+        assert n == m and a == pytest.approx(b, abs=1e-4)
+    assert generate(lm, contexts, max_new_tokens=5, batch_size=3) == generate(lm, contexts, 5, batch_size=1)
+
+
+def test_empty_generations_are_counted(checkpoints):
+    lm = load_checkpoint(checkpoints["run"])
+    with torch.no_grad():
+        lm.model.lm_head.weight.zero_()  # all logits equal: greedy picks id 0 (pad), which decodes to ""
+    segments = [ParallelSegment("d", "Hello.", "Ahoj."), ParallelSegment("d", "Thanks.", "Díky.")]
+    scores = evaluate_mt(lm, "en", "cs", segments, max_new_tokens=3)
+    assert scores["empty_generations"] == 2 and scores["bleu"] == 0.0
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+
+
+def _common(limit: int = 3) -> list[str]:
+    return [
+        "--limit",
+        str(limit),
+        "--pairs",
+        "en-cs",
+        "--n-boot",
+        "50",
+        "--max-new-tokens",
+        "6",
+        "--batch-size",
+        "4",
+    ]
+
+
+def test_cli_end_to_end(checkpoints, task_data, tmp_path, capsys):
+    out = tmp_path / "report"
+    data = [arg for key in ("clnlu", "clqa", "clsum") for arg in ("--data", f"{key}={task_data[key]}")]
+    assert main(["--checkpoint", str(checkpoints["run"]), "--out", str(out), *_common(), *data]) == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert set(report["tasks"]) == {"mt", "clnlu", "clqa", "clsum", "ppl", "lac"}
+    metrics = {(t, m["key"], m["metric"]): m for t, r in report["tasks"].items() for m in r["metrics"]}
+    assert ("mt", "en→cs", "bleu") in metrics and ("mt", "cs→en", "chrf++") in metrics
+    assert metrics["clnlu", "belebele P:en Q:cs", "accuracy"]["n"] == 2
+    assert metrics["clnlu", "en→cs choice", "accuracy"]["n"] == 4
+    assert ("clqa", "C:en Q:cs", "f1") in metrics and not any(k[2] == "bertscore_p" for k in metrics)
+    assert any("BERTScore omitted" in note for note in report["tasks"]["clqa"]["notes"])
+    assert ("clsum", "en→cs", "rougeL") in metrics
+    assert metrics["ppl", "cs", "ppl"]["value"] > 1
+    lac = report["tasks"]["lac"]["details"]["en-cs"]
+    assert len(lac["layers"]) == 3  # embeddings + 2 decoder layers
+    assert all(row["lac_lo"] <= row["lac"] <= row["lac_hi"] for row in lac["layers"])
+    markdown = (out / "report.md").read_text(encoding="utf-8")
+    for title in ("Machine translation", "Language alignment", "Perplexity per language", "Cross-lingual QA"):
+        assert f"## {title}" in markdown
+    for plot in ("lac_per_layer.png", "similarity_en-cs.png", "perplexity.png"):
+        assert (out / plot).read_bytes()[:4] == b"\x89PNG"
+    assert "Machine translation" in capsys.readouterr().out
+
+
+def test_cli_mt_from_a_flores_folder_with_a_plain_hf_model(checkpoints, task_data, tmp_path):
+    out = tmp_path / "mt"
+    argv = [
+        "--checkpoint",
+        str(checkpoints["plain"]),
+        "--out",
+        str(out),
+        "--tasks",
+        "mt",
+        "--data",
+        f"mt={task_data['mt']}",
+        *_common(),
+    ]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["tasks"]["mt"]["details"]["en→cs"]["n"] == 2
+    assert report["tasks"]["mt"]["details"]["en→cs"]["prompt"] == "few-shot template"
+
+
+def test_cli_compare(checkpoints, tmp_path):
+    first = tmp_path / "first"
+    argv = ["--tasks", "ppl,lac", *_common(3)]
+    assert main(["--checkpoint", str(checkpoints["run"]), "--out", str(first), *argv]) == 0
+    out = tmp_path / "cmp"
+    assert main(["--compare", str(first), str(checkpoints["plain"]), "--out", str(out), *argv]) == 0
+    comparison = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
+    assert comparison["baseline"] == "0:first" and len(comparison["runs"]) == 2
+    lac_row = next(r for r in comparison["rows"] if r["task"] == "lac" and r["metric"] == "lac")
+    assert isinstance(lac_row["outside_ci"]["1:plain"], bool)
+    assert "Δ 1:plain" in (out / "comparison.md").read_text(encoding="utf-8")
+    for task in ("ppl", "lac"):
+        assert (out / f"compare_{task}.png").is_file()
+    assert (out / "run1_plain" / "report.json").is_file()
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+def test_belebele_missing_field_names_file_record_and_field(checkpoints, task_data, tmp_path):
+    lm = load_checkpoint(checkpoints["run"])
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    for name in ("eng_Latn.jsonl", "ces_Latn.jsonl"):
+        (folder / name).write_text((task_data["clnlu"] / name).read_text(encoding="utf-8"), encoding="utf-8")
+    lines = (folder / "ces_Latn.jsonl").read_text(encoding="utf-8").splitlines()
+    record = json.loads(lines[1])
+    del record["mc_answer3"]
+    lines[1] = json.dumps(record)
+    (folder / "ces_Latn.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(EvalDataError, match=r"ces_Latn\.jsonl: record 2 has no field 'mc_answer3'"):
+        belebele_items(lm, folder, "en", "cs")
+
+
+def test_xquad_missing_field_names_file_record_and_field(task_data, tmp_path):
+    payload = json.loads((task_data["clqa"] / "xquad.cs.json").read_text(encoding="utf-8"))
+    del payload["data"][0]["paragraphs"][1]["qas"][0]["question"]
+    folder = tmp_path / "bad"
+    folder.mkdir()
+    (folder / "xquad.cs.json").write_text(json.dumps(payload), encoding="utf-8")
+    (folder / "xquad.en.json").write_text((task_data["clqa"] / "xquad.en.json").read_text(encoding="utf-8"))
+    with pytest.raises(EvalDataError, match=r"xquad\.cs\.json: record 2 has no field 'question'"):
+        clqa_items(folder, "en", "cs")
+
+
+def test_language_without_data_is_a_clear_cli_error(checkpoints, tmp_path, capsys):
+    argv = [
+        "--checkpoint",
+        str(checkpoints["run"]),
+        "--out",
+        str(tmp_path),
+        "--tasks",
+        "ppl",
+        "--pairs",
+        "en-de",
+    ]
+    assert main(argv) == 2
+    assert "no bundled monolingual data for language(s) de" in capsys.readouterr().err
+    argv[argv.index("ppl")] = "lac"
+    assert main(argv) == 2
+    assert "no bundled parallel data for en-de" in capsys.readouterr().err
+
+
+def test_belebele_language_without_a_file(checkpoints, task_data):
+    lm = load_checkpoint(checkpoints["run"])
+    with pytest.raises(EvalDataError, match="no file for language 'uk'"):
+        belebele_items(lm, task_data["clnlu"], "en", "uk")
+
+
+def test_checkpoint_without_tokenizer(checkpoints, tmp_path, capsys):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text((checkpoints["plain"] / "config.json").read_text())
+    with pytest.raises(CheckpointError, match="no tokenizer found"):
+        resolve_checkpoint(bare)
+    assert main(["--checkpoint", str(bare), "--out", str(tmp_path / "o")]) == 2
+    assert "no tokenizer found" in capsys.readouterr().err

@@ -1,0 +1,159 @@
+"""Fused mapping loss: Triton (interpreted on CPU) and chunked torch paths against an fp64 reference.
+
+Accuracy rule (FlashAttention / Cut Cross-Entropy): a path's error against the fp64 reference may
+not exceed the error of plain PyTorch at the same input dtype by more than a small tolerance.
+"""
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import importlib  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+ml = importlib.import_module("clmap.kernels.mapping_loss")
+mapping_loss, mapping_loss_reference = ml.mapping_loss, ml.mapping_loss_reference
+
+BACKENDS = ["torch", "triton"]
+SLACK = {torch.float32: 1e-5, torch.bfloat16: 2e-3, torch.float16: 1e-3}
+
+
+def _inputs(n, h, v, g, *, dtype=torch.float32, ignore=0.5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, h, generator=gen).to(dtype)
+    weight = (torch.randn(v, h, generator=gen) / h**0.5 * 2).to(dtype)
+    targets = torch.randint(0, v, (n,), generator=gen)
+    targets[torch.rand(n, generator=gen) < ignore] = -100
+    groups = torch.randint(0, g, (n,), generator=gen)
+    upstream = torch.rand(g, generator=gen) * 2 + 0.25  # non-uniform gradient on loss_sum
+    return hidden, weight, targets, groups, upstream
+
+
+def _run(fn, hidden, weight, targets, groups, g, upstream, **kw):
+    hidden = hidden.detach().clone().requires_grad_()
+    weight = weight.detach().clone().requires_grad_()
+    out = fn(hidden, weight, targets, groups, g, **kw)
+    gh, gw = torch.autograd.grad((out.loss_sum * upstream.to(out.loss_sum.dtype)).sum(), [hidden, weight])
+    return out.loss_sum.detach(), out.count, gh, gw
+
+
+def _plain(hidden, weight, targets, groups, g, *, z_loss=0.0):
+    """Plain PyTorch at the input dtype: full logits + F.cross_entropy; the error baseline."""
+    logits = hidden @ weight.t()
+    per_token = F.cross_entropy(logits, targets, reduction="none")
+    if z_loss:
+        lse = torch.logsumexp(logits, dim=-1)
+        per_token = per_token + z_loss * lse * lse * (targets != -100)
+    loss_sum = torch.zeros(g, dtype=torch.float32).index_add(0, groups, per_token.float())
+    return ml.GroupedLoss(loss_sum, torch.bincount(groups[targets != -100], minlength=g))
+
+
+def _err(a, ref):
+    return (a.double() - ref.double()).abs().max().item() if a.numel() else 0.0
+
+
+def _check_against_reference(backend, hidden, weight, targets, groups, g, upstream, z_loss=0.0):
+    dtype = hidden.dtype
+    ref = _run(mapping_loss_reference, hidden.double(), weight.double(), targets, groups, g, upstream,
+               z_loss=z_loss)
+    plain = _run(_plain, hidden, weight, targets, groups, g, upstream, z_loss=z_loss)
+    got = _run(mapping_loss, hidden, weight, targets, groups, g, upstream, z_loss=z_loss, backend=backend)
+    assert got[0].dtype == torch.float32 and got[1].dtype == torch.int64
+    assert got[2].dtype == dtype and got[3].dtype == dtype
+    assert torch.equal(got[1], ref[1])
+    pick = (0, 2, 3)  # loss_sum, grad_hidden, grad_weight
+    for i in pick:
+        a, p, r = got[i], plain[i], ref[i]
+        tol = SLACK[dtype] * max(1.0, r.abs().max().item())
+        assert _err(a, r) <= _err(p, r) + tol, f"output {i}: {_err(a, r):.3e} vs {_err(p, r):.3e} + {tol:.1e}"
+    return got
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "n,h,v,g,dtype,ignore,z_loss",
+    [
+        (47, 31, 123, 3, torch.float32, 0.5, 0.0),
+        (47, 31, 123, 3, torch.float32, 0.9, 1e-3),
+        (47, 31, 123, 3, torch.bfloat16, 0.3, 1e-4),
+        (40, 24, 77, 2, torch.float16, 0.5, 0.0),
+        (8, 16, 32771, 2, torch.float32, 0.3, 0.0),
+        (1, 31, 123, 1, torch.float32, 0.0, 0.0),
+    ],
+    ids=["base", "zloss-90pct-ignored", "bf16", "fp16", "large-vocab", "single-token"],
+)
+def test_matches_reference(backend, n, h, v, g, dtype, ignore, z_loss):
+    hidden, weight, targets, groups, upstream = _inputs(n, h, v, g, dtype=dtype, ignore=ignore)
+    _check_against_reference(backend, hidden, weight, targets, groups, g, upstream, z_loss=z_loss)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_group_and_group_sums(backend):
+    hidden, weight, targets, groups, upstream = _inputs(47, 31, 123, 3)
+    groups[groups == 2] = 3  # group 2 of 5 is empty, group 4 too
+    loss_sum, count, _, _ = _check_against_reference(backend, hidden, weight, targets, groups, 5,
+                                                     torch.rand(5) + 0.5)
+    assert count[2] == 0 and count[4] == 0 and loss_sum[2] == 0 and loss_sum[4] == 0
+    for k in range(5):
+        alone = torch.where(groups == k, targets, torch.full_like(targets, -100))
+        part = mapping_loss_reference(hidden.double(), weight.double(), alone)
+        torch.testing.assert_close(loss_sum[k].double(), part.loss_sum[0], rtol=1e-5, atol=1e-5)
+        assert count[k] == part.count[0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_all_ignored(backend):
+    hidden, weight, targets, groups, upstream = _inputs(20, 31, 123, 2, ignore=1.0)
+    loss_sum, count, gh, gw = _run(mapping_loss, hidden, weight, targets, groups, 2, upstream,
+                                   backend=backend, z_loss=1e-3)
+    assert torch.equal(count, torch.zeros(2, dtype=torch.long))
+    assert torch.equal(loss_sum, torch.zeros(2))
+    assert not gh.any() and not gw.any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tied_weight_gradients_add(backend):
+    torch.manual_seed(0)
+    v, h, n = 123, 32, 37
+    emb = torch.nn.Embedding(v, h)
+    ids = torch.randint(0, v, (n,))
+    targets = torch.roll(ids, -1)
+    targets[::3] = -100
+    grads = {}
+    for b in (backend, "reference"):
+        emb.zero_grad()
+        hidden = torch.tanh(emb(ids) * 3)  # the embedding matrix feeds the input and the lm_head
+        out = mapping_loss(hidden, emb.weight, targets, backend=b)
+        (out.loss_sum / out.count.clamp(min=1)).sum().backward()
+        grads[b] = emb.weight.grad.clone()
+    torch.testing.assert_close(grads[backend], grads["reference"], rtol=1e-4, atol=1e-5)
+
+
+def test_torch_path_modes(monkeypatch):
+    """Many small chunks, both the precompute and the recompute mode, forward-only and one-sided grads."""
+    hidden, weight, targets, groups, upstream = _inputs(47, 31, 123, 3, ignore=0.4)
+    monkeypatch.setattr(ml, "CHUNK_BYTES", 4 * 123 * 5)  # 5 tokens per chunk, segments cross chunk edges
+    for budget in (ml.PRECOMPUTE_GRAD_BYTES, 0):
+        monkeypatch.setattr(ml, "PRECOMPUTE_GRAD_BYTES", budget)
+        _check_against_reference("torch", hidden, weight, targets, groups, 3, upstream, z_loss=1e-3)
+    ref = mapping_loss_reference(hidden, weight, targets, groups, 3)
+    with torch.no_grad():
+        out = mapping_loss(hidden.requires_grad_(), weight, targets, groups, 3, backend="torch")
+    torch.testing.assert_close(out.loss_sum, ref.loss_sum, rtol=1e-5, atol=1e-5)
+    w = weight.detach().clone().requires_grad_()
+    mapping_loss(hidden.detach(), w, targets, groups, 3, backend="torch").loss_sum.sum().backward()
+    w_ref = weight.detach().clone().requires_grad_()
+    mapping_loss_reference(hidden.detach(), w_ref, targets, groups, 3).loss_sum.sum().backward()
+    torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_default_dispatch_on_cpu(monkeypatch):
+    monkeypatch.delenv("CLMAP_KERNEL_BACKEND", raising=False)
+    hidden, weight, targets, groups, _ = _inputs(10, 16, 50, 2)
+    out = mapping_loss(hidden, weight, targets, groups, 2)
+    ref = mapping_loss_reference(hidden, weight, targets, groups, 2)
+    torch.testing.assert_close(out.loss_sum, ref.loss_sum, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out.count, ref.count)

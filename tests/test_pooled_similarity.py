@@ -1,0 +1,263 @@
+"""Pooled embedding similarity: every backend against a float64 oracle, by the relative rule.
+
+Rule (FlashAttention / CCE): an implementation's error against the fp64 reference may not exceed the
+error of the plain PyTorch reference run at the same input dtype (times 2) plus a small tolerance.
+Triton runs on the CPU under TRITON_INTERPRET=1, so shapes stay small.
+"""
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import clmap.kernels.pooled_similarity as ps  # noqa: E402
+import clmap.kernels.pooled_similarity_triton as tk  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from clmap.kernels.pooled_similarity import (  # noqa: E402
+    cosine_matrix,
+    cosine_matrix_reference,
+    paired_cosine,
+    paired_cosine_reference,
+    pool_spans,
+    pool_spans_reference,
+)
+
+BACKENDS = ["triton", "triton-atomic", "torch", "reference"]
+DTYPES = [torch.float32, torch.bfloat16]
+N, H = 47, 31  # not multiples of any block size
+
+
+@pytest.fixture(autouse=True)
+def _triton_backward_variant(request, monkeypatch):
+    """'triton-atomic' = the Triton backend with its atomic scatter backward kernel."""
+    backend = getattr(request.node, "callspec", None) and request.node.callspec.params.get("backend")
+    if backend == "triton-atomic":
+        monkeypatch.setattr(ps, "BACKWARD", "atomic")
+
+
+def _be(name: str) -> str:
+    return "triton" if name == "triton-atomic" else name
+
+
+def _spans(kind: str, n: int = N, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Span sets: 'edge' = length-1 spans, one covering everything, overlaps; 'many' = 64 random spans;
+    'disjoint' = training-like partition of part of the rows."""
+    if kind == "edge":
+        starts = [0, 5, 10, n - 1, 0, 20, 25, 3]
+        ends = [5, 12, 11, n, n, 40, 30, 4]
+    elif kind == "many":
+        g = torch.Generator().manual_seed(seed)
+        a = torch.randint(0, n, (64,), generator=g)
+        b = torch.randint(0, n, (64,), generator=g)
+        lo, hi = torch.minimum(a, b), torch.maximum(a, b) + 1
+        return lo, hi.clamp(max=n)
+    elif kind == "disjoint":
+        starts, ends = [1, 9, 17, 18, 30], [9, 17, 18, 30, 46]
+    else:
+        raise KeyError(kind)
+    return torch.tensor(starts), torch.tensor(ends)
+
+
+def _hidden(dtype: torch.dtype, n: int = N, h: int = H, seed: int = 0) -> torch.Tensor:
+    """Offset (anisotropic, like LLM states) hidden states in ``dtype``; their fp64 copy is exact."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, h, generator=g, dtype=torch.float64) + 0.5
+    return x.to(dtype)
+
+
+def _err(x: torch.Tensor, truth: torch.Tensor) -> float:
+    return (x.double() - truth).abs().max().item()
+
+
+def _assert_relative(out: torch.Tensor, plain: torch.Tensor, truth: torch.Tensor, what: str) -> None:
+    tol = 1e-6 * max(1.0, truth.abs().max().item())
+    e_out, e_plain = _err(out, truth), _err(plain, truth)
+    assert e_out <= 2 * e_plain + tol, f"{what}: error {e_out:.3g} vs plain PyTorch {e_plain:.3g}"
+
+
+def _run(fn, hidden: torch.Tensor, upstream_seed: int = 1):
+    """Forward ``fn(hidden)`` and backward with a random upstream gradient; returns (out, grad)."""
+    leaf = hidden.detach().clone().requires_grad_(True)
+    out = fn(leaf)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(upstream_seed), dtype=torch.float64)
+    out.backward(g.to(out.dtype))
+    return out.detach(), leaf.grad
+
+
+def _check(fn_backend, fn_reference, dtype: torch.dtype, hidden_seed: int = 0) -> None:
+    """Compare fn_backend(hidden at dtype) with fn_reference at fp64 and fn_reference at dtype."""
+    hidden = _hidden(dtype, seed=hidden_seed)
+    truth, truth_grad = _run(fn_reference, hidden.double())
+    plain, plain_grad = _run(fn_reference, hidden)
+    out, grad = _run(fn_backend, hidden)
+    assert out.dtype == torch.float32 and out.shape == truth.shape
+    assert grad.dtype == dtype and grad.shape == hidden.shape
+    _assert_relative(out, plain, truth, "forward")
+    _assert_relative(grad, plain_grad, truth_grad, "grad")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", ["edge", "many", "disjoint"])
+def test_pool_spans(backend, dtype, kind):
+    st, en = _spans(kind)
+    fn = lambda h: pool_spans(h, st, en, backend=_be(backend))  # noqa: E731
+    _check(fn, lambda h: pool_spans_reference(h, st, en), dtype)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kind", ["edge", "many"])
+def test_paired_cosine(backend, dtype, kind):
+    st, en = _spans(kind)
+    p = st.shape[0] // 2
+    a, b = (st[:p], en[:p]), (st[p : 2 * p], en[p : 2 * p])
+    _check(
+        lambda h: paired_cosine(h, *a, *b, backend=_be(backend)),
+        lambda h: paired_cosine_reference(h, *a, *b),
+        dtype,
+    )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("same_hidden", [True, False], ids=["b_is_a", "b_separate"])
+def test_cosine_matrix(backend, dtype, same_hidden):
+    sa, ea = _spans("edge")
+    sb, eb = _spans("many", n=29)
+    other = _hidden(dtype, n=29, seed=7)
+    if same_hidden:
+        fn = lambda h: cosine_matrix(h, sa, ea, h, sb, eb, backend=_be(backend))  # noqa: E731
+        ref = lambda h: cosine_matrix_reference(h, sa, ea, h, sb, eb)  # noqa: E731
+    else:
+        fn = lambda h: cosine_matrix(h, sa, ea, other, sb, eb, backend=_be(backend))  # noqa: E731
+        ref = lambda h: cosine_matrix_reference(h, sa, ea, other.to(h.dtype), sb, eb)  # noqa: E731
+    _check(fn, ref, dtype)
+
+
+def test_cosine_matrix_grad_into_both_hiddens():
+    """With two distinct hiddens, both receive gradients (triton path vs reference, fp32)."""
+    sa, ea = _spans("edge")
+    sb, eb = _spans("disjoint")
+    grads = {}
+    for backend in ("triton", "reference"):
+        ha = _hidden(torch.float32, seed=1).requires_grad_()
+        hb = _hidden(torch.float32, seed=2).requires_grad_()
+        cosine_matrix(ha, sa, ea, hb, sb, eb, backend=_be(backend)).sum().backward()
+        grads[backend] = (ha.grad, hb.grad)
+    for g, r in zip(grads["triton"], grads["reference"], strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_fp16_input(backend):
+    st, en = _spans("edge")
+    _check(
+        lambda h: pool_spans(h, st, en, backend=_be(backend)),
+        lambda h: pool_spans_reference(h, st, en),
+        torch.float16,
+    )
+
+
+def test_triton_split_hidden_blocks(monkeypatch):
+    """Force several H-blocks per span: exercises the two-kernel normalise path and the blocked backward."""
+    monkeypatch.setattr(tk, "choose_block_h", lambda *args: 8)
+    monkeypatch.setattr(ps, "BACKWARD", "atomic")
+    st, en = _spans("edge")
+    p = st.shape[0] // 2
+    for dtype in DTYPES:
+        _check(
+            lambda h: paired_cosine(h, st[:p], en[:p], st[p:], en[p:], backend="triton"),
+            lambda h: paired_cosine_reference(h, st[:p], en[:p], st[p:], en[p:]),
+            dtype,
+        )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_known_answers(backend):
+    """Identical pooled vectors give cos 1, opposite ones -1; a zero mean gives 0 (eps guard), no NaN."""
+    v = torch.randn(1, H)
+    hidden = torch.cat([v, v, -v, v, 3 * v, -v, v]).requires_grad_()
+    # spans: [0,2) = v, [2,3) = -v, [3,5) = 2v (same direction), [5,7) = 0
+    st, en = torch.tensor([0, 0, 3, 5]), torch.tensor([2, 2, 5, 7])
+    sb, eb = torch.tensor([3, 2, 0]), torch.tensor([5, 3, 2])
+    cos = paired_cosine(hidden, st[:3], en[:3], sb, eb, backend=_be(backend))
+    torch.testing.assert_close(cos, torch.tensor([1.0, -1.0, 1.0]), atol=1e-5, rtol=0)
+    sb, eb = torch.tensor([2, 0]), torch.tensor([3, 1])
+    m = cosine_matrix(hidden, st, en, hidden, sb, eb, backend=_be(backend))
+    want = torch.tensor([[-1.0, 1.0], [-1.0, 1.0], [-1.0, 1.0], [0.0, 0.0]])
+    torch.testing.assert_close(m, want, atol=1e-5, rtol=0)
+    m.sum().backward()
+    assert torch.isfinite(hidden.grad).all()
+
+
+def test_zero_mean_span_grad_matches_reference():
+    """Below eps the normalisation divides by eps: the Triton backward must match F.normalize's."""
+    v = torch.randn(1, H)
+    hidden = torch.cat([v, -v, v, torch.randn(2, H)])
+    st, en = torch.tensor([0, 2]), torch.tensor([2, 5])
+    out = {}
+    for backend in ("triton", "reference"):
+        leaf = hidden.clone().requires_grad_()
+        cosine_matrix(leaf, st, en, leaf, st, en, eps=1e-3, backend=_be(backend)).sum().backward()
+        out[backend] = leaf.grad
+    torch.testing.assert_close(out["triton"], out["reference"], rtol=1e-4, atol=1e-5)
+
+
+def test_no_grad_and_empty():
+    hidden = _hidden(torch.float32)
+    st, en = _spans("edge")
+    with torch.no_grad():
+        for backend in BACKENDS:
+            assert not pool_spans(hidden.requires_grad_(), st, en, backend=_be(backend)).requires_grad
+    empty = torch.zeros(0, dtype=torch.long)
+    for backend in BACKENDS:
+        assert pool_spans(hidden, empty, empty, backend=_be(backend)).shape == (0, H)
+
+
+def test_default_backend_on_cpu_is_torch(monkeypatch):
+    monkeypatch.delenv("CLMAP_KERNEL_BACKEND", raising=False)
+    hidden = _hidden(torch.float32)
+    st, en = _spans("edge")
+    torch.testing.assert_close(pool_spans(hidden, st, en), pool_spans_reference(hidden, st, en))
+
+
+def _bad_inputs():
+    ok_s, ok_e = torch.tensor([0, 3]), torch.tensor([3, 5])
+    return [
+        ("start >= end", ok_s, torch.tensor([3, 3]), "empty or reversed"),
+        ("reversed", torch.tensor([4]), torch.tensor([2]), "empty or reversed"),
+        ("negative start", torch.tensor([-1]), torch.tensor([2]), "out of range"),
+        ("end past N", torch.tensor([40]), torch.tensor([N + 1]), "out of range"),
+        ("length mismatch", ok_s, torch.tensor([3]), "differ in length"),
+        ("float indices", ok_s.float(), ok_e, "int64"),
+        ("2-D indices", ok_s[None], ok_e[None], "1-D"),
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", _bad_inputs(), ids=lambda c: c[0])
+def test_bad_spans_raise(backend, case):
+    _, st, en, msg = case
+    hidden = _hidden(torch.float32)
+    with pytest.raises(ValueError, match=msg):
+        pool_spans(hidden, st, en, backend=_be(backend))
+    with pytest.raises(ValueError, match=msg):
+        paired_cosine(hidden, st, en, st, en, backend=_be(backend))
+    with pytest.raises(ValueError, match=msg):
+        cosine_matrix(hidden, st, en, hidden, st, en, backend=_be(backend))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bad_shapes_raise(backend):
+    hidden = _hidden(torch.float32)
+    s2, e2 = torch.tensor([0, 3]), torch.tensor([3, 5])
+    s1, e1 = torch.tensor([0]), torch.tensor([3])
+    with pytest.raises(ValueError, match="as many a-spans"):
+        paired_cosine(hidden, s2, e2, s1, e1, backend=_be(backend))
+    with pytest.raises(ValueError, match="hidden sizes differ"):
+        cosine_matrix(hidden, s2, e2, torch.randn(9, H + 1), s1, e1, backend=_be(backend))
+    with pytest.raises(ValueError, match="2-D"):
+        pool_spans(hidden[0], s1, e1, backend=_be(backend))
+    with pytest.raises(ValueError, match="unknown kernel backend"):
+        pool_spans(hidden, s1, e1, backend="cuda-magic")
