@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import append_csv, cpu_peak_extra_mb, environment_tags, run_case_subprocess, time_fn
 
-IMPLS = ("naive", "torch_lce", "liger", "cce", "clmap")
+IMPLS = ("naive", "torch_lce", "liger", "cce", "clmap", "clmap_torch")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_SWEEP = [(4096, 512, 32000), (16384, 512, 32000)]
 CPU_QUICK = [(2048, 256, 8000)]
@@ -54,6 +54,9 @@ def _loss_fn(impl: str) -> Callable | None:
     if impl == "clmap":
         mapping_loss = importlib.import_module("clmap.kernels.mapping_loss").mapping_loss
         return lambda h, w, t: mapping_loss(h, w, t).loss_sum.sum()
+    if impl == "clmap_torch":  # clmap's chunked PyTorch path (the CPU default) on the same device
+        mapping_loss = importlib.import_module("clmap.kernels.mapping_loss").mapping_loss
+        return lambda h, w, t: mapping_loss(h, w, t, backend="torch").loss_sum.sum()
     raise ValueError(f"unknown implementation {impl!r}")
 
 

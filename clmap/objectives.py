@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 
 from clmap.config import ObjectiveConfig
 from clmap.data.examples import IGNORE_INDEX, GroupTable
-from clmap.kernels import cosine_matrix, mapping_loss, paired_cosine
+from clmap.kernels import cosine_matrix, mapping_loss, paired_cosine, pool_spans
 from clmap.model import decoder_layers
 
 
@@ -28,6 +28,8 @@ class ObjectiveOutput(NamedTuple):
     map_sum: torch.Tensor  # scalar: sum over pairs of the mapping term
     map_count: torch.Tensor  # scalar: number of pairs
     cos_sum: torch.Tensor  # scalar: sum of the pairs' cosines (logged)
+    pooled_a: torch.Tensor | None = None  # [P, H] source encodings of a→b sequences (return_pooled=True)
+    pooled_b: torch.Tensor | None = None  # [P, H] source encodings of b→a sequences
 
 
 class MappingObjective(nn.Module):
@@ -53,8 +55,11 @@ class MappingObjective(nn.Module):
         span_ends: torch.Tensor,
         pair_a: torch.Tensor,
         pair_b: torch.Tensor,
+        return_pooled: bool = False,
     ) -> ObjectiveOutput:
-        want_map = self.cfg.lambda_map > 0 and pair_a.numel() > 0
+        """Per-group loss sums/counts and the mapping term; ``return_pooled`` also returns the pooled
+        source encodings of each pair (the dev-set LAC reads them: no second forward)."""
+        want_map = (self.cfg.lambda_map > 0 or return_pooled) and pair_a.numel() > 0
         out = self.lm.get_decoder()(
             input_ids=input_ids, position_ids=position_ids, use_cache=False, output_hidden_states=want_map
         )
@@ -85,7 +90,10 @@ class MappingObjective(nn.Module):
             cos = paired_cosine(layer, a_starts, a_ends, b_starts, b_ends)
             map_sum = (1.0 - cos).sum()
         pairs = torch.tensor(float(cos.numel()), device=cos.device)
-        return ObjectiveOutput(loss.loss_sum, loss.count, map_sum, pairs, cos.detach().sum())
+        pooled = (None, None)
+        if return_pooled:
+            pooled = (pool_spans(layer, a_starts, a_ends).detach(), pool_spans(layer, b_starts, b_ends).detach())
+        return ObjectiveOutput(loss.loss_sum, loss.count, map_sum, pairs, cos.detach().sum(), *pooled)
 
 
 def loss_coefficients(

@@ -159,19 +159,43 @@ def train_step(objective, optimizer, rows: list[Row], cfg: Config, table: GroupT
 
 @torch.no_grad()
 def dev_metrics(objective, dev_rows: list[Row], cfg: Config, table: GroupTable, dist_info: DistInfo) -> dict:
-    """Dev loss per task and group on fixed dev rows (the same rows at every evaluation)."""
+    """Dev loss per task and group on fixed dev rows, and LAC per language pair from the same forward.
+
+    The source span of ``<bos> x <2b> y`` is an encoding of x alone (causal attention), so the pooled
+    spans of the two directions of each dev pair are exactly the sentence encodings LAC compares.
+    """
+    from clmap.evaluate.alignment import language_alignment_coefficient, similarity_matrix
+
     objective.eval()
     sums = torch.zeros(len(table) * 2 + 3, dtype=torch.float64, device=dist_info.device)
+    pooled: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     mine = dev_rows[dist_info.rank :: dist_info.world_size]
     for i in range(0, len(mine), cfg.train.micro_batch):
-        out = objective(**collate(mine[i : i + cfg.train.micro_batch], dist_info.device))
+        batch = collate(mine[i : i + cfg.train.micro_batch], dist_info.device)
+        out = objective(**batch, return_pooled=True)
         sums += torch.cat([out.loss_sum, out.count.to(out.loss_sum.dtype),
                            torch.stack([out.map_sum, out.map_count, out.cos_sum])]).double()
+        if out.pooled_a is not None:
+            pair_group = batch["groups"].flatten()[batch["span_starts"][batch["pair_a"]]]
+            pooled.append((pair_group.cpu(), out.pooled_a.float().cpu(), out.pooled_b.float().cpu()))
     all_reduce_sum(sums)
     objective.train()
     g = len(table)
     summary = summarize(table, sums[:g], sums[g : 2 * g], *sums[2 * g :].tolist(), cfg.objective)
-    return {f"dev/{k}": v for k, v in summary.items()}
+    metrics = {f"dev/{k}": v for k, v in summary.items()}
+    gathered = [pooled]
+    if dist.is_initialized() and dist_info.world_size > 1:
+        gathered = [None] * dist_info.world_size
+        dist.all_gather_object(gathered, pooled)
+    parts = [p for rank_parts in gathered for p in rank_parts]
+    if parts:
+        groups, u, v = (torch.cat(x) for x in zip(*parts, strict=True))
+        for group in groups.unique().tolist():
+            mask = groups == group
+            if int(mask.sum()) >= 2:
+                lac, _, _ = language_alignment_coefficient(similarity_matrix(u[mask], v[mask]), n_boot=0)
+                metrics[f"dev/lac/{table.names[group].removeprefix('cl:').replace('>', '-')}"] = lac
+    return metrics
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -216,7 +240,7 @@ def run(cfg: Config) -> Path:
         dev_mono = {k: v[: cfg.data.dev_pairs] for k, v in dev_mono.items()}
         dev_parallel = {k: (s[: cfg.data.dev_pairs], t[: cfg.data.dev_pairs]) for k, (s, t) in dev_parallel.items()}
         dev_stream = make_stream(cfg, tok, table, dev_mono, dev_parallel, seed=1234)
-        dev_rows = dev_stream.window_rows(0)
+        dev_rows = dev_stream.every_record_rows()
         dev_rows = dev_rows[: max(dist_info.world_size, len(dev_rows) // dist_info.world_size * dist_info.world_size)]
 
     lm = build_model(cfg.model, tok, dist_info.device)

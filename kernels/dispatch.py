@@ -8,7 +8,7 @@ BACKENDS = ("triton", "torch", "reference")
 
 
 def choose_backend(tensor: torch.Tensor, backend: str | None = None) -> str:
-    """``backend`` argument, else ``$CLMAP_KERNEL_BACKEND``, else Triton for CUDA and chunked torch for CPU."""
+    """``backend`` argument, else ``$CLMAP_KERNEL_BACKEND``, else Triton on CUDA and chunked torch on CPU."""
     choice = backend or os.environ.get("CLMAP_KERNEL_BACKEND") or None
     if choice is None:
         return "triton" if tensor.is_cuda else "torch"

@@ -223,7 +223,7 @@ class _ChunkedMappingLoss(torch.autograd.Function):
 
 
 class _TritonMappingLoss(torch.autograd.Function):
-    """Triton forward (online lse, per-group atomics) and backward (recomputed tiles, fp32 atomics)."""
+    """Triton forward (online lse, per-group atomics); backward: chunked GEMMs + a Triton dlogits kernel."""
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, c_index: Tensor, c_hidden: Tensor, c_targets: Tensor,

@@ -1,8 +1,8 @@
 """Raw Triton kernels of the fused mapping loss (linear layer + cross-entropy, logits never stored).
 
-The design follows Cut Cross-Entropy: the forward pass walks the vocabulary in blocks with an
-online log-sum-exp and keeps only ``lse[N]``; the backward pass recomputes each logit tile,
-turns it into ``dlogits`` and adds its two products into fp32 gradient buffers with atomics.
+The forward follows Cut Cross-Entropy: it walks the vocabulary in blocks with an online
+log-sum-exp and keeps only ``lse[N]``. The backward recomputes logits chunk by chunk with GEMMs and
+turns them into ``dlogits`` in place with a small Triton kernel (see ``mapping_loss_bwd``).
 Callers pass only the non-ignored tokens (compacted), so no work is spent on ignored ones.
 """
 
@@ -63,61 +63,29 @@ def _mapping_loss_fwd_kernel(
 
 
 @triton.jit
-def _mapping_loss_bwd_kernel(
-    h_ptr, w_ptr, tgt_ptr, lse_ptr, scale_ptr, gh_ptr, gw_ptr,
-    N, V, H, stride_hn, stride_wv, z_loss,
-    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
+def _dlogits_kernel(
+    logits_ptr, out_ptr, tgt_ptr, lse_ptr, scale_ptr, V, stride_l, stride_o, z_loss, BLOCK_V: tl.constexpr,
 ):
-    """One program per (token block, vocab block): recompute the logit tile, add its two gradient products.
+    """One (row, vocab block) per program: fp32 logits → scale·(softmax·(1 + 2·z·lse) − onehot).
 
-    ``gh`` [N,H] and ``gw`` [V,H] are fp32 buffers; tiles whose ``dlogits`` are all zero (for
-    example tokens whose group got no upstream gradient) skip the products and the atomics.
+    Written in the GEMM input dtype (``out`` may be ``logits`` itself for fp32 inputs).
     """
-    pid_n = tl.program_id(0)
-    pid_v = tl.program_id(1)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < N
-    cols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
-    col_mask = cols < V
-    acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
-    for k0 in range(0, H, BLOCK_K):
-        ks = k0 + tl.arange(0, BLOCK_K)
-        k_mask = ks < H
-        h = tl.load(h_ptr + rows[:, None] * stride_hn + ks[None, :],
-                    mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-        w = tl.load(w_ptr + cols[:, None] * stride_wv + ks[None, :],
-                    mask=col_mask[:, None] & k_mask[None, :], other=0.0)
-        acc = _dot(h, tl.trans(w), acc, DOT_PRECISION, UPCAST)
-    tgt = tl.load(tgt_ptr + rows, mask=row_mask, other=-1)
-    lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
-    scale = tl.load(scale_ptr + rows, mask=row_mask, other=0.0)
-    prob = tl.exp(acc - lse[:, None])
-    prob = tl.where(row_mask[:, None] & col_mask[None, :], prob, 0.0)
-    dlogits = prob * (1.0 + 2.0 * z_loss * lse)[:, None] - tl.where(cols[None, :] == tgt[:, None], 1.0, 0.0)
-    dlogits = dlogits * scale[:, None]
-    if tl.max(tl.abs(dlogits)) > 0.0:
-        dl = dlogits.to(h_ptr.dtype.element_ty)
-        for k0 in range(0, H, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            k_mask = ks < H
-            h = tl.load(h_ptr + rows[:, None] * stride_hn + ks[None, :],
-                        mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-            w = tl.load(w_ptr + cols[:, None] * stride_wv + ks[None, :],
-                        mask=col_mask[:, None] & k_mask[None, :], other=0.0)
-            gh = _dot(dl, w, tl.zeros([BLOCK_N, BLOCK_K], tl.float32), DOT_PRECISION, UPCAST)
-            tl.atomic_add(gh_ptr + rows[:, None] * H + ks[None, :], gh,
-                          mask=row_mask[:, None] & k_mask[None, :])
-            gw = _dot(tl.trans(dl), h, tl.zeros([BLOCK_V, BLOCK_K], tl.float32), DOT_PRECISION, UPCAST)
-            tl.atomic_add(gw_ptr + cols[:, None] * H + ks[None, :], gw,
-                          mask=col_mask[:, None] & k_mask[None, :])
+    row = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    mask = cols < V
+    x = tl.load(logits_ptr + row * stride_l + cols, mask=mask, other=0.0).to(tl.float32)
+    lse = tl.load(lse_ptr + row)
+    scale = tl.load(scale_ptr + row)
+    tgt = tl.load(tgt_ptr + row)
+    d = tl.exp(x - lse) * (1.0 + 2.0 * z_loss * lse) - tl.where(cols == tgt, 1.0, 0.0)
+    tl.store(out_ptr + row * stride_o + cols, (d * scale).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _blocks(hidden: torch.Tensor, weight_rows: int, backward: bool) -> dict:
+def _blocks(hidden: torch.Tensor, weight_rows: int) -> dict:
     """Block sizes: wide tiles under the interpreter (fewer Python-level steps), tensor-core tiles on CUDA."""
     H = hidden.shape[1]
     block_k = min(64, max(16, triton.next_power_of_2(H)))
@@ -126,8 +94,6 @@ def _blocks(hidden: torch.Tensor, weight_rows: int, backward: bool) -> dict:
         return dict(BLOCK_N=16, BLOCK_V=64 if weight_rows <= 4096 else 1024, BLOCK_K=block_k, num_warps=4)
     if hidden.dtype == torch.float32:
         return dict(BLOCK_N=64, BLOCK_V=64, BLOCK_K=min(block_k, 32), num_warps=4, num_stages=2)
-    if backward:
-        return dict(BLOCK_N=128, BLOCK_V=128, BLOCK_K=block_k, num_warps=8, num_stages=3)
     return dict(BLOCK_N=64, BLOCK_V=128, BLOCK_K=block_k, num_warps=8, num_stages=3)
 
 
@@ -151,7 +117,7 @@ def mapping_loss_fwd(
     loss_sum = torch.zeros(num_groups, device=hidden.device, dtype=torch.float32)
     if N == 0:
         return lse, loss_sum
-    cfg = _blocks(hidden, V, backward=False)
+    cfg = _blocks(hidden, V)
     grid = (triton.cdiv(N, cfg["BLOCK_N"]),)
     _mapping_loss_fwd_kernel[grid](
         hidden, weight, targets, groups, lse, loss_sum,
@@ -161,22 +127,53 @@ def mapping_loss_fwd(
     return lse, loss_sum
 
 
+BWD_CHUNK_BYTES = 768 * 2**20  # recomputed fp32 logits + dlogits of one chunk of tokens
+
+
+def _mm_fp32(a: torch.Tensor, b: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b`` (or ``acc += a @ b``) with an fp32 result; bf16/fp16 operands stay on the tensor cores
+    through cuBLAS's fp32-output GEMM on CUDA (the logits keep fp32 precision, like CCE's tiles)."""
+    if a.dtype != torch.float32 and a.is_cuda:
+        try:
+            if acc is None:
+                return torch.mm(a, b, out_dtype=torch.float32)
+            return torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+        except (RuntimeError, TypeError):  # a torch without the fp32-output overloads
+            product = (a @ b).float()
+            return product if acc is None else acc.add_(product)
+    a, b = a.float(), b.float()
+    return a @ b if acc is None else acc.addmm_(a, b)
+
+
 def mapping_loss_bwd(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor,
     scale: torch.Tensor, z_loss: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``scale`` [N] fp32: upstream gradient of each token's group. Returns fp32 grad_hidden, grad_weight."""
+    """Gradients by token chunks: recompute the chunk's logits (one GEMM, fp32 out), turn them into
+    ``dlogits`` (Triton), then two GEMMs: grad_hidden = dlogits @ W and grad_weight += dlogitsᵀ @ h (fp32).
+
+    The first version (tiles recomputed in Triton, products added with fp32 atomics, CCE without its
+    sparsity filter) spent its time on atomics: 1049 ms vs Liger's 92 ms at N=16384, H=4096, V=128256
+    bf16 on an H200. Three tensor-core GEMMs over a bounded chunk are Liger's road; the chunk of
+    logits (``BWD_CHUNK_BYTES``) is the memory price. ``scale`` [N] fp32: each token's upstream gradient.
+    """
     N, H = hidden.shape
     V = weight.shape[0]
-    grad_hidden = torch.zeros(N, H, device=hidden.device, dtype=torch.float32)
+    grad_hidden = torch.empty(N, H, device=hidden.device, dtype=hidden.dtype)
     grad_weight = torch.zeros(V, H, device=weight.device, dtype=torch.float32)
-    if N == 0:
-        return grad_hidden, grad_weight
-    cfg = _blocks(hidden, V, backward=True)
-    grid = (triton.cdiv(N, cfg["BLOCK_N"]), triton.cdiv(V, cfg["BLOCK_V"]))
-    _mapping_loss_bwd_kernel[grid](
-        hidden, weight, targets, lse, scale, grad_hidden, grad_weight,
-        N, V, H, hidden.stride(0), weight.stride(0), float(z_loss),
-        DOT_PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden.dtype), **cfg,
-    )
+    per_row = V * (4 + (hidden.element_size() if hidden.dtype != torch.float32 else 0))
+    rows = max(1, BWD_CHUNK_BYTES // per_row)
+    block_v = 1024 if V >= 1024 else triton.next_power_of_2(V)
+    for s in range(0, N, rows):
+        e = min(N, s + rows)
+        h = hidden[s:e]
+        logits = _mm_fp32(h, weight.t())
+        dlogits = logits if hidden.dtype == torch.float32 else torch.empty_like(logits, dtype=hidden.dtype)
+        _dlogits_kernel[(e - s, triton.cdiv(V, block_v))](
+            logits, dlogits, targets[s:e], lse[s:e], scale[s:e], V, logits.stride(0), dlogits.stride(0),
+            float(z_loss), BLOCK_V=block_v,
+        )
+        del logits
+        torch.mm(dlogits, weight, out=grad_hidden[s:e])
+        _mm_fp32(dlogits.t(), h, acc=grad_weight)
     return grad_hidden, grad_weight

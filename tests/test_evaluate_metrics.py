@@ -211,3 +211,10 @@ def test_compare_reports_deltas_and_interval_flags():
     cos_row = next(r for r in comparison["rows"] if r["metric"] == "cos")
     assert cos_row["outside_ci"]["b"] is None and "c" not in cos_row["deltas"]
     assert "+0.25*" in render_comparison(comparison)
+
+
+def test_translation_choice_limited_items_draw_from_the_whole_pool():
+    segments = _segments(n_docs=1, per_doc=6)
+    items = translation_choice_candidates(segments, seed=0, n_items=2)
+    assert len(items) == 2
+    assert all(len(set(candidates)) == 4 for candidates, _ in items)

@@ -212,7 +212,7 @@ def test_cli_end_to_end(checkpoints, task_data, tmp_path, capsys):
     metrics = {(t, m["key"], m["metric"]): m for t, r in report["tasks"].items() for m in r["metrics"]}
     assert ("mt", "en→cs", "bleu") in metrics and ("mt", "cs→en", "chrf++") in metrics
     assert metrics["clnlu", "belebele P:en Q:cs", "accuracy"]["n"] == 2
-    assert metrics["clnlu", "en→cs choice", "accuracy"]["n"] == 4
+    assert metrics["clnlu", "en→cs choice", "accuracy"]["n"] == 3
     assert ("clqa", "C:en Q:cs", "f1") in metrics and not any(k[2] == "bertscore_p" for k in metrics)
     assert any("BERTScore omitted" in note for note in report["tasks"]["clqa"]["notes"])
     assert ("clsum", "en→cs", "rougeL") in metrics

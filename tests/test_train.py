@@ -38,6 +38,8 @@ def test_single_process_run_logs_every_task_and_exports(single_run):
     assert 0.0 <= first["map/mean_cos"] <= 1.0
     assert last["loss/total"] < first["loss/total"]  # it learns
     assert "dev/loss/total" in records[2] and "dev/loss/cl" in records[5]
+    for pair in ("en-cs", "cs-uk"):
+        assert -1.0 <= records[5][f"dev/lac/{pair}"] <= 1.0
     assert (single_run / "hf" / "model.safetensors").is_file()
     assert (single_run / "checkpoints" / "latest").read_text().strip() == "step_00000006"
 

@@ -125,9 +125,8 @@ class TrainingStream:
         perm = np.random.default_rng([self.seed, source_id, epoch]).permutation(len(records))
         return records[perm[offset]]
 
-    def _unit(self, source_id: int, sample: int) -> Unit:
+    def _unit(self, source_id: int, record) -> Unit:
         source = self.sources[source_id]
-        record = self._record(source_id, sample)
         if source.kind == "ntp":
             return Unit([ntp_sequence(self.tok, record, self.groups[f"ntp:{source.langs[0]}"])])
         a, b = source.langs
@@ -140,7 +139,18 @@ class TrainingStream:
         """All rows of packing window ``w`` (a pure function of ``w``)."""
         first = w * self.window
         source_ids, samples = self._blend(first + self.window)
-        units = [self._unit(int(source_ids[i]), int(samples[i])) for i in range(first, first + self.window)]
+        units = [
+            self._unit(int(source_ids[i]), self._record(int(source_ids[i]), int(samples[i])))
+            for i in range(first, first + self.window)
+        ]
+        return self._pack(units, w)
+
+    def every_record_rows(self) -> list[Row]:
+        """Each record of each source exactly once, packed: a fixed evaluation set (no blending)."""
+        units = [self._unit(i, record) for i, source in enumerate(self.sources) for record in source.records]
+        return self._pack(units, 0)
+
+    def _pack(self, units: list[Unit], w: int) -> list[Row]:
         if self.packing:
             bins = pack_bins(np.array([len(u) for u in units], dtype=np.int64), self.seq_len)
         else:

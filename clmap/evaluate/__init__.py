@@ -130,10 +130,6 @@ def evaluate(
                     if name in scores:
                         result["metrics"].append(metric(key, name, scores[name], n=scores["n"]))
                 result["metrics"].append(metric(key, "empty", scores["empty_generations"], n=scores["n"]))
-                if scores["empty_generations"]:
-                    result["notes"].append(
-                        f"{key}: {scores['empty_generations']}/{scores['n']} empty translations"
-                    )
                 result["details"][key] = scores
             if not mt.flores200_spm_available():
                 result["notes"].append(
@@ -143,7 +139,8 @@ def evaluate(
                 result["notes"].append("ja BLEU uses character tokens (MeCab not installed)")
         elif task == "clnlu":
             for src, tgt in directions:
-                items = clnlu.translation_choice_items(lm, segments(src, tgt), src, tgt, seed=seed)
+                pool = segments(src, tgt, n=None)  # distractors from the whole split, items up to --limit
+                items = clnlu.translation_choice_items(lm, pool, src, tgt, seed=seed, n_items=limit)
                 acc = clnlu.choice_accuracy(items, clnlu.model_scorer(lm, batch_size, f"choice {src}->{tgt}"))
                 result["metrics"].append(
                     metric(f"{src}→{tgt} choice", "accuracy", acc["accuracy"], acc["ci"], acc["n"])
@@ -221,6 +218,12 @@ def evaluate(
                 "LAC with a 95 % bootstrap interval over pairs; the per-layer curve is in "
                 "report.json and lac_per_layer.png"
             )
+        for entry in result["metrics"]:
+            if entry["metric"] == "empty" and entry["value"]:
+                count = f"{int(entry['value'])}/{entry['n']}"
+                result["notes"].append(
+                    f"{entry['key']}: {count} empty generations (counted, scored as empty)"
+                )
         report["tasks"][task] = result
     if out_dir is not None:
         write_report(report, out_dir)

@@ -96,9 +96,11 @@ def choice_accuracy(items: Sequence[ChoiceItem], scorer: Scorer) -> dict:
 
 
 def translation_choice_candidates(
-    segments: Sequence[ParallelSegment], n_candidates: int = 4, seed: int = 0
+    segments: Sequence[ParallelSegment], n_candidates: int = 4, seed: int = 0, n_items: int | None = None
 ) -> list[tuple[list[str], int]]:
-    """(candidates, gold index) per segment: the gold target plus distractor targets.
+    """(candidates, gold index) for the first ``n_items`` segments (default all): gold target + distractors.
+
+    Distractors are drawn from all ``segments``, so a small ``--limit`` still has a full pool.
 
     Distractors come from the same document when it has enough other segments (hardest, topical),
     else the remaining ones are the targets nearest in length (so length alone does not give it away).
@@ -110,7 +112,7 @@ def translation_choice_candidates(
     for index, segment in enumerate(segments):
         by_doc.setdefault(segment.doc, []).append(index)
     items = []
-    for index, segment in enumerate(segments):
+    for index, segment in enumerate(segments[:n_items]):
         rng = random.Random(seed * 1_000_003 + index)
         chosen: list[str] = []
         same_doc = [segments[j].tgt for j in by_doc[segment.doc] if segments[j].tgt != segment.tgt]
@@ -131,13 +133,18 @@ def translation_choice_candidates(
 
 
 def translation_choice_items(
-    lm: LoadedModel, segments: Sequence[ParallelSegment], src_lang: str, tgt_lang: str, seed: int = 0
+    lm: LoadedModel,
+    segments: Sequence[ParallelSegment],
+    src_lang: str,
+    tgt_lang: str,
+    seed: int = 0,
+    n_items: int | None = None,
 ) -> list[ChoiceItem]:
     """Prompt = the MT prompt (clmap format or text template), candidates = 4 target segments."""
     from clmap.evaluate.mt import mt_prompts
 
-    prompts, _ = mt_prompts(lm, [s.src for s in segments], src_lang, tgt_lang)
-    choices = translation_choice_candidates(segments, seed=seed)
+    choices = translation_choice_candidates(segments, seed=seed, n_items=n_items)
+    prompts, _ = mt_prompts(lm, [s.src for s in segments[: len(choices)]], src_lang, tgt_lang)
     return [
         ChoiceItem(prompt=prompt, candidates=candidates, gold=gold)
         for prompt, (candidates, gold) in zip(prompts, choices, strict=True)

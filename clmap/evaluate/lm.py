@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from clmap.data.examples import mapping_prompt
 from clmap.data.tokenizer import META_FILE, SPM_FILE, ClmapTokenizer, load_tokenizer
 
 _HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -84,11 +83,6 @@ def load_checkpoint(path: str | Path, device: str = "cpu", dtype: torch.dtype | 
         trained_by_clmap=(tokenizer_dir / META_FILE).is_file(),
         max_length=max_length,
     )
-
-
-def mapping_prompt_ids(tok: ClmapTokenizer, src_text: str, tgt_lang: str) -> list[int]:
-    """The training format's prompt ``<bos> x <2b>`` (DESIGN.md), as the trainer builds it."""
-    return mapping_prompt(tok, src_text, tgt_lang)
 
 
 def _batches(order: Sequence[int], batch_size: int) -> list[list[int]]:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from clmap.evaluate.lm import LoadedModel, generate, mapping_prompt_ids
+from clmap.data.examples import mapping_prompt
+from clmap.evaluate.lm import LoadedModel, generate
 from clmap.evaluate.sources import LANGUAGE_NAMES, ParallelSegment
 
 DEFAULT_TEMPLATE = "{src_name}: {src}\n{tgt_name}:"
@@ -92,7 +93,7 @@ def mt_prompts(
     """
     tok = lm.tokenizer
     if lm.trained_by_clmap and template is None:
-        return [mapping_prompt_ids(tok, src, tgt_lang) for src in sources], False
+        return [mapping_prompt(tok, src, tgt_lang) for src in sources], False
     template = template or DEFAULT_TEMPLATE
     prompts = [
         [tok.bos_id] + tok.encode(few_shot_prompt(src, src_lang, tgt_lang, shots, template))

@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# The whole GPU benchmark suite in one call, for a machine with one NVIDIA GPU and no network:
+#
+#   benchmarks/gpu_suite.sh OUT_DIR [--dry-run]
+#
+# Prints nvidia-smi and versions, builds the C++ extension, installs carried wheels (.whl/), checks
+# the Triton kernels against their references, runs the GPU cases of the mapping-loss and
+# pooled-similarity benchmarks, the training throughput (tiny + 100M, clmap vs plain HF) and a short
+# profiled training run, while sampling GPU utilisation. Everything lands in OUT_DIR as at most 8 files:
+#   suite.log  gpu_util.csv  gpu_check.csv  mapping_loss.csv  pooled_similarity.csv
+#   train_throughput.csv  profile_summary.txt  profile_trace.tar.gz
+# Each step has a timeout inside an overall budget (CLMAP_SUITE_BUDGET_S, default 330 s), so the suite
+# ends in under 6 minutes on an H100/H200; a step that fails or times out is reported and the suite
+# goes on; the exit status is 1 if any step did not succeed. --dry-run runs the same steps on the CPU
+# with tiny sizes (no nvidia-smi, no wheel install): what the tests run.
+set -euo pipefail
+
+if [[ $# -lt 1 || "$1" == -* ]]; then
+    echo "usage: $0 OUT_DIR [--dry-run]" >&2
+    exit 2
+fi
+OUT_DIR=$1
+DRY=0
+if [[ "${2:-}" == "--dry-run" ]]; then DRY=1; fi
+mkdir -p "$OUT_DIR"
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO=$PWD
+PY=${PYTHON:-python3}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/clmap_suite.XXXXXX")
+BUDGET=${CLMAP_SUITE_BUDGET_S:-$([[ $DRY == 1 ]] && echo 240 || echo 330)}
+export CLMAP_BENCH_OUT=$OUT_DIR PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
+exec > >(tee -a "$OUT_DIR/suite.log") 2>&1
+
+FAILED=()
+STEPS_LEFT=7 # steps after the setup; each later one keeps MIN_STEP_S of the budget for itself
+MIN_STEP_S=15
+SAMPLER=""
+cleanup() {
+    if [[ -n "$SAMPLER" ]]; then kill "$SAMPLER" 2>/dev/null || true; fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# step NAME CAP_S CMD...: run CMD under `timeout`, capped by what the budget leaves for the later steps.
+step() {
+    local name=$1 cap=$2 start=$SECONDS rc=0
+    shift 2
+    STEPS_LEFT=$((STEPS_LEFT - 1))
+    local left=$((BUDGET - SECONDS - STEPS_LEFT * MIN_STEP_S))
+    local t=$((cap < left ? cap : left))
+    if ((t < 5)); then
+        echo "=== $name: SKIPPED (suite budget of ${BUDGET}s spent)"
+        FAILED+=("$name:skipped")
+        return 0
+    fi
+    echo "=== $name (timeout ${t}s, at ${SECONDS}s)"
+    timeout --kill-after=10 "$t" "$@" || rc=$?
+    if ((rc == 124 || rc == 137)); then
+        echo "=== $name: TIMED OUT after ${t}s"
+        FAILED+=("$name:timeout")
+    elif ((rc != 0)); then
+        echo "=== $name: FAILED (exit $rc)"
+        FAILED+=("$name:exit$rc")
+    else
+        echo "=== $name: ok ($((SECONDS - start))s)"
+    fi
+}
+
+echo "=== clmap GPU suite $(date -u +%FT%TZ), repo $REPO, out $OUT_DIR, dry run $DRY, budget ${BUDGET}s"
+if [[ $DRY == 0 ]]; then
+    nvidia-smi || echo "nvidia-smi failed"
+    # Utilisation every second in the background, for the whole suite.
+    nvidia-smi --query-gpu=timestamp,utilization.gpu,utilization.memory,memory.used,power.draw,clocks.sm \
+        --format=csv -l 1 >"$OUT_DIR/gpu_util.csv" 2>/dev/null &
+    SAMPLER=$!
+    DEVICE=cuda
+else
+    DEVICE=cpu
+fi
+"$PY" - <<'EOF' || true
+import platform, importlib
+print("python", platform.python_version())
+for name in ("torch", "triton", "transformers", "numpy", "datasets", "sentencepiece", "pybind11"):
+    try:
+        print(name, importlib.import_module(name).__version__)
+    except Exception as exc:  # noqa: BLE001 - report whatever is missing and go on
+        print(name, "MISSING:", exc)
+import torch
+print("cuda available", torch.cuda.is_available(), torch.version.cuda,
+      torch.cuda.get_device_name() if torch.cuda.is_available() else "")
+EOF
+
+# -- setup: the C++ extension and carried wheels ----------------------------------------------------
+if "$PY" -c "import clmap._csrc" 2>/dev/null; then
+    echo "=== build_ext: clmap._csrc already importable"
+elif timeout 150 "$PY" setup.py -q build_ext --inplace >"$WORK/build.log" 2>&1; then
+    echo "=== build_ext: ok"
+else
+    tail -20 "$WORK/build.log" || true
+    echo "=== build_ext: FAILED; the data index falls back to its Python backend where the caller allows it"
+    export CLMAP_DATA_BACKEND=python
+    FAILED+=("build_ext")
+fi
+shopt -s nullglob
+wheels=(.whl/*.whl)
+if ((${#wheels[@]})); then
+    if [[ $DRY == 1 ]]; then
+        echo "=== wheels: dry run, not installing ${wheels[*]}"
+    else
+        if "$PY" -c "import datasets" 2>/dev/null; then # keep the image's datasets and its dependencies
+            keep=()
+            for w in "${wheels[@]}"; do
+                case "$(basename "$w")" in datasets-* | dill-* | multiprocess-*) ;; *) keep+=("$w") ;; esac
+            done
+            wheels=("${keep[@]}")
+        fi
+        echo "=== wheels: installing ${wheels[*]}"
+        if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/site "${wheels[@]}"; then
+            export PYTHONPATH=$PYTHONPATH:/tmp/site
+        else
+            echo "=== wheels: install FAILED; peers that need them are skipped"
+            FAILED+=("wheels")
+        fi
+    fi
+fi
+shopt -u nullglob
+
+# -- sizes ----------------------------------------------------------------------------------------
+if [[ $DRY == 1 ]]; then
+    MAPPING_ARGS=(--device cpu --shapes "256,32,512" --passes fwd+bwd --impls naive,clmap --rep 1)
+    POOLED_ARGS=(--device cpu --quick --no-reference --threads 1)
+    TINY_MODEL=(--model.hidden_size=32 --model.intermediate_size=64 --model.num_layers=2 --model.num_heads=2
+        --model.num_kv_heads=1 --data.seq_len=64 --data.max_segment_tokens=12 --train.global_batch=4
+        --train.micro_batch=2 --tokenizer.vocab_size=2000 --tokenizer.train_sentences=3000)
+    TRAIN_ARGS=(--device cpu --config tiny --steps 2 --warmup 1 "${TINY_MODEL[@]}")
+    PROFILE_PRESET=tiny
+    PROFILE_ARGS=("${TINY_MODEL[@]}" --train.steps=2 --profile.wait=0 --profile.warmup=1 --profile.active=1)
+else
+    # Sweeps N at V=32000 and V at N=16384 (H=4096) for the plots, both passes, every peer present.
+    MAPPING_ARGS=(--device cuda --shapes "4096,4096,32000;16384,4096,32000;16384,4096,128256")
+    POOLED_ARGS=(--device cuda --no-reference)
+    TRAIN_ARGS=(--device cuda --config all --steps 16 --warmup 4)
+    PROFILE_PRESET=100m
+    PROFILE_ARGS=(--train.steps=4 --profile.wait=1 --profile.warmup=1 --profile.active=1)
+fi
+
+# -- the steps ------------------------------------------------------------------------------------
+step gpu_check 60 "$PY" -m benchmarks.gpu_check --device "$DEVICE"
+step mapping_loss 90 "$PY" -m benchmarks.mapping_loss "${MAPPING_ARGS[@]}"
+step pooled_similarity 60 "$PY" -m benchmarks.pooled_similarity "${POOLED_ARGS[@]}"
+step train_throughput 150 "$PY" -m benchmarks.train_throughput --work "$WORK/throughput" "${TRAIN_ARGS[@]}"
+
+# The profiled run reuses the benchmark's presets, run options and (if trained) tokenizer.
+mapfile -t PRESET < <("$PY" -c "from benchmarks.train_throughput import PRESETS, BENCH_OVERRIDES as B
+print('\n'.join(PRESETS['$PROFILE_PRESET'] + B))")
+TOKENIZER=()
+for tok in "$WORK"/throughput/tokenizer_v*/tokenizer; do
+    if [[ -f "$tok/tokenizer.model" ]]; then TOKENIZER=(--tokenizer.path="$tok"); fi
+done
+step profile 60 "$PY" -m clmap.train --config configs/tiny.toml --profile --train.device="$DEVICE" \
+    --run_dir="$WORK/profile_run" "${PRESET[@]}" "${TOKENIZER[@]}" "${PROFILE_ARGS[@]}"
+if [[ -f "$WORK/profile_run/profile/summary.txt" ]]; then
+    cp "$WORK/profile_run/profile/summary.txt" "$OUT_DIR/profile_summary.txt"
+    tar -czf "$OUT_DIR/profile_trace.tar.gz" -C "$WORK/profile_run" profile
+    size=$(stat -c %s "$OUT_DIR/profile_trace.tar.gz")
+    if ((size > 15 * 1024 * 1024)); then
+        echo "=== profile trace is $((size / 1048576)) MiB: too large to bring back, dropped"
+        rm -f "$OUT_DIR/profile_trace.tar.gz"
+    fi
+    head -40 "$OUT_DIR/profile_summary.txt"
+else
+    echo "=== profile: no summary written"
+fi
+
+# -- the end --------------------------------------------------------------------------------------
+if [[ -n "$SAMPLER" ]]; then
+    kill "$SAMPLER" 2>/dev/null || true
+    SAMPLER=""
+    "$PY" - "$OUT_DIR/gpu_util.csv" <<'EOF' || true
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1]), skipinitialspace=True))
+key = next((k for k in (rows[0] if rows else {}) if k.startswith("utilization.gpu")), None)
+vals = [float(r[key].split()[0]) for r in rows if key and r.get(key, "").split()[:1] != []]
+if vals:
+    print(f"=== GPU utilisation: {len(vals)} samples, mean {statistics.mean(vals):.0f} %, max {max(vals):.0f} %")
+EOF
+fi
+echo "=== outputs in $OUT_DIR:"
+ls -la "$OUT_DIR"
+echo "=== suite finished in ${SECONDS}s; ${#FAILED[@]} step(s) not ok${FAILED[*]:+: ${FAILED[*]}}"
+if ((${#FAILED[@]})); then exit 1; fi
