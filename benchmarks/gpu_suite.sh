@@ -78,18 +78,21 @@ if [[ $DRY == 0 ]]; then
     DEVICE=cuda
 else
     DEVICE=cpu
+    export OMP_NUM_THREADS=1 # a small shared CPU: one thread per process oversubscribes it least
 fi
-"$PY" - <<'EOF' || true
-import platform, importlib
-print("python", platform.python_version())
-for name in ("torch", "triton", "transformers", "numpy", "datasets", "sentencepiece", "pybind11"):
+"$PY" - "$DEVICE" <<'EOF' || true
+import platform, sys
+from importlib.metadata import PackageNotFoundError, version
+print("python", platform.python_version(), sys.executable)
+for name in ("torch", "triton", "transformers", "numpy", "datasets", "sentencepiece", "pybind11",
+             "liger-kernel", "cut-cross-entropy"):
     try:
-        print(name, importlib.import_module(name).__version__)
-    except Exception as exc:  # noqa: BLE001 - report whatever is missing and go on
-        print(name, "MISSING:", exc)
-import torch
-print("cuda available", torch.cuda.is_available(), torch.version.cuda,
-      torch.cuda.get_device_name() if torch.cuda.is_available() else "")
+        print(name, version(name))
+    except PackageNotFoundError:
+        print(name, "not installed")
+if sys.argv[1] == "cuda":
+    import torch
+    print("cuda", torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name())
 EOF
 
 # -- setup: the C++ extension and carried wheels ----------------------------------------------------
@@ -130,7 +133,7 @@ shopt -u nullglob
 
 # -- sizes ----------------------------------------------------------------------------------------
 if [[ $DRY == 1 ]]; then
-    MAPPING_ARGS=(--device cpu --shapes "256,32,512" --passes fwd+bwd --impls naive,clmap --rep 1)
+    MAPPING_ARGS=(--device cpu --shapes "256,32,512" --passes fwd+bwd --impls clmap --rep 1)
     POOLED_ARGS=(--device cpu --quick --no-reference --threads 1)
     TINY_MODEL=(--model.hidden_size=32 --model.intermediate_size=64 --model.num_layers=2 --model.num_heads=2
         --model.num_kv_heads=1 --data.seq_len=64 --data.max_segment_tokens=12 --train.global_batch=4

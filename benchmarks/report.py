@@ -1,6 +1,6 @@
 """Regenerate the results section of benchmarks/README.md and the plots from the CSVs in results/.
 
-    python -m benchmarks.report [--results DIR] [--readme PATH]
+    python -m benchmarks.report [--results DIR] [--readme PATH] [--merge SUITE_OUT_DIR]
 
 Every number in the README's results section comes from a CSV (never typed by hand): one table per
 benchmark and device, the rows of the latest commit measured on that device, key columns only, plus
@@ -37,6 +37,14 @@ PEERS: dict[str, tuple[list[str], str, str]] = {
     "pooled_similarity": (["tokens", "hidden", "spans", "dtype", "pass"], "impl", "triton"),
 }
 ENV_COLUMNS = ["device", "torch", "triton", "python", "commit", "date"]
+# What identifies one case: a case measured twice at the same commit shows its latest row only.
+CASE_COLUMNS: dict[str, list[str]] = {
+    "mapping_loss": ["impl", "N", "H", "V", "dtype", "pass"],
+    "pooled_similarity": ["impl", "pass", "tokens", "hidden", "spans", "dtype"],
+    "data_index": ["op", "num_samples", "capacity", "k_sources"],
+    "train_throughput": ["config", "nproc", "steps", "seq_len", "global_batch", "hidden", "layers"],
+    "gpu_check": ["kernel", "shape", "dtype"],
+}
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -44,7 +52,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def latest_by_device(rows: list[dict[str, str]]) -> dict[str, list[dict[str, str]]]:
+def latest_by_device(rows: list[dict[str, str]], name: str = "") -> dict[str, list[dict[str, str]]]:
     """Per device, the rows of the commit measured last there (by date); each case's latest row wins."""
     by_device: dict[str, list[dict[str, str]]] = defaultdict(list)
     for row in rows:
@@ -53,6 +61,12 @@ def latest_by_device(rows: list[dict[str, str]]) -> dict[str, list[dict[str, str
     for device, dev_rows in by_device.items():
         last = max(dev_rows, key=lambda r: r.get("date", ""))
         chosen = [r for r in dev_rows if r.get("commit", "") == last.get("commit", "")]
+        case_cols = CASE_COLUMNS.get(name)
+        if case_cols:
+            latest: dict[tuple, dict[str, str]] = {}
+            for row in sorted(chosen, key=lambda r: r.get("date", "")):
+                latest[tuple(row.get(c, "") for c in case_cols)] = row
+            chosen = list(latest.values())
         out[device] = chosen
     return out
 
@@ -125,7 +139,7 @@ def render_section(results: Path) -> str:
         if not rows:
             continue
         parts.append(f"\n### {name}\n")
-        for device, dev_rows in sorted(latest_by_device(rows).items()):
+        for device, dev_rows in sorted(latest_by_device(rows, name).items()):
             first = dev_rows[0]
             columns = [c for c in KEY_COLUMNS.get(name, []) if c in first]
             if not columns:
@@ -192,7 +206,7 @@ def make_plots(results: Path) -> list[Path]:
         path = results / f"{name}.csv"
         if not path.exists():
             continue
-        for device, rows in latest_by_device(read_csv(path)).items():
+        for device, rows in latest_by_device(read_csv(path), name).items():
             dev_tag = "".join(ch if ch.isalnum() else "_" for ch in device).strip("_")[:40]
             for x, fixed, suffix in plans:
                 for y, what in metrics[name]:
@@ -222,11 +236,25 @@ def make_plots(results: Path) -> list[Path]:
     return written
 
 
+def merge(src: Path, results: Path) -> None:
+    """Append the rows of every CSV in ``src`` (e.g. what the GPU suite brought back) to ``results``."""
+    from benchmarks.common import append_csv
+
+    for path in sorted(src.glob("*.csv")):
+        rows = read_csv(path)
+        if rows and "device" in rows[0]:  # benchmark rows only (not gpu_util.csv)
+            append_csv(path.stem, rows, out_dir=results)
+            print(f"merged {len(rows)} rows of {path} into {results / path.name}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=HERE / "results")
     parser.add_argument("--readme", type=Path, default=HERE / "README.md")
+    parser.add_argument("--merge", type=Path, help="first append the CSV rows found in this folder")
     args = parser.parse_args(argv)
+    if args.merge:
+        merge(args.merge, args.results)
     plots = make_plots(args.results)
     section = render_section(args.results)
     update_readme(args.readme, section)

@@ -45,7 +45,7 @@ def load_texts(cfg: Config, split: str) -> tuple[dict[str, list[str]], dict[str,
         path = path or corpus_file(cfg, "mono", lang, split)
         if split != "train" and not Path(path).exists():
             continue
-        mono[lang] = list(read_monolingual(path, lang=lang)["text"])
+        mono[lang] = read_monolingual(path, lang=lang).select_columns(["text"]).to_dict()["text"]
     for pair in cfg.data.pairs:
         a, b = pair.split("-")
         path = cfg.data.parallel_paths.get(pair) if split == "train" else None
@@ -55,11 +55,9 @@ def load_texts(cfg: Config, split: str) -> tuple[dict[str, list[str]], dict[str,
                 path = corpus_file(cfg, "parallel", f"{b}-{a}", split)
             if split != "train" and not path.exists():
                 continue
-        ds = read_parallel(path, src_lang=a, tgt_lang=b)
-        if ds[0]["src_lang"] != a:  # stored the other way round
-            parallel[pair] = (list(ds["tgt"]), list(ds["src"]))
-        else:
-            parallel[pair] = (list(ds["src"]), list(ds["tgt"]))
+        # read_parallel orients every record as a→b (it swaps pairs stored the other way round).
+        columns = read_parallel(path, src_lang=a, tgt_lang=b).select_columns(["src", "tgt"]).to_dict()
+        parallel[pair] = (columns["src"], columns["tgt"])
     if cfg.data.ntp_share == 0.0:
         mono = {}
     if cfg.data.ntp_share == 1.0:

@@ -64,21 +64,22 @@ def _mapping_loss_fwd_kernel(
 
 @triton.jit
 def _dlogits_kernel(
-    logits_ptr, out_ptr, tgt_ptr, lse_ptr, scale_ptr, V, stride_l, stride_o, z_loss, BLOCK_V: tl.constexpr,
+    logits_ptr, low_ptr, tgt_ptr, lse_ptr, scale_ptr, V, stride_l, stride_o, z_loss, BLOCK_V: tl.constexpr,
 ):
     """One (row, vocab block) per program: fp32 logits → scale·(softmax·(1 + 2·z·lse) − onehot).
 
-    Written in the GEMM input dtype (``out`` may be ``logits`` itself for fp32 inputs).
+    Stored in place in fp32 and, for bf16/fp16 inputs, also rounded into ``low`` (the GEMM operand).
     """
     row = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
     mask = cols < V
-    x = tl.load(logits_ptr + row * stride_l + cols, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(logits_ptr + row * stride_l + cols, mask=mask, other=0.0)
     lse = tl.load(lse_ptr + row)
     scale = tl.load(scale_ptr + row)
     tgt = tl.load(tgt_ptr + row)
-    d = tl.exp(x - lse) * (1.0 + 2.0 * z_loss * lse) - tl.where(cols == tgt, 1.0, 0.0)
-    tl.store(out_ptr + row * stride_o + cols, (d * scale).to(out_ptr.dtype.element_ty), mask=mask)
+    d = (tl.exp(x - lse) * (1.0 + 2.0 * z_loss * lse) - tl.where(cols == tgt, 1.0, 0.0)) * scale
+    tl.store(logits_ptr + row * stride_l + cols, d, mask=mask)
+    tl.store(low_ptr + row * stride_o + cols, d.to(low_ptr.dtype.element_ty), mask=mask)
 
 
 def _interpreting() -> bool:
@@ -161,19 +162,24 @@ def mapping_loss_bwd(
     V = weight.shape[0]
     grad_hidden = torch.empty(N, H, device=hidden.device, dtype=hidden.dtype)
     grad_weight = torch.zeros(V, H, device=weight.device, dtype=torch.float32)
-    per_row = V * (4 + (hidden.element_size() if hidden.dtype != torch.float32 else 0))
+    per_row = V * (4 + (hidden.element_size() if hidden.dtype != torch.float32 else 0))  # fp32 + rounded
     rows = max(1, BWD_CHUNK_BYTES // per_row)
     block_v = 1024 if V >= 1024 else triton.next_power_of_2(V)
     for s in range(0, N, rows):
         e = min(N, s + rows)
         h = hidden[s:e]
-        logits = _mm_fp32(h, weight.t())
-        dlogits = logits if hidden.dtype == torch.float32 else torch.empty_like(logits, dtype=hidden.dtype)
+        dlogits = _mm_fp32(h, weight.t())  # the chunk's logits, turned into fp32 dlogits in place
+        rounded = dlogits if hidden.dtype == torch.float32 else torch.empty_like(dlogits, dtype=hidden.dtype)
         _dlogits_kernel[(e - s, triton.cdiv(V, block_v))](
-            logits, dlogits, targets[s:e], lse[s:e], scale[s:e], V, logits.stride(0), dlogits.stride(0),
+            dlogits, rounded, targets[s:e], lse[s:e], scale[s:e], V, dlogits.stride(0), rounded.stride(0),
             float(z_loss), BLOCK_V=block_v,
         )
-        del logits
-        torch.mm(dlogits, weight, out=grad_hidden[s:e])
-        _mm_fp32(dlogits.t(), h, acc=grad_weight)
+        torch.mm(rounded, weight, out=grad_hidden[s:e])
+        _mm_fp32(rounded.t(), h, acc=grad_weight)
+        if rounded is not dlogits:
+            # Rounding dlogits to bf16/fp16 costs more in the weight gradient (a sum over every token)
+            # than plain PyTorch loses; one more GEMM on the rounding residual keeps it fp32-accurate.
+            rounded.copy_(dlogits.sub_(rounded))
+            _mm_fp32(rounded.t(), h, acc=grad_weight)
+        del dlogits, rounded
     return grad_hidden, grad_weight
