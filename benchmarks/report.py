@@ -79,12 +79,8 @@ def _num(value: str | None) -> float | None:
 
 
 def _cell(value: str | None) -> str:
-    number = _num(value)
-    if number is None:
-        return value or ""
-    if number.is_integer() and abs(number) < 1e15 and "." not in str(value):
-        return str(int(number))
-    return f"{number:.4g}" if abs(number) < 1e5 else f"{number:.0f}"
+    """The CSV's own text (the writers round already), so the README says exactly what the CSV says."""
+    return "" if value is None else str(value).replace("|", "/")
 
 
 def markdown_table(rows: list[dict[str, str]], columns: list[str]) -> str:

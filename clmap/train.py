@@ -215,6 +215,9 @@ class _Preemption:
 
 
 def run(cfg: Config) -> Path:
+    import datasets
+
+    datasets.disable_progress_bars()  # the trainer's own bar is the one that matters
     dist_info = init_distributed(cfg.train.device, cfg.train.backend)
     torch.manual_seed(cfg.train.seed)
     run_dir = Path(cfg.run_dir)

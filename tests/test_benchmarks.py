@@ -1,0 +1,155 @@
+"""Benchmark infrastructure: the report generator, the GPU suite's dry run and the throughput benchmark."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {"device": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "triton": "3.6.0", "python": "3.12.3"}
+# The tiny sizes the dry run uses too: a few seconds of training per process on a small CPU.
+TINY = ["--model.hidden_size=32", "--model.intermediate_size=64", "--model.num_layers=2",
+        "--model.num_heads=2", "--model.num_kv_heads=1", "--data.seq_len=64", "--data.max_segment_tokens=12",
+        "--train.global_batch=4", "--train.micro_batch=2", "--tokenizer.vocab_size=2000",
+        "--tokenizer.train_sentences=3000"]
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _mapping_rows() -> list[dict]:
+    rows = []
+    times = {"naive": 4.0, "liger": 2.0, "clmap": 1.0}
+    mems = {"naive": 800.0, "liger": 100.0, "clmap": 50.0}
+    for n, v in ((4096, 32000), (16384, 32000), (16384, 128256)):
+        for impl in times:
+            scale = n / 4096 * v / 32000
+            rows.append({**ENV, "commit": "new", "date": "2026-11-26T10:00:00Z", "impl": impl, "N": n,
+                         "H": 4096, "V": v, "dtype": "bf16", "pass": "fwd+bwd",
+                         "median_ms": round(times[impl] * scale, 3), "p20_ms": 0.9, "p80_ms": 1.1,
+                         "peak_extra_mb": mems[impl] * scale})
+    # An older commit's row on the same device must not appear.
+    rows.append({**rows[0], "commit": "old", "date": "2026-11-20T10:00:00Z", "median_ms": 999.25})
+    return rows
+
+
+@pytest.fixture()
+def results(tmp_path: Path) -> Path:
+    res = tmp_path / "results"
+    res.mkdir()
+    _write(res / "mapping_loss.csv", _mapping_rows())
+    pooled = [{**ENV, "commit": "new", "date": "2026-11-26T10:00:00Z", "impl": impl, "pass": "fwd",
+               "tokens": n, "hidden": 1024, "spans": 64, "dtype": "torch.bfloat16",
+               "median_ms": n / 8192 * (0.5 if impl == "triton" else 2.0), "p20_ms": 0, "p80_ms": 0,
+               "bytes": 1, "gbps": 100.0, "roofline_gbps": 3000.0, "frac_of_roofline": 0.03,
+               "peak_mem_mb": 10}
+              for n in (8192, 32768) for impl in ("triton", "torch")]
+    _write(res / "pooled_similarity.csv", pooled)
+    return res
+
+
+def test_report_tables_and_plots(results: Path, tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# B\n\nintro\n\n{report.START}\nstale 12345\n{report.END}\n\ntail text\n")
+    report.main(["--results", str(results), "--readme", str(readme)])
+    text = readme.read_text()
+    section = text.split(report.START)[1].split(report.END)[0]
+    assert "stale 12345" not in section and text.startswith("# B\n\nintro") and "tail text" in text
+    assert "### mapping_loss" in section and "### pooled_similarity" in section
+    assert "NVIDIA H100 80GB HBM3" in section
+    # Every CSV number of the latest commit is in the table, as written there; the older commit's is not.
+    for r in _mapping_rows()[:-1]:
+        line = (f"| {r['impl']} | {r['N']} | 4096 | {r['V']} | bf16 | fwd+bwd | {r['median_ms']} | 0.9 | 1.1 "
+                f"| {r['peak_extra_mb']} |")
+        assert line in section, line
+    assert "999.2" not in section
+    # Ratios vs each peer: clmap 1.0 vs liger 2.0 → 0.5 in time, 50 vs 800 MB → 0.0625 in memory.
+    assert "| 4096 | 4096 | 32000 | bf16 | fwd+bwd | liger | 0.500 | 0.500 |" in section
+    assert "| 4096 | 4096 | 32000 | bf16 | fwd+bwd | naive | 0.250 | 0.062 |" in section
+    assert "| 8192 | 1024 | 64 | torch.bfloat16 | fwd | torch | 0.250 |" in section
+    plots = sorted(p.name for p in results.glob("*.png"))
+    for what in ("mapping_loss_time_vs_N", "mapping_loss_time_vs_V", "mapping_loss_memory_vs_N",
+                 "mapping_loss_memory_vs_V", "pooled_similarity_time_vs_N"):
+        assert any(p.startswith(what) for p in plots), (what, plots)
+    assert all((results / p).stat().st_size > 1000 for p in plots)
+    # Regenerating is idempotent.
+    report.main(["--results", str(results), "--readme", str(readme)])
+    assert readme.read_text() == text
+
+
+def test_report_merge_appends_suite_rows(results: Path, tmp_path: Path) -> None:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    _write(suite / "train_throughput.csv", [{**ENV, "commit": "new", "date": "2026-11-26T11:00:00Z",
+                                             "config": "100m", "nproc": 1, "clmap_tokens_per_s": 123456.5,
+                                             "plain_tokens_per_s": 61728.25, "tokens_per_s_ratio": 2.0}])
+    _write(suite / "gpu_util.csv", [{"timestamp": "x", "utilization.gpu [%]": "90 %"}])
+    readme = tmp_path / "README.md"
+    report.main(["--results", str(results), "--readme", str(readme), "--merge", str(suite)])
+    assert (results / "train_throughput.csv").exists() and not (results / "gpu_util.csv").exists()
+    section = readme.read_text().split(report.START)[1]
+    assert "| 100m | 1 |" in section and "| 123456.5 | 61728.25 | 2.0 |" in section
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow
+def test_train_throughput_tiny_writes_both_sides(tmp_path: Path) -> None:
+    env = {**_env(), "CLMAP_BENCH_OUT": str(tmp_path / "out")}
+    cmd = [sys.executable, "-m", "benchmarks.train_throughput", "--config", "tiny", "--device", "cpu",
+           "--steps", "2", "--warmup", "1", "--work", str(tmp_path / "work"), *TINY]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = list(csv.DictReader((tmp_path / "out" / "train_throughput.csv").open()))
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["config"] == "tiny" and row["device"].startswith("CPU")
+    assert float(row["clmap_tokens_per_s"]) > 0 and float(row["plain_tokens_per_s"]) > 0
+    assert float(row["tokens_per_s_ratio"]) == pytest.approx(
+        float(row["clmap_tokens_per_s"]) / float(row["plain_tokens_per_s"]), rel=1e-2)
+    assert float(row["clmap_peak_memory_gib"]) > 0 and row["clmap_mfu"] == ""  # no MFU on CPU
+
+
+def test_unpack_row_restores_sequences() -> None:
+    from benchmarks.train_throughput import pad_batch, unpack_row
+
+    ids = [1, 5, 6, 2, 1, 7, 2, 0, 0]
+    tgt = [5, 6, 2, -100, 7, 2, -100, -100, -100]
+    pos = [0, 1, 2, 3, 0, 1, 2, 0, 1]
+    seqs = unpack_row(ids, tgt, pos, pad_id=0)
+    assert seqs == [([1, 5, 6, 2], [5, 6, 2, -100]), ([1, 7, 2], [7, 2, -100])]
+    batch_ids, batch_tgt, mask = pad_batch(seqs, 0, "cpu")
+    assert batch_ids.tolist() == [[1, 5, 6, 2], [1, 7, 2, 0]]
+    assert batch_tgt[1].tolist() == [7, 2, -100, -100] and mask.sum().item() == 7
+
+
+@pytest.mark.slow
+def test_gpu_suite_dry_run(tmp_path: Path) -> None:
+    out = tmp_path / "suite"
+    env = {**_env(), "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), str(out), "--dry-run"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    log = (out / "suite.log").read_text() if (out / "suite.log").exists() else proc.stdout
+    assert proc.returncode == 0, log[-6000:] + proc.stderr[-2000:]
+    for name in ("gpu_check", "mapping_loss", "pooled_similarity", "train_throughput"):
+        rows = list(csv.DictReader((out / f"{name}.csv").open()))
+        assert rows and all(r["device"].startswith("CPU") for r in rows), name
+    assert all(r["ok"] == "True" for r in csv.DictReader((out / "gpu_check.csv").open()))
+    assert (out / "profile_summary.txt").read_text().strip()
+    assert (out / "profile_trace.tar.gz").stat().st_size > 0
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) <= 8, files
+    assert "suite finished" in log and "0 step(s) not ok" in log

@@ -1,0 +1,102 @@
+"""The objective's arithmetic, the kernels vs the reference in a real training step, non-finite steps."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from conftest import LANGS, PAIRS, tiny_overrides
+
+from clmap.config import load_config
+from clmap.data.examples import GroupTable
+from clmap.data.tokenizer import load_tokenizer
+from clmap.model import build_model
+from clmap.objectives import MappingObjective, loss_coefficients, summarize
+from clmap.parallel import cleanup, init_distributed, shard_model
+from clmap.train import build_optimizer, load_texts, make_stream, train_step
+
+
+def test_loss_coefficients_follow_the_definition():
+    table = GroupTable(["en", "cs"], ["en-cs"])
+    cfg = load_config(None, ["--objective.lambda_cl=0.5", "--objective.lambda_map=0.2"]).objective
+    counts = torch.zeros(len(table))
+    sums = torch.zeros(len(table))
+    for name, (n, mean) in {"ntp:en": (10, 2.0), "ntp:cs": (30, 4.0), "cl:en>cs": (5, 3.0),
+                            "cl:cs>en": (15, 1.0)}.items():
+        counts[table[name]], sums[table[name]] = n, n * mean
+    coef, map_coef = loss_coefficients(table, counts, num_pairs=4, cfg=cfg)
+    ntp = (10 * 2.0 + 30 * 4.0) / 40  # token mean over all NTP tokens
+    cl = 0.5 * (3.0 + 1.0)  # each direction a token mean of its own
+    map_sum = 4 * 0.25
+    expected = ntp + 0.5 * cl + 0.2 * map_sum / 4
+    assert float((coef * sums).sum()) + map_coef * map_sum == pytest.approx(expected)
+    summary = summarize(table, sums, counts, map_sum, 4.0, cos_sum=3.0, cfg=cfg)
+    assert summary["loss/total"] == pytest.approx(expected)
+    assert summary["loss/cl"] == pytest.approx(cl) and summary["map/mean_cos"] == pytest.approx(0.75)
+    assert summary["group/ntp:cs"] == pytest.approx(4.0)
+    # one direction only: L_CL is that direction's mean
+    counts[table["cl:cs>en"]] = 0
+    sums[table["cl:cs>en"]] = 0
+    coef, _ = loss_coefficients(table, counts, num_pairs=0, cfg=cfg)
+    assert float((coef * sums).sum()) == pytest.approx(ntp + 0.5 * 3.0)
+
+
+@pytest.fixture(scope="module")
+def setup(small_corpus, small_tokenizer, tmp_path_factory):
+    os.environ.pop("CLMAP_KERNEL_BACKEND", None)
+    cfg = load_config(None, tiny_overrides(small_corpus, small_tokenizer, tmp_path_factory.mktemp("obj")))
+    dist_info = init_distributed("cpu", "gloo")
+    tok = load_tokenizer(small_tokenizer)
+    table = GroupTable(LANGS, PAIRS)
+    mono, parallel = load_texts(cfg, "train")
+    stream = make_stream(cfg, tok, table, mono, parallel, seed=0)
+    rows = [row for _, row in zip(range(cfg.train.global_batch * 3), stream.rows(), strict=False)]
+    yield cfg, dist_info, tok, table, rows
+    cleanup()
+
+
+def _train(setup, backend: str | None, steps: int = 3):
+    cfg, dist_info, tok, table, rows = setup
+    if backend:
+        os.environ["CLMAP_KERNEL_BACKEND"] = backend
+    try:
+        torch.manual_seed(0)
+        objective = MappingObjective(build_model(cfg.model, tok, dist_info.device), table, cfg.objective)
+        objective = shard_model(objective, dist_info.device, "fp32", activation_checkpointing=False)
+        optimizer, scheduler = build_optimizer(objective, cfg)
+        losses = []
+        gb = cfg.train.global_batch
+        for step in range(steps):
+            sums, grad_norm, applied = train_step(objective, optimizer, rows[step * gb : (step + 1) * gb], cfg,
+                                                  table, dist_info)
+            scheduler.step()
+            g = len(table)
+            losses.append(summarize(table, sums[:g], sums[g : 2 * g], *sums[2 * g :].tolist(), cfg.objective))
+        return objective, optimizer, losses
+    finally:
+        os.environ.pop("CLMAP_KERNEL_BACKEND", None)
+
+
+def test_kernels_and_reference_give_the_same_training_curve(setup):
+    _, _, fused = _train(setup, None)
+    _, _, reference = _train(setup, "reference")
+    for a, b in zip(fused, reference, strict=True):
+        for key in ("loss/total", "loss/ntp", "loss/cl", "loss/map"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5), key
+
+
+def test_non_finite_step_is_skipped(setup):
+    cfg, dist_info, tok, table, rows = setup
+    objective, optimizer, _ = _train(setup, None, steps=1)
+    embed = objective.lm.get_input_embeddings().weight
+    with torch.no_grad():
+        embed.to_local()[0, 0] = float("nan")
+        before = [p.detach().to_local().clone() for p in objective.parameters()]
+    rows_with_nan_token = [row for row in rows if 0 in row.input_ids] or rows
+    _, _, applied = train_step(objective, optimizer, rows_with_nan_token[: cfg.train.global_batch], cfg, table,
+                               dist_info)
+    assert not applied
+    after = [p.detach().to_local() for p in objective.parameters()]
+    for b, a in zip(before, after, strict=True):
+        torch.testing.assert_close(a, b, equal_nan=True)
