@@ -28,7 +28,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$PWD
 PY=${PYTHON:-python3}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/clmap_suite.XXXXXX")
-BUDGET=${CLMAP_SUITE_BUDGET_S:-$([[ $DRY == 1 ]] && echo 240 || echo 330)}
+BUDGET=${CLMAP_SUITE_BUDGET_S:-$([[ $DRY == 1 ]] && echo 400 || echo 330)}
 export CLMAP_BENCH_OUT=$OUT_DIR PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 exec > >(tee -a "$OUT_DIR/suite.log") 2>&1
@@ -119,8 +119,10 @@ if ((${#wheels[@]})); then
             done
             wheels=("${keep[@]}")
         fi
-        echo "=== wheels: installing ${wheels[*]}"
-        if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        echo "=== wheels: installing ${wheels[*]:-none}"
+        if ((${#wheels[@]} == 0)); then
+            :
+        elif "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target /tmp/site "${wheels[@]}"; then
             export PYTHONPATH=$PYTHONPATH:/tmp/site
         else
@@ -151,10 +153,10 @@ else
 fi
 
 # -- the steps ------------------------------------------------------------------------------------
-step gpu_check 60 "$PY" -m benchmarks.gpu_check --device "$DEVICE"
-step mapping_loss 90 "$PY" -m benchmarks.mapping_loss "${MAPPING_ARGS[@]}"
-step pooled_similarity 60 "$PY" -m benchmarks.pooled_similarity "${POOLED_ARGS[@]}"
-step train_throughput 150 "$PY" -m benchmarks.train_throughput --work "$WORK/throughput" "${TRAIN_ARGS[@]}"
+step gpu_check 45 "$PY" -m benchmarks.gpu_check --device "$DEVICE"
+step mapping_loss 80 "$PY" -m benchmarks.mapping_loss "${MAPPING_ARGS[@]}"
+step pooled_similarity 50 "$PY" -m benchmarks.pooled_similarity "${POOLED_ARGS[@]}"
+step train_throughput 170 "$PY" -m benchmarks.train_throughput --work "$WORK/throughput" "${TRAIN_ARGS[@]}"
 
 # The profiled run reuses the benchmark's presets, run options and (if trained) tokenizer.
 mapfile -t PRESET < <("$PY" -c "from benchmarks.train_throughput import PRESETS, BENCH_OVERRIDES as B
@@ -163,7 +165,7 @@ TOKENIZER=()
 for tok in "$WORK"/throughput/tokenizer_v*/tokenizer; do
     if [[ -f "$tok/tokenizer.model" ]]; then TOKENIZER=(--tokenizer.path="$tok"); fi
 done
-step profile 60 "$PY" -m clmap.train --config configs/tiny.toml --profile --train.device="$DEVICE" \
+step profile 50 "$PY" -m clmap.train --config configs/tiny.toml --profile --train.device="$DEVICE" \
     --run_dir="$WORK/profile_run" "${PRESET[@]}" "${TOKENIZER[@]}" "${PROFILE_ARGS[@]}"
 if [[ -f "$WORK/profile_run/profile/summary.txt" ]]; then
     cp "$WORK/profile_run/profile/summary.txt" "$OUT_DIR/profile_summary.txt"

@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
         shapes = [tuple(int(x) for x in shape.split(",")) for shape in args.shapes.split(";")]
     impls = [i for i in args.impls.split(",") if _loss_fn(i) is not None]
     tags = environment_tags(args.device)
-    rows = []
+    rows: list[dict] = []
+    path = None
     for n, h, v in shapes:
         for pass_ in args.passes.split(","):
             for impl in impls:
@@ -148,10 +149,10 @@ def main(argv: list[str] | None = None) -> None:
                       f"median {row['median_ms']:>10.1f} ms "
                       f"[p20 {row['p20_ms']:.1f}, p80 {row['p80_ms']:.1f}]  "
                       f"peak extra {row['peak_extra_mb']:>9.1f} MB", flush=True)
-                rows.append({**tags, **row})
+                rows.append({**row, **tags})  # the device tag (GPU or CPU name) wins over "cuda"/"cpu"
+                path = append_csv("mapping_loss", rows[-1:])  # row by row: a timed-out sweep keeps its rows
     _print_ratios(rows)
-    path = append_csv("mapping_loss", rows)
-    print(f"wrote {len(rows)} rows to {path}")
+    print(f"wrote {len(rows)} rows to {path if rows else 'nowhere'}")
 
 
 def _print_ratios(rows: list[dict]) -> None:

@@ -213,8 +213,12 @@ def make_plots(results: Path) -> list[Path]:
                     panels = {k: v for k, v in panels.items() if len({r.get(x) for r in v}) > 1}
                     if not panels:
                         continue
-                    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-                    for ax, (key, panel_rows) in zip(axes[0], sorted(panels.items()), strict=True):
+                    ncols = min(4, len(panels))
+                    nrows = -(-len(panels) // ncols)
+                    fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.6 * nrows), squeeze=False)
+                    for ax in axes.flat[len(panels):]:
+                        ax.set_visible(False)
+                    for ax, (key, panel_rows) in zip(axes.flat, sorted(panels.items()), strict=False):
                         _plot_lines(ax, panel_rows, x, y, ["impl"])
                         ax.set_xscale("log")
                         ax.set_yscale("log")

@@ -249,6 +249,8 @@ def evaluate(run: Run, args: argparse.Namespace) -> float:
     ]
     if args.eval_limit:
         cmd += ["--limit", str(args.eval_limit)]
+    for entry in args.data:
+        cmd += ["--data", entry]
     print(f"[ablation] {run.name}: evaluating", flush=True)
     t0 = time.perf_counter()
     subprocess.run(
@@ -262,18 +264,16 @@ def evaluate(run: Run, args: argparse.Namespace) -> float:
     return time.perf_counter() - t0
 
 
-def compare(runs: Sequence[Run], out: Path, threads: int) -> None:
-    """The evaluator's own comparison over all runs (deltas vs the first, NTP-only, run)."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "clmap.evaluate",
-        "--compare",
-        *(str(r.eval_dir) for r in runs),
-        "--out",
-        str(out / "compare"),
-    ]
-    subprocess.run(cmd, cwd=REPO, env=_env(threads, training=False), check=True, stdout=subprocess.DEVNULL)
+def compare(runs: Sequence[Run], out: Path) -> Path:
+    """The evaluator's own comparison over all runs (deltas vs the first, NTP-only, run), in-process:
+    the same functions ``python -m clmap.evaluate --compare`` uses, without another interpreter start."""
+    from clmap.evaluate.report import compare_reports, write_comparison
+
+    named = [(f"{i}:{r.name}", json.loads((r.eval_dir / "report.json").read_text()))
+             for i, r in enumerate(runs)]
+    if len(named) >= 2:
+        write_comparison(compare_reports(named), out / "compare")
+    return out / "compare" / "comparison.md"
 
 
 # -- statistics ----------------------------------------------------------------------------------------
@@ -911,11 +911,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="an existing tokenizer folder for every variant")
     p.add_argument("--nproc", type=int, default=1, help="processes per training run (torchrun when > 1)")
     p.add_argument("--threads", type=int, default=None, help="OMP threads per process (default: 2 // nproc)")
-    p.add_argument("--eval-limit", type=int, default=100, help="items per task and direction (0 = all)")
+    p.add_argument("--eval-limit", type=int, default=32, help="items per task and direction (0 = all)")
     p.add_argument("--tasks", default=DEFAULT_TASKS, help="evaluator tasks")
     p.add_argument("--pairs", default=DEFAULT_PAIRS, help="evaluation language pairs")
     p.add_argument("--device", default="cpu", help="evaluation device")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="MT generation length")
+    p.add_argument("--data", action="append", default=[], metavar="TASK=PATH",
+                   help="evaluator input per task (Belebele, XQuAD/MLQA, CrossSum, ...), repeatable")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="MT generation length")
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument(
         "--skip-existing", action="store_true", help="reuse finished runs/evaluations, resume the rest"
@@ -953,7 +955,7 @@ def main(argv: list[str] | None = None) -> int:
         for run in runs:
             train_s += train(run, args)
             eval_s += evaluate(run, args)
-        compare(runs, Path(args.out), args.threads)
+        compare(runs, Path(args.out))
     from clmap.config import load_config
 
     cfg = load_config(args.base, runs[0].overrides)
