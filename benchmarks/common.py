@@ -39,7 +39,10 @@ def git_commit() -> str:
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10,
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=10,
         )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
@@ -102,7 +105,9 @@ class Timing:
     p80_ms: float
 
 
-def time_fn(fn: Callable[[], object], *, device: torch.device | str = "cpu", warmup: int = 2, rep: int = 5) -> Timing:
+def time_fn(
+    fn: Callable[[], object], *, device: torch.device | str = "cpu", warmup: int = 2, rep: int = 5
+) -> Timing:
     """Time ``fn``: ``triton.testing.do_bench`` on CUDA, a perf_counter loop after warm-up on CPU."""
     device = torch.device(device)
     if device.type == "cuda":
@@ -140,7 +145,9 @@ def run_case_subprocess(module: str, case: dict, timeout: float = 1800) -> dict:
     A fresh process per case is what makes CPU peak-RSS numbers comparable between implementations.
     """
     cmd = [sys.executable, "-m", module, "--case", json.dumps(case)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parent.parent)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, cwd=Path(__file__).parent.parent
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -42,7 +42,9 @@ class TokenizerConfig:
 
     path: str = ""
     vocab_size: int = 8000
-    tag_format: str = ""  # "" = <2xx> special pieces for a trained tokenizer, "\n[xx] " text for a pretrained one
+    tag_format: str = (
+        ""  # "" = <2xx> special pieces for a trained tokenizer, "\n[xx] " text for a pretrained one
+    )
     train_sentences: int = 200_000
 
 
@@ -210,7 +212,11 @@ def _merge(obj, data: dict, where: str):
 
 
 def parse_overrides(args: list[str]) -> dict:
-    """``["--optim.lr=3e-4", "--train.steps", "10"]`` → ``{"optim": {"lr": "3e-4"}, "train": {"steps": "10"}}``."""
+    """``["--optim.lr=3e-4", "--train.steps", "10"]``
+    → ``{"optim": {"lr": "3e-4"}, "train": {"steps": "10"}}``
+
+    Values stay strings here; the dataclass field types convert them.
+    """
     tree: dict = {}
     i = 0
     while i < len(args):

@@ -16,7 +16,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--nproc", type=int, default=2, help="training processes (FSDP2 over gloo on CPU)")
     parser.add_argument("--config", default=str(REPO / "configs" / "tiny.toml"))
     parser.add_argument("--run-dir", default=str(REPO / "runs" / "tiny"))
@@ -26,8 +28,17 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(args.run_dir)
     started = time.perf_counter()
     train = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-        "-m", "clmap.train", "--config", args.config, f"--run_dir={run_dir}", *overrides,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={args.nproc}",
+        "-m",
+        "clmap.train",
+        "--config",
+        args.config,
+        f"--run_dir={run_dir}",
+        *overrides,
     ]
     print("$", " ".join(train), flush=True)
     subprocess.run(train, check=True, cwd=REPO)
@@ -35,8 +46,15 @@ def main(argv: list[str] | None = None) -> int:
 
     eval_dir = run_dir / "eval"
     evaluate = [
-        sys.executable, "-m", "clmap.evaluate", "--checkpoint", str(run_dir), "--out", str(eval_dir),
-        "--limit", str(args.eval_limit),
+        sys.executable,
+        "-m",
+        "clmap.evaluate",
+        "--checkpoint",
+        str(run_dir),
+        "--out",
+        str(eval_dir),
+        "--limit",
+        str(args.eval_limit),
     ]
     print("$", " ".join(evaluate), flush=True)
     subprocess.run(evaluate, check=True, cwd=REPO)

@@ -64,7 +64,9 @@ def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
     backbone = model.get_decoder()
     layers = getattr(backbone, "layers", None)
     if layers is None:
-        raise TypeError(f"{type(model).__name__}: cannot find decoder layers (expected .layers on the decoder)")
+        raise TypeError(
+            f"{type(model).__name__}: cannot find decoder layers (expected .layers on the decoder)"
+        )
     return layers
 
 
@@ -73,4 +75,3 @@ def count_parameters(model: torch.nn.Module, exclude_embeddings: bool = False) -
     if exclude_embeddings and isinstance(model, PreTrainedModel):
         total -= model.get_input_embeddings().weight.numel()
     return total
-

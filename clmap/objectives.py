@@ -83,7 +83,8 @@ class MappingObjective(nn.Module):
             sim = cosine_matrix(layer, a_starts, a_ends, layer, b_starts, b_ends)
             logits, labels = sim / self.cfg.infonce_temperature, torch.arange(sim.shape[0], device=sim.device)
             map_sum = 0.5 * (
-                F.cross_entropy(logits, labels, reduction="sum") + F.cross_entropy(logits.T, labels, reduction="sum")
+                F.cross_entropy(logits, labels, reduction="sum")
+                + F.cross_entropy(logits.T, labels, reduction="sum")
             )
             cos = sim.diagonal()
         else:
@@ -92,7 +93,10 @@ class MappingObjective(nn.Module):
         pairs = torch.tensor(float(cos.numel()), device=cos.device)
         pooled = (None, None)
         if return_pooled:
-            pooled = (pool_spans(layer, a_starts, a_ends).detach(), pool_spans(layer, b_starts, b_ends).detach())
+            pooled = (
+                pool_spans(layer, a_starts, a_ends).detach(),
+                pool_spans(layer, b_starts, b_ends).detach(),
+            )
         return ObjectiveOutput(loss.loss_sum, loss.count, map_sum, pairs, cos.detach().sum(), *pooled)
 
 
@@ -124,8 +128,13 @@ def _mask(kinds: list[str], kind: str, like: torch.Tensor) -> torch.Tensor:
 
 
 def summarize(
-    table: GroupTable, loss_sum: torch.Tensor, count: torch.Tensor, map_sum: float, map_count: float,
-    cos_sum: float, cfg: ObjectiveConfig,
+    table: GroupTable,
+    loss_sum: torch.Tensor,
+    count: torch.Tensor,
+    map_sum: float,
+    map_count: float,
+    cos_sum: float,
+    cfg: ObjectiveConfig,
 ) -> dict[str, float]:
     """Per-task and per-group means of a step (sums already reduced over micro-batches and ranks)."""
     loss_sum, count = loss_sum.double().cpu(), count.double().cpu()
@@ -137,7 +146,11 @@ def summarize(
         n = count[mask].sum()
         return float(loss_sum[mask].sum() / n) if n > 0 else None
 
-    for name, kinds in {"ntp": ("ntp", "text"), "cl_forward": ("cl_forward",), "cl_backward": ("cl_backward",)}.items():
+    for name, kinds in {
+        "ntp": ("ntp", "text"),
+        "cl_forward": ("cl_forward",),
+        "cl_backward": ("cl_backward",),
+    }.items():
         value = mean(kinds)
         if value is not None:
             metrics[f"loss/{name}"] = value

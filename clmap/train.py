@@ -1,4 +1,6 @@
-"""Training entry point: ``torchrun --nproc_per_node=N -m clmap.train --config configs/tiny.toml [--key=value ...]``.
+"""Training entry point.
+
+``torchrun --nproc_per_node=N -m clmap.train --config configs/tiny.toml [--section.key=value ...]``
 
 Also runs as one process (``python -m clmap.train``). The whole optimizer step is ``train_step``.
 """
@@ -37,7 +39,9 @@ def corpus_file(cfg: Config, kind: str, name: str, split: str) -> Path:
     return root / kind / name / f"{split}.jsonl.gz"
 
 
-def load_texts(cfg: Config, split: str) -> tuple[dict[str, list[str]], dict[str, tuple[list[str], list[str]]]]:
+def load_texts(
+    cfg: Config, split: str
+) -> tuple[dict[str, list[str]], dict[str, tuple[list[str], list[str]]]]:
     """Monolingual texts per language and parallel sides per pair of one split."""
     mono, parallel = {}, {}
     for lang in cfg.data.languages:
@@ -83,13 +87,24 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, dist_info: DistInfo, mono, par
 
 def make_stream(cfg: Config, tok, table, mono, parallel, seed: int) -> TrainingStream:
     sources = build_sources(
-        tok, mono, parallel, seq_len=cfg.data.seq_len, max_segment_tokens=cfg.data.max_segment_tokens,
+        tok,
+        mono,
+        parallel,
+        seq_len=cfg.data.seq_len,
+        max_segment_tokens=cfg.data.max_segment_tokens,
         parallel_as_text=cfg.data.parallel_as_text,
     )
     weights = source_weights(sources, cfg.data.ntp_share, cfg.data.temperature)
     return TrainingStream(
-        tok, table, sources, weights, seq_len=cfg.data.seq_len, packing=cfg.data.packing,
-        window=cfg.data.pack_window, directions=cfg.data.cl_directions, seed=seed,
+        tok,
+        table,
+        sources,
+        weights,
+        seq_len=cfg.data.seq_len,
+        packing=cfg.data.packing,
+        window=cfg.data.pack_window,
+        directions=cfg.data.cl_directions,
+        seed=seed,
     )
 
 
@@ -101,7 +116,10 @@ def build_optimizer(model: torch.nn.Module, cfg: Config):
     o = cfg.optim
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps, foreach=True,
+        lr=o.lr,
+        betas=(o.beta1, o.beta2),
+        eps=o.eps,
+        foreach=True,
     )
 
     def schedule(step: int) -> float:
@@ -118,8 +136,11 @@ def step_counts(rows: list[Row], num_groups: int) -> tuple[torch.Tensor, float]:
     counts = torch.zeros(num_groups, dtype=torch.float64)
     for row in rows:
         targets, groups = torch.tensor(row.targets), torch.tensor(row.groups)
-        counts.index_add_(0, groups[targets != IGNORE_INDEX], torch.ones(int((targets != IGNORE_INDEX).sum()),
-                                                                         dtype=torch.float64))
+        counts.index_add_(
+            0,
+            groups[targets != IGNORE_INDEX],
+            torch.ones(int((targets != IGNORE_INDEX).sum()), dtype=torch.float64),
+        )
     return counts, float(sum(len(row.pairs) for row in rows))
 
 
@@ -142,8 +163,13 @@ def train_step(objective, optimizer, rows: list[Row], cfg: Config, table: GroupT
         out = objective(**collate(chunk, dist_info.device))
         loss = (coef * out.loss_sum).sum() + map_coef * out.map_sum
         (loss * dist_info.world_size).backward()
-        sums += torch.cat([out.loss_sum.detach(), out.count.to(out.loss_sum.dtype),
-                           torch.stack([out.map_sum.detach(), out.map_count, out.cos_sum])]).double()
+        sums += torch.cat(
+            [
+                out.loss_sum.detach(),
+                out.count.to(out.loss_sum.dtype),
+                torch.stack([out.map_sum.detach(), out.map_count, out.cos_sum]),
+            ]
+        ).double()
     all_reduce_sum(sums)
     finite = bool(torch.isfinite(sums).all())
     grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), cfg.optim.grad_clip or float("inf"))
@@ -171,8 +197,13 @@ def dev_metrics(objective, dev_rows: list[Row], cfg: Config, table: GroupTable, 
     for i in range(0, len(mine), cfg.train.micro_batch):
         batch = collate(mine[i : i + cfg.train.micro_batch], dist_info.device)
         out = objective(**batch, return_pooled=True)
-        sums += torch.cat([out.loss_sum, out.count.to(out.loss_sum.dtype),
-                           torch.stack([out.map_sum, out.map_count, out.cos_sum])]).double()
+        sums += torch.cat(
+            [
+                out.loss_sum,
+                out.count.to(out.loss_sum.dtype),
+                torch.stack([out.map_sum, out.map_count, out.cos_sum]),
+            ]
+        ).double()
         if out.pooled_a is not None:
             pair_group = batch["groups"].flatten()[batch["span_starts"][batch["pair_a"]]]
             pooled.append((pair_group.cpu(), out.pooled_a.float().cpu(), out.pooled_b.float().cpu()))
@@ -239,16 +270,21 @@ def run(cfg: Config) -> Path:
     dev_rows: list[Row] = []
     if cfg.metrics.eval_every and (dev_mono or dev_parallel):
         dev_mono = {k: v[: cfg.data.dev_pairs] for k, v in dev_mono.items()}
-        dev_parallel = {k: (s[: cfg.data.dev_pairs], t[: cfg.data.dev_pairs]) for k, (s, t) in dev_parallel.items()}
+        dev_parallel = {
+            k: (s[: cfg.data.dev_pairs], t[: cfg.data.dev_pairs]) for k, (s, t) in dev_parallel.items()
+        }
         dev_stream = make_stream(cfg, tok, table, dev_mono, dev_parallel, seed=1234)
         dev_rows = dev_stream.every_record_rows()
-        dev_rows = dev_rows[: max(dist_info.world_size, len(dev_rows) // dist_info.world_size * dist_info.world_size)]
+        dev_rows = dev_rows[
+            : max(dist_info.world_size, len(dev_rows) // dist_info.world_size * dist_info.world_size)
+        ]
 
     lm = build_model(cfg.model, tok, dist_info.device)
     num_params = count_parameters(lm)
     objective = MappingObjective(lm, table, cfg.objective).to(dist_info.device)
-    objective = shard_model(objective, dist_info.device, cfg.train.mixed_precision,
-                            cfg.train.activation_checkpointing)
+    objective = shard_model(
+        objective, dist_info.device, cfg.train.mixed_precision, cfg.train.activation_checkpointing
+    )
     optimizer, scheduler = build_optimizer(objective, cfg)
     checkpointer = Checkpointer(run_dir, dist_info, keep=cfg.checkpoint.keep)
 
@@ -265,13 +301,21 @@ def run(cfg: Config) -> Path:
     peak = peak_flops(dist_info.device)
     flops_tok = flops_per_token(num_params, len(decoder_layers(lm)), lm.config.hidden_size, cfg.data.seq_len)
     if main:
-        print(f"model: {num_params / 1e6:.2f}M parameters, {len(table)} loss groups, world size "
-              f"{dist_info.world_size}, device {dist_info.device}, run folder {run_dir}", flush=True)
+        print(
+            f"model: {num_params / 1e6:.2f}M parameters, {len(table)} loss groups, world size "
+            f"{dist_info.world_size}, device {dist_info.device}, run folder {run_dir}",
+            flush=True,
+        )
 
     profiler = _profiler(cfg, run_dir) if cfg.profile.enabled else nullcontext()
     rows_iter = stream.rows(rows_done)
-    bar = tqdm(total=cfg.train.steps, initial=start_step, disable=not (main and cfg.metrics.progress),
-               desc="train", dynamic_ncols=True)
+    bar = tqdm(
+        total=cfg.train.steps,
+        initial=start_step,
+        disable=not (main and cfg.metrics.progress),
+        desc="train",
+        dynamic_ncols=True,
+    )
     nonfinite_in_a_row = 0
     step = start_step
     with profiler as prof:
@@ -297,12 +341,18 @@ def run(cfg: Config) -> Path:
                 g = len(table)
                 metrics = summarize(table, sums[:g], sums[g : 2 * g], *sums[2 * g :].tolist(), cfg.objective)
                 tokens = sum(sum(1 for p in r.input_ids if p != tok.pad_id) for r in rows)
-                metrics.update({
-                    "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "tokens_per_s": tokens / elapsed,
-                    "step_time_s": elapsed, "data_time_share": t_data / elapsed,
-                    "peak_memory_gib": peak_memory_gib(dist_info.device), "nonfinite_total": nonfinite_total,
-                    "skipped": 0.0 if applied else 1.0,
-                })
+                metrics.update(
+                    {
+                        "lr": scheduler.get_last_lr()[0],
+                        "grad_norm": grad_norm,
+                        "tokens_per_s": tokens / elapsed,
+                        "step_time_s": elapsed,
+                        "data_time_share": t_data / elapsed,
+                        "peak_memory_gib": peak_memory_gib(dist_info.device),
+                        "nonfinite_total": nonfinite_total,
+                        "skipped": 0.0 if applied else 1.0,
+                    }
+                )
                 if peak:
                     metrics["mfu"] = tokens * flops_tok / elapsed / (peak * dist_info.world_size)
                 if cfg.metrics.eval_every and dev_rows and step % cfg.metrics.eval_every == 0:
@@ -312,8 +362,13 @@ def run(cfg: Config) -> Path:
             bar.update(1)
             stop = preemption.agreed(dist_info.device)
             if step % cfg.checkpoint.every == 0 or step == cfg.train.steps or stop:
-                checkpointer.save(step, objective, optimizer, scheduler,
-                                  {"rows": rows_done, "nonfinite_total": nonfinite_total})
+                checkpointer.save(
+                    step,
+                    objective,
+                    optimizer,
+                    scheduler,
+                    {"rows": rows_done, "nonfinite_total": nonfinite_total},
+                )
             if stop:
                 if main:
                     print(f"\nSIGTERM: checkpoint saved at step {step}; exiting", flush=True)
@@ -342,14 +397,18 @@ def _profiler(cfg: Config, run_dir: Path):
 
     p = cfg.profile
     return profile(
-        activities=activities, schedule=schedule(wait=p.wait, warmup=p.warmup, active=p.active, repeat=1),
-        on_trace_ready=on_ready, record_shapes=True, profile_memory=True,
+        activities=activities,
+        schedule=schedule(wait=p.wait, warmup=p.warmup, active=p.active, repeat=1),
+        on_trace_ready=on_ready,
+        record_shapes=True,
+        profile_memory=True,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Any config field can be overridden as --section.key=value (see clmap/config.py).",
     )
     parser.add_argument("--config", default=None, help="TOML preset, e.g. configs/tiny.toml")

@@ -35,11 +35,16 @@ def small_corpus(tmp_path_factory) -> Path:
     sizes = {"train": 300, "dev": 24, "test": 24}
     for split, n in sizes.items():
         for lang in LANGS:
-            _copy_head(BUNDLED_CORPUS / "mono" / lang / f"{split}.jsonl.gz", root / "mono" / lang / f"{split}.jsonl.gz", n)
+            _copy_head(
+                BUNDLED_CORPUS / "mono" / lang / f"{split}.jsonl.gz",
+                root / "mono" / lang / f"{split}.jsonl.gz",
+                n,
+            )
         for pair in PAIRS:
             _copy_head(
                 BUNDLED_CORPUS / "parallel" / pair / f"{split}.jsonl.gz",
-                root / "parallel" / pair / f"{split}.jsonl.gz", n,
+                root / "parallel" / pair / f"{split}.jsonl.gz",
+                n,
             )
     return root
 
@@ -62,28 +67,51 @@ def small_tokenizer(small_corpus, tmp_path_factory) -> Path:
 def tiny_overrides(corpus: Path, tokenizer: Path, run_dir: Path, **extra) -> list[str]:
     """A 2-layer model on the small corpus: each step takes a fraction of a second on the CPU."""
     values = {
-        "run_dir": run_dir, "data.corpus": corpus, "tokenizer.path": tokenizer,
-        "data.languages": ",".join(LANGS), "data.pairs": ",".join(PAIRS),
-        "model.hidden_size": 32, "model.intermediate_size": 64, "model.num_layers": 2, "model.num_heads": 2,
-        "model.num_kv_heads": 1, "data.seq_len": 128, "data.max_segment_tokens": 24, "data.pack_window": 64,
-        "train.global_batch": 8, "train.micro_batch": 2, "train.steps": 6, "optim.warmup_steps": 2,
-        "optim.lr": 3e-3, "checkpoint.every": 3, "metrics.eval_every": 3, "metrics.progress": "false",
+        "run_dir": run_dir,
+        "data.corpus": corpus,
+        "tokenizer.path": tokenizer,
+        "data.languages": ",".join(LANGS),
+        "data.pairs": ",".join(PAIRS),
+        "model.hidden_size": 32,
+        "model.intermediate_size": 64,
+        "model.num_layers": 2,
+        "model.num_heads": 2,
+        "model.num_kv_heads": 1,
+        "data.seq_len": 128,
+        "data.max_segment_tokens": 24,
+        "data.pack_window": 64,
+        "train.global_batch": 8,
+        "train.micro_batch": 2,
+        "train.steps": 6,
+        "optim.warmup_steps": 2,
+        "optim.lr": 3e-3,
+        "checkpoint.every": 3,
+        "metrics.eval_every": 3,
+        "metrics.progress": "false",
         "metrics.tensorboard": "false",
     }
     values.update(extra)
     return [f"--{k}={v}" for k, v in values.items()]
 
 
-def run_train(overrides: list[str], nproc: int = 1, check: bool = True, **popen) -> subprocess.CompletedProcess:
+def run_train(
+    overrides: list[str], nproc: int = 1, check: bool = True, **popen
+) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node=nproc -m clmap.train`` (plain ``python -m`` for one process)."""
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     else:
         cmd = [sys.executable]
     cmd += ["-m", "clmap.train", *overrides]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CLMAP_KERNEL_BACKEND": os.environ.get("CLMAP_KERNEL_BACKEND", "")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "CLMAP_KERNEL_BACKEND": os.environ.get("CLMAP_KERNEL_BACKEND", ""),
+    }
     env.pop("TRITON_INTERPRET", None)  # training uses the chunked CPU path, as a CPU user would
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, **popen)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+        )
     return proc

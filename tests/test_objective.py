@@ -22,8 +22,12 @@ def test_loss_coefficients_follow_the_definition():
     cfg = load_config(None, ["--objective.lambda_cl=0.5", "--objective.lambda_map=0.2"]).objective
     counts = torch.zeros(len(table))
     sums = torch.zeros(len(table))
-    for name, (n, mean) in {"ntp:en": (10, 2.0), "ntp:cs": (30, 4.0), "cl:en>cs": (5, 3.0),
-                            "cl:cs>en": (15, 1.0)}.items():
+    for name, (n, mean) in {
+        "ntp:en": (10, 2.0),
+        "ntp:cs": (30, 4.0),
+        "cl:en>cs": (5, 3.0),
+        "cl:cs>en": (15, 1.0),
+    }.items():
         counts[table[name]], sums[table[name]] = n, n * mean
     coef, map_coef = loss_coefficients(table, counts, num_pairs=4, cfg=cfg)
     ntp = (10 * 2.0 + 30 * 4.0) / 40  # token mean over all NTP tokens
@@ -68,8 +72,9 @@ def _train(setup, backend: str | None, steps: int = 3):
         losses = []
         gb = cfg.train.global_batch
         for step in range(steps):
-            sums, grad_norm, applied = train_step(objective, optimizer, rows[step * gb : (step + 1) * gb], cfg,
-                                                  table, dist_info)
+            sums, grad_norm, applied = train_step(
+                objective, optimizer, rows[step * gb : (step + 1) * gb], cfg, table, dist_info
+            )
             scheduler.step()
             g = len(table)
             losses.append(summarize(table, sums[:g], sums[g : 2 * g], *sums[2 * g :].tolist(), cfg.objective))
@@ -94,8 +99,9 @@ def test_non_finite_step_is_skipped(setup):
         embed.to_local()[0, 0] = float("nan")
         before = [p.detach().to_local().clone() for p in objective.parameters()]
     rows_with_nan_token = [row for row in rows if 0 in row.input_ids] or rows
-    _, _, applied = train_step(objective, optimizer, rows_with_nan_token[: cfg.train.global_batch], cfg, table,
-                               dist_info)
+    _, _, applied = train_step(
+        objective, optimizer, rows_with_nan_token[: cfg.train.global_batch], cfg, table, dist_info
+    )
     assert not applied
     after = [p.detach().to_local() for p in objective.parameters()]
     for b, a in zip(before, after, strict=True):

@@ -11,7 +11,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clmap import BUNDLED_CORPUS
 from clmap.data.languages import FLORES_CODES, LANGUAGES, is_known_lang, normalize_lang
 from clmap.data.readers import (
     DataError,

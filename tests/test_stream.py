@@ -20,12 +20,23 @@ def tok(small_tokenizer):
 
 def _stream(tok, seq_len=96, packing=True, directions="both", ntp_share=0.4, seed=0):
     mono = {lang: [f"{lang} text number {i} " * (1 + i % 7) for i in range(40)] for lang in LANGS}
-    parallel = {p: ([f"source {i} words" for i in range(30)], [f"target {i} slova" for i in range(30)]) for p in PAIRS}
+    parallel = {
+        p: ([f"source {i} words" for i in range(30)], [f"target {i} slova" for i in range(30)]) for p in PAIRS
+    }
     table = GroupTable(LANGS, PAIRS)
     sources = build_sources(tok, mono, parallel, seq_len=seq_len, max_segment_tokens=16)
     weights = source_weights(sources, ntp_share, temperature=2.0)
-    stream = TrainingStream(tok, table, sources, weights, seq_len=seq_len, packing=packing, window=32,
-                            directions=directions, seed=seed)
+    stream = TrainingStream(
+        tok,
+        table,
+        sources,
+        weights,
+        seq_len=seq_len,
+        packing=packing,
+        window=32,
+        directions=directions,
+        seed=seed,
+    )
     return stream, table, sources, weights
 
 
@@ -47,7 +58,11 @@ def test_mapping_sequence_masks_source_and_tag(tok):
 def test_pair_unit_is_bidirectional_and_linked(tok):
     table = GroupTable(LANGS, PAIRS)
     x, y = tok.encode("Ahoj"), tok.encode("Hello")
-    unit = pair_unit(tok, table, x, y, "cs", "en") if "cs-en" in PAIRS else pair_unit(tok, table, y, x, "en", "cs")
+    unit = (
+        pair_unit(tok, table, x, y, "cs", "en")
+        if "cs-en" in PAIRS
+        else pair_unit(tok, table, y, x, "en", "cs")
+    )
     forward, backward = unit.sequences
     assert table.names[forward.group] == "cl:en>cs" and table.names[backward.group] == "cl:cs>en"
     assert unit.pairs == [(0, 1)]
@@ -106,8 +121,9 @@ def test_collate_flat_span_offsets(tok):
     for r, row in enumerate(rows):
         for start, end in row.spans:
             assert batch["span_starts"][k] == r * 96 + start
-            assert torch.equal(flat[batch["span_starts"][k] : batch["span_ends"][k]],
-                               torch.tensor(row.input_ids[start:end]))
+            assert torch.equal(
+                flat[batch["span_starts"][k] : batch["span_ends"][k]], torch.tensor(row.input_ids[start:end])
+            )
             k += 1
 
 
@@ -116,9 +132,17 @@ def test_packed_sequences_do_not_attend_to_each_other(tok):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                                         attn_implementation="sdpa")).eval()
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=tok.vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            attn_implementation="sdpa",
+        )
+    ).eval()
     first = torch.randint(4, tok.vocab_size, (1, 9))
     second = torch.randint(4, tok.vocab_size, (1, 7))
     packed = torch.cat([first, second], dim=1)

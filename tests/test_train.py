@@ -55,13 +55,24 @@ def test_two_process_fsdp_matches_single_process(single_run, small_corpus, small
 
 def test_sigkill_then_resume_continues_the_same_curve(single_run, small_corpus, small_tokenizer, tmp_path):
     """Kill a 2-process run with SIGKILL after a checkpoint; the resumed run matches the uninterrupted one."""
-    overrides = tiny_overrides(small_corpus, small_tokenizer, tmp_path, **{"checkpoint.every": 2, "train.steps": 6})
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "clmap.train", *overrides]
+    overrides = tiny_overrides(
+        small_corpus, small_tokenizer, tmp_path, **{"checkpoint.every": 2, "train.steps": 6}
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "clmap.train",
+        *overrides,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("TRITON_INTERPRET", None)
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     marker = tmp_path / "checkpoints" / "step_00000002" / "train_state.json"
     deadline = time.time() + 300
     while not marker.exists() and proc.poll() is None and time.time() < deadline:

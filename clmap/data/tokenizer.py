@@ -70,7 +70,9 @@ class ClmapTokenizer:
                 )
             tag = self.tag_format.format(lang=lang)
             # A trained tokenizer owns the tag as one piece; encode() would prepend a word boundary.
-            self._tags[lang] = [self.backend.piece_to_id(tag)] if self.kind == "sentencepiece" else self.encode(tag)
+            self._tags[lang] = (
+                [self.backend.piece_to_id(tag)] if self.kind == "sentencepiece" else self.encode(tag)
+            )
         return self._tags[lang]
 
     # -- persistence --------------------------------------------------------------------------
@@ -87,7 +89,7 @@ class ClmapTokenizer:
 
 
 def load_tokenizer(path: str | Path, tag_format: str | None = None) -> ClmapTokenizer:
-    """Load a folder written by :meth:`ClmapTokenizer.save`, a bare SentencePiece model, or any HF tokenizer."""
+    """Load a folder written by :meth:`ClmapTokenizer.save`, a SentencePiece model, or an HF tokenizer."""
     path = Path(path)
     meta: dict = {}
     if path.is_dir() and (path / META_FILE).is_file():
@@ -101,7 +103,9 @@ def load_tokenizer(path: str | Path, tag_format: str | None = None) -> ClmapToke
             raise FileNotFoundError(f"{spm_path}: SentencePiece model not found")
         backend = spm.SentencePieceProcessor(model_file=str(spm_path))
         return ClmapTokenizer(
-            backend, "sentencepiece", tag_format or meta.get("tag_format", DEFAULT_SPECIAL_TAG),
+            backend,
+            "sentencepiece",
+            tag_format or meta.get("tag_format", DEFAULT_SPECIAL_TAG),
             meta.get("languages", []),
         )
     if not path.exists():
@@ -112,8 +116,9 @@ def load_tokenizer(path: str | Path, tag_format: str | None = None) -> ClmapToke
         backend = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise FileNotFoundError(f"{path}: no tokenizer found there ({exc})") from exc
-    return ClmapTokenizer(backend, "hf", tag_format or meta.get("tag_format", DEFAULT_TEXT_TAG),
-                          meta.get("languages", []))
+    return ClmapTokenizer(
+        backend, "hf", tag_format or meta.get("tag_format", DEFAULT_TEXT_TAG), meta.get("languages", [])
+    )
 
 
 def train_sentencepiece(
@@ -144,7 +149,10 @@ def train_sentencepiece(
         byte_fallback=True,
         character_coverage=character_coverage,
         user_defined_symbols=tags,
-        pad_id=0, unk_id=1, bos_id=2, eos_id=3,
+        pad_id=0,
+        unk_id=1,
+        bos_id=2,
+        eos_id=3,
         input_sentence_size=max_sentences,
         shuffle_input_sentence=True,
         normalization_rule_name="identity",
