@@ -127,3 +127,34 @@ def test_missing_corpus_path_is_a_clear_error(small_tokenizer, tmp_path):
     proc = run_train(tiny_overrides(tmp_path / "nowhere", small_tokenizer, tmp_path / "run"), check=False)
     assert proc.returncode != 0
     assert "nowhere/mono/en/train.jsonl.gz: no such file" in proc.stderr
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(small_corpus, small_tokenizer, tmp_path):
+    overrides = tiny_overrides(
+        small_corpus, small_tokenizer, tmp_path, **{"checkpoint.every": 1000, "train.steps": 400}
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "clmap.train", *overrides],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        if (tmp_path / "metrics.jsonl").exists() and (tmp_path / "metrics.jsonl").read_text().count(
+            "\n"
+        ) >= 2:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    assert "SIGTERM: checkpoint saved" in out
+    latest = (tmp_path / "checkpoints" / "latest").read_text().strip()
+    step = int(latest.split("_")[1])
+    assert 2 <= step < 400
+    assert read_metrics(tmp_path / "metrics.jsonl")[-1]["step"] == step
