@@ -17,6 +17,7 @@ from clmap import BUNDLED_CORPUS  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 LANGS = ["en", "cs", "uk"]
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 PAIRS = ["en-cs", "cs-uk"]
 
 
@@ -94,6 +95,17 @@ def tiny_overrides(corpus: Path, tokenizer: Path, run_dir: Path, **extra) -> lis
     return [f"--{k}={v}" for k, v in values.items()]
 
 
+def child_env() -> dict[str, str]:
+    """Environment for a training subprocess: one thread per process, the CPU kernel path, no stale
+    process-group variables from a group made in the test process."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("TRITON_INTERPRET", None)  # training uses the chunked CPU path, as a CPU user would
+    env.pop("CLMAP_KERNEL_BACKEND", None)
+    for key in DIST_ENV:
+        env.pop(key, None)
+    return env
+
+
 def run_train(
     overrides: list[str], nproc: int = 1, check: bool = True, **popen
 ) -> subprocess.CompletedProcess:
@@ -103,12 +115,7 @@ def run_train(
     else:
         cmd = [sys.executable]
     cmd += ["-m", "clmap.train", *overrides]
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "CLMAP_KERNEL_BACKEND": os.environ.get("CLMAP_KERNEL_BACKEND", ""),
-    }
-    env.pop("TRITON_INTERPRET", None)  # training uses the chunked CPU path, as a CPU user would
+    env = child_env()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, **popen)
     if check and proc.returncode != 0:
         raise AssertionError(

@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from conftest import LANGS, PAIRS, tiny_overrides
+from conftest import DIST_ENV, LANGS, PAIRS, tiny_overrides
 
 from clmap.config import load_config
 from clmap.data.examples import GroupTable
@@ -50,6 +50,7 @@ def test_loss_coefficients_follow_the_definition():
 def setup(small_corpus, small_tokenizer, tmp_path_factory):
     os.environ.pop("CLMAP_KERNEL_BACKEND", None)
     cfg = load_config(None, tiny_overrides(small_corpus, small_tokenizer, tmp_path_factory.mktemp("obj")))
+    saved_env = {key: os.environ.get(key) for key in DIST_ENV}
     dist_info = init_distributed("cpu", "gloo")
     tok = load_tokenizer(small_tokenizer)
     table = GroupTable(LANGS, PAIRS)
@@ -58,6 +59,11 @@ def setup(small_corpus, small_tokenizer, tmp_path_factory):
     rows = [row for _, row in zip(range(cfg.train.global_batch * 3), stream.rows(), strict=False)]
     yield cfg, dist_info, tok, table, rows
     cleanup()
+    for key, value in saved_env.items():  # init_distributed set them for this process only
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 def _train(setup, backend: str | None, steps: int = 3):

@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, run_train, tiny_overrides
+from conftest import REPO, child_env, run_train, tiny_overrides
 
 from clmap.config import ConfigError, load_config
 from clmap.metrics import read_metrics
@@ -68,8 +68,7 @@ def test_sigkill_then_resume_continues_the_same_curve(single_run, small_corpus, 
         "clmap.train",
         *overrides,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("TRITON_INTERPRET", None)
+    env = child_env()
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -133,8 +132,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(small_corpus, small_tokeni
     overrides = tiny_overrides(
         small_corpus, small_tokenizer, tmp_path, **{"checkpoint.every": 1000, "train.steps": 400}
     )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("TRITON_INTERPRET", None)
+    env = child_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "clmap.train", *overrides],
         cwd=REPO,
