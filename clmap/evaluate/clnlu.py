@@ -8,7 +8,6 @@ checkpoints with different vocabularies are normalised the same way.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from collections.abc import Callable, Sequence
@@ -16,7 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clmap.evaluate.lm import LoadedModel, score_continuations
-from clmap.evaluate.sources import LANGUAGE_NAMES, EvalDataError, ParallelSegment, language_file
+from clmap.evaluate.sources import (
+    LANGUAGE_NAMES,
+    EvalDataError,
+    ParallelSegment,
+    language_file,
+    read_jsonl_records,
+)
 
 BELEBELE_FIELDS = (
     "flores_passage",
@@ -154,35 +159,14 @@ def translation_choice_items(
 # -- Belebele --------------------------------------------------------------------------------------
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise EvalDataError(f"{path}: record {number} is not valid JSON ({exc.msg})") from exc
-    return records
-
-
-def _check_fields(path: Path, records: list[dict], fields: Sequence[str]) -> None:
-    for number, record in enumerate(records, 1):
-        for name in fields:
-            if name not in record or record[name] is None:
-                raise EvalDataError(f"{path}: record {number} has no field {name!r}")
-
-
 def belebele_items(
     lm: LoadedModel, data: str | Path, passage_lang: str, question_lang: str, limit: int | None = None
 ) -> list[ChoiceItem]:
     """Join the passage file and the question file (by ``link`` + ``question_number``, else line order)."""
     passage_path = language_file(data, passage_lang, (".jsonl",))
     question_path = language_file(data, question_lang, (".jsonl",))
-    passages, questions = _read_jsonl(passage_path), _read_jsonl(question_path)
-    _check_fields(passage_path, passages, ("flores_passage",))
-    _check_fields(question_path, questions, BELEBELE_FIELDS[1:])
+    passages = read_jsonl_records(passage_path, ("flores_passage",))
+    questions = read_jsonl_records(question_path, BELEBELE_FIELDS[1:])
     if len(passages) != len(questions):
         raise EvalDataError(
             f"{passage_path} has {len(passages)} records but {question_path} {len(questions)}"

@@ -8,7 +8,6 @@ Japanese are scored on characters, and every other language on lower-cased Unico
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 from clmap.evaluate.clqa import CHARACTER_TOKEN_LANGS
 from clmap.evaluate.lm import LoadedModel, generate
 from clmap.evaluate.mt import first_line
-from clmap.evaluate.sources import LANGUAGE_NAMES, EvalDataError
+from clmap.evaluate.sources import LANGUAGE_NAMES, EvalDataError, read_jsonl_records
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
@@ -59,21 +58,7 @@ def crosssum_records(data: str | Path, src_lang: str, tgt_lang: str, limit: int 
                 f"{path}: no CrossSum file for {src_lang}-{tgt_lang} (tried {', '.join(names)})"
             )
         path = found[0]
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EvalDataError(f"{path}: record {number} is not valid JSON ({exc.msg})") from exc
-            for field in ("text", "summary"):
-                if not isinstance(record.get(field), str):
-                    raise EvalDataError(f"{path}: record {number} has no field {field!r}")
-            records.append(record)
-            if limit is not None and len(records) >= limit:
-                break
+    records = read_jsonl_records(path, ("text", "summary"), limit=limit)
     if not records:
         raise EvalDataError(f"{path}: no CrossSum records")
     return records

@@ -6,6 +6,8 @@ import without it); this module only picks the source, applies ``--limit`` and n
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,3 +147,24 @@ def language_file(folder: str | Path, lang: str, suffixes: tuple[str, ...]) -> P
     raise EvalDataError(
         f"{folder}: no file for language {lang!r} (tried {', '.join(s + suffixes[0] for s in stems)})"
     )
+
+
+def read_jsonl_records(path: Path, fields: Sequence[str], limit: int | None = None) -> list[dict]:
+    """Records of a task's JSONL file (Belebele, CrossSum); a bad line or a missing field names the
+    file, the record number and the field."""
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise EvalDataError(f"{path}: record {number} is not valid JSON ({exc.msg})") from exc
+            for name in fields:
+                if record.get(name) is None:
+                    raise EvalDataError(f"{path}: record {number} has no field {name!r}")
+            records.append(record)
+            if limit is not None and len(records) >= limit:
+                break
+    return records
