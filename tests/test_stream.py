@@ -151,3 +151,12 @@ def test_packed_sequences_do_not_attend_to_each_other(tok):
         together = model(input_ids=packed, position_ids=positions, use_cache=False).logits  # as in training
         alone = model(input_ids=second).logits
     torch.testing.assert_close(together[:, 9:], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_long_pairs_are_capped_to_fit_both_directions_in_a_row(tok):
+    long = "slovo " * 300
+    sources = build_sources(tok, {}, {"en-cs": ([long] * 3, [long] * 3)}, seq_len=40, max_segment_tokens=1000)
+    table = GroupTable(LANGS, PAIRS)
+    stream = TrainingStream(tok, table, sources, np.ones(1), seq_len=40, window=4)
+    for row in stream.window_rows(0):
+        assert len(row.input_ids) == 40 and len(row.spans) == 2

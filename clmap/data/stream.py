@@ -60,7 +60,11 @@ def build_sources(
     for lang, texts in mono.items():
         pieces = [ids[i : i + body] for ids in tok.encode_batch(texts) for i in range(0, len(ids), body)]
         sources.append(Source(f"ntp:{lang}", "ntp", [p for p in pieces if p], (lang,)))
-    side_cap = min(max_segment_tokens, (seq_len - 4) // 4)  # both directions of a pair share one row
+    # Both directions of a pair share a row: 2 × (bos + src + tag + tgt + eos) ≤ seq_len.
+    tag_len = max((len(tok.lang_tag(lang)) for pair in parallel for lang in pair.split("-")), default=0)
+    side_cap = min(max_segment_tokens, (seq_len - 4 - 2 * tag_len) // 4)
+    if side_cap < 1:
+        raise ValueError(f"data.seq_len={seq_len} leaves no room for a pair in both directions")
     for pair, (src_texts, tgt_texts) in parallel.items():
         a, b = pair.split("-")
         src_ids, tgt_ids = tok.encode_batch(src_texts), tok.encode_batch(tgt_texts)
