@@ -154,9 +154,9 @@ fi
 
 # -- the steps ------------------------------------------------------------------------------------
 step gpu_check 45 "$PY" -m benchmarks.gpu_check --device "$DEVICE"
-step mapping_loss 80 "$PY" -m benchmarks.mapping_loss "${MAPPING_ARGS[@]}"
+step mapping_loss 110 "$PY" -m benchmarks.mapping_loss "${MAPPING_ARGS[@]}"
 step pooled_similarity 50 "$PY" -m benchmarks.pooled_similarity "${POOLED_ARGS[@]}"
-step train_throughput 170 "$PY" -m benchmarks.train_throughput --work "$WORK/throughput" "${TRAIN_ARGS[@]}"
+step train_throughput 140 "$PY" -m benchmarks.train_throughput --work "$WORK/throughput" "${TRAIN_ARGS[@]}"
 
 # The profiled run reuses the benchmark's presets, run options and (if trained) tokenizer.
 mapfile -t PRESET < <("$PY" -c "from benchmarks.train_throughput import PRESETS, BENCH_OVERRIDES as B
