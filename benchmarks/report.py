@@ -15,6 +15,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from clmap.evaluate.report import markdown_table
+
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -83,10 +85,8 @@ def _cell(value: str | None) -> str:
     return "" if value is None else str(value).replace("|", "/")
 
 
-def markdown_table(rows: list[dict[str, str]], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
+def csv_table(rows: list[dict[str, str]], columns: list[str]) -> str:
+    return "\n".join(markdown_table(columns, [[_cell(r.get(c)) for c in columns] for r in rows]))
 
 
 def peer_ratios(name: str, rows: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -143,12 +143,12 @@ def render_section(results: Path) -> str:
             env = ", ".join(f"{c} {first.get(c, '')}" for c in ENV_COLUMNS[1:])
             parts.append(f"**{device}** ({env}, {len(dev_rows)} rows)\n")
             order = PEERS[name][0] + [PEERS[name][1]] if name in PEERS else columns
-            parts.append(markdown_table(sort_rows(dev_rows, [c for c in order if c in first]), columns))
+            parts.append(csv_table(sort_rows(dev_rows, [c for c in order if c in first]), columns))
             ratios = peer_ratios(name, dev_rows)
             if ratios:
                 ours = PEERS[name][2]
                 parts.append(f"\nRatios {ours} / peer (below 1: {ours} is faster or smaller):\n")
-                parts.append(markdown_table(ratios, list(ratios[0])))
+                parts.append(csv_table(ratios, list(ratios[0])))
             parts.append("")
     plots = sorted(p.name for p in results.glob("*.png"))
     if plots:

@@ -47,7 +47,8 @@ def _cell(entry: dict) -> str:
     return text
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Lines of a GitHub markdown table (shared by the evaluator, the ablation and the benchmarks)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
@@ -69,7 +70,7 @@ def render_markdown(report: dict) -> str:
             rows = [
                 [key] + [_cell(by[key, name]) if (key, name) in by else "" for name in names] for key in keys
             ]
-            lines += _table(["", *names], rows)
+            lines += markdown_table(["", *names], rows)
             lines.append("")
         for note in result.get("notes", []):
             lines.append(f"- {note}")
@@ -235,7 +236,7 @@ def render_comparison(comparison: dict) -> str:
                 mark = "*" if row["outside_ci"].get(name) else ""
                 deltas.append("–" if delta is None else f"{delta:+.4g}{mark}")
             body.append([row["key"], row["metric"], *(_fmt(row["values"][n]) for n in names), *deltas])
-        lines += [f"## {TASK_TITLES.get(task, task)}", "", *_table(header, body), ""]
+        lines += [f"## {TASK_TITLES.get(task, task)}", "", *markdown_table(header, body), ""]
     return "\n".join(lines)
 
 

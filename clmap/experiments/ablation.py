@@ -29,6 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from clmap.evaluate.report import markdown_table
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -455,17 +457,9 @@ def headline(data: dict) -> dict:
 
 
 # -- rendering -------------------------------------------------------------------------------------------
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(row) + " |" for row in rows),
-    ]
-
-
 def render_headline(head: dict) -> list[str]:
     variants = head["variants"]
-    lines = _table(
+    lines = markdown_table(
         ["metric (mean over keys)", *(LABELS.get(v, v) for v in variants)],
         [
             [
@@ -499,7 +493,7 @@ def render_headline(head: dict) -> list[str]:
                 "",
                 f"Δ vs {LABELS.get(base, base)}:",
                 "",
-                *_table(["metric", *(LABELS.get(v, v) for v in others)], rows),
+                *markdown_table(["metric", *(LABELS.get(v, v) for v in others)], rows),
             ]
     return lines
 
@@ -576,7 +570,7 @@ def render_results(data: dict, table: dict, head: dict, meta: dict, plots: Seque
                 f"{avg('train_seconds') / 60:.1f}",
             ]
         )
-    lines += _table(
+    lines += markdown_table(
         [
             "variant",
             "steps",
@@ -620,7 +614,7 @@ def render_results(data: dict, table: dict, head: dict, meta: dict, plots: Seque
             ]
             for row in task_rows
         ]
-        lines += _table(["key", "metric", *(LABELS.get(v, v) for v in variants)], body) + [""]
+        lines += markdown_table(["key", "metric", *(LABELS.get(v, v) for v in variants)], body) + [""]
         for base in BASELINES:
             others = [v for v in variants if v != base]
             body = []
@@ -639,7 +633,7 @@ def render_results(data: dict, table: dict, head: dict, meta: dict, plots: Seque
                 lines += [
                     f"Δ vs {LABELS.get(base, base)}:",
                     "",
-                    *_table(["key", "metric", *(LABELS.get(v, v) for v in others)], body),
+                    *markdown_table(["key", "metric", *(LABELS.get(v, v) for v in others)], body),
                     "",
                 ]
     lac = lac_layers(data)
@@ -654,7 +648,7 @@ def render_results(data: dict, table: dict, head: dict, meta: dict, plots: Seque
             for pair in lac
             for layer in sorted({x for v in lac[pair].values() for x in v})
         ]
-        lines += _table(["pair", "layer", *(LABELS.get(v, v) for v in variants)], body) + [""]
+        lines += markdown_table(["pair", "layer", *(LABELS.get(v, v) for v in variants)], body) + [""]
     if plots:
         lines += ["## Plots", "", *(f"![{p.stem}]({p.name})" for p in plots), ""]
     return "\n".join(lines)
