@@ -64,7 +64,11 @@ def shard_model(
     fused loss sees the whole (unsharded) lm_head weight.
     """
     if activation_checkpointing:
-        objective.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm, kwargs = objective.lm, {"use_reentrant": False}
+        if hasattr(lm, "activation_checkpointing_enable"):  # transformers ≥ 5 name
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     bf16 = mixed_precision == "bf16" or (mixed_precision == "auto" and device.type == "cuda")
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
     kwargs = {"mp_policy": policy} if policy is not None else {}

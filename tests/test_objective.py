@@ -66,14 +66,14 @@ def setup(small_corpus, small_tokenizer, tmp_path_factory):
             os.environ[key] = value
 
 
-def _train(setup, backend: str | None, steps: int = 3):
+def _train(setup, backend: str | None, steps: int = 3, activation_checkpointing: bool = False):
     cfg, dist_info, tok, table, rows = setup
     if backend:
         os.environ["CLMAP_KERNEL_BACKEND"] = backend
     try:
         torch.manual_seed(0)
         objective = MappingObjective(build_model(cfg.model, tok, dist_info.device), table, cfg.objective)
-        objective = shard_model(objective, dist_info.device, "fp32", activation_checkpointing=False)
+        objective = shard_model(objective, dist_info.device, "fp32", activation_checkpointing)
         optimizer, scheduler = build_optimizer(objective, cfg)
         losses = []
         gb = cfg.train.global_batch
@@ -95,6 +95,14 @@ def test_kernels_and_reference_give_the_same_training_curve(setup):
     for a, b in zip(fused, reference, strict=True):
         for key in ("loss/total", "loss/ntp", "loss/cl", "loss/map"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), key
+
+
+def test_activation_checkpointing_changes_nothing_but_memory(setup):
+    _, _, plain = _train(setup, None, steps=2)
+    objective, _, recomputed = _train(setup, None, steps=2, activation_checkpointing=True)
+    assert objective.lm.is_gradient_checkpointing
+    for a, b in zip(plain, recomputed, strict=True):
+        assert a["loss/total"] == pytest.approx(b["loss/total"], rel=1e-6)
 
 
 def test_non_finite_step_is_skipped(setup):
