@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import append_csv, environment_tags, run_case_subprocess
+from clmap.launch import train_command
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_TOML = REPO / "configs" / "tiny.toml"
@@ -181,12 +182,7 @@ def run_clmap(overrides: list[str], run_dir: Path, nproc: int, warmup: int, time
     """The real trainer in a fresh process (torchrun for several); its metrics.jsonl is the measurement."""
     from clmap.metrics import read_metrics
 
-    if nproc > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                    f"--nproc_per_node={nproc}"]
-    else:
-        launcher = [sys.executable]
-    cmd = [*launcher, "-m", "clmap.train", "--config", str(TINY_TOML), *overrides, f"--run_dir={run_dir}"]
+    cmd = train_command(nproc, ["--config", str(TINY_TOML), *overrides, f"--run_dir={run_dir}"])
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from clmap.launch import train_command
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -27,19 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     run_dir = Path(args.run_dir)
     started = time.perf_counter()
-    train = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={args.nproc}",
-        "-m",
-        "clmap.train",
-        "--config",
-        args.config,
-        f"--run_dir={run_dir}",
-        *overrides,
-    ]
+    train = train_command(args.nproc, ["--config", args.config, f"--run_dir={run_dir}", *overrides])
     print("$", " ".join(train), flush=True)
     subprocess.run(train, check=True, cwd=REPO)
     trained = time.perf_counter() - started

@@ -31,6 +31,16 @@ class ObjectiveOutput(NamedTuple):
     pooled_a: torch.Tensor | None = None  # [P, H] source encodings of a→b sequences (return_pooled=True)
     pooled_b: torch.Tensor | None = None  # [P, H] source encodings of b→a sequences
 
+    def totals(self) -> torch.Tensor:
+        """``[loss_sum (G) | count (G) | map_sum, map_count, cos_sum]`` in float64: the one vector a step
+        adds up over micro-batches and all-reduces over ranks (read back by :func:`summarize_totals`)."""
+        scalars = torch.stack([self.map_sum.detach(), self.map_count, self.cos_sum])
+        return torch.cat([self.loss_sum.detach(), self.count.to(self.loss_sum.dtype), scalars]).double()
+
+    @staticmethod
+    def zero_totals(num_groups: int, device: torch.device) -> torch.Tensor:
+        return torch.zeros(2 * num_groups + 3, dtype=torch.float64, device=device)
+
 
 class MappingObjective(nn.Module):
     """Wraps the causal LM so the loss runs inside the FSDP root's forward (lm_head unsharded there)."""
@@ -166,3 +176,9 @@ def summarize(
             metrics[f"group/{name}"] = float(loss_sum[g] / count[g])
     metrics["tokens/targets"] = float(count.sum())
     return metrics
+
+
+def summarize_totals(table: GroupTable, totals: torch.Tensor, cfg: ObjectiveConfig) -> dict[str, float]:
+    """:func:`summarize` of a vector laid out by :meth:`ObjectiveOutput.totals`."""
+    g = len(table)
+    return summarize(table, totals[:g], totals[g : 2 * g], *totals[2 * g :].tolist(), cfg)

@@ -29,7 +29,7 @@ from clmap.data.stream import Row, TrainingStream, build_sources, collate, sourc
 from clmap.data.tokenizer import ClmapTokenizer, load_tokenizer, train_sentencepiece
 from clmap.metrics import MetricLogger, flops_per_token, peak_flops, peak_memory_gib
 from clmap.model import build_model, count_parameters, decoder_layers
-from clmap.objectives import MappingObjective, loss_coefficients, summarize
+from clmap.objectives import MappingObjective, ObjectiveOutput, loss_coefficients, summarize_totals
 from clmap.parallel import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, shard_model
 
 
@@ -157,19 +157,13 @@ def train_step(objective, optimizer, rows: list[Row], cfg: Config, table: GroupT
     per_rank = len(rows) // dist_info.world_size
     mine = rows[dist_info.rank * per_rank : (dist_info.rank + 1) * per_rank]
     micro = [mine[i : i + cfg.train.micro_batch] for i in range(0, len(mine), cfg.train.micro_batch)]
-    sums = torch.zeros(len(table) * 2 + 3, dtype=torch.float64, device=dist_info.device)
+    sums = ObjectiveOutput.zero_totals(len(table), dist_info.device)
     for i, chunk in enumerate(micro):
         objective.set_requires_gradient_sync(i == len(micro) - 1)
         out = objective(**collate(chunk, dist_info.device))
         loss = (coef * out.loss_sum).sum() + map_coef * out.map_sum
         (loss * dist_info.world_size).backward()
-        sums += torch.cat(
-            [
-                out.loss_sum.detach(),
-                out.count.to(out.loss_sum.dtype),
-                torch.stack([out.map_sum.detach(), out.map_count, out.cos_sum]),
-            ]
-        ).double()
+        sums += out.totals()
     all_reduce_sum(sums)
     finite = bool(torch.isfinite(sums).all())
     grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), cfg.optim.grad_clip or float("inf"))
@@ -191,27 +185,19 @@ def dev_metrics(objective, dev_rows: list[Row], cfg: Config, table: GroupTable, 
     from clmap.evaluate.alignment import language_alignment_coefficient, similarity_matrix
 
     objective.eval()
-    sums = torch.zeros(len(table) * 2 + 3, dtype=torch.float64, device=dist_info.device)
+    sums = ObjectiveOutput.zero_totals(len(table), dist_info.device)
     pooled: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     mine = dev_rows[dist_info.rank :: dist_info.world_size]
     for i in range(0, len(mine), cfg.train.micro_batch):
         batch = collate(mine[i : i + cfg.train.micro_batch], dist_info.device)
         out = objective(**batch, return_pooled=True)
-        sums += torch.cat(
-            [
-                out.loss_sum,
-                out.count.to(out.loss_sum.dtype),
-                torch.stack([out.map_sum, out.map_count, out.cos_sum]),
-            ]
-        ).double()
+        sums += out.totals()
         if out.pooled_a is not None:
             pair_group = batch["groups"].flatten()[batch["span_starts"][batch["pair_a"]]]
             pooled.append((pair_group.cpu(), out.pooled_a.float().cpu(), out.pooled_b.float().cpu()))
     all_reduce_sum(sums)
     objective.train()
-    g = len(table)
-    summary = summarize(table, sums[:g], sums[g : 2 * g], *sums[2 * g :].tolist(), cfg.objective)
-    metrics = {f"dev/{k}": v for k, v in summary.items()}
+    metrics = {f"dev/{k}": v for k, v in summarize_totals(table, sums, cfg.objective).items()}
     gathered = [pooled]
     if dist.is_initialized() and dist_info.world_size > 1:
         gathered = [None] * dist_info.world_size
@@ -338,8 +324,7 @@ def run(cfg: Config) -> Path:
                     f"{cfg.train.max_nonfinite_in_a_row}); last good checkpoint: {checkpointer.latest()}"
                 )
             if step % cfg.metrics.log_every == 0 or step == cfg.train.steps:
-                g = len(table)
-                metrics = summarize(table, sums[:g], sums[g : 2 * g], *sums[2 * g :].tolist(), cfg.objective)
+                metrics = summarize_totals(table, sums, cfg.objective)
                 tokens = sum(sum(1 for p in r.input_ids if p != tok.pad_id) for r in rows)
                 metrics.update(
                     {

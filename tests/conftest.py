@@ -6,7 +6,6 @@ import gzip
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 os.environ.setdefault("TRITON_INTERPRET", "1")  # the Triton kernels run on the CPU in tests
 
 from clmap import BUNDLED_CORPUS  # noqa: E402
+from clmap.launch import train_command  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 LANGS = ["en", "cs", "uk"]
@@ -110,11 +110,7 @@ def run_train(
     overrides: list[str], nproc: int = 1, check: bool = True, **popen
 ) -> subprocess.CompletedProcess:
     """``torchrun --nproc_per_node=nproc -m clmap.train`` (plain ``python -m`` for one process)."""
-    if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    else:
-        cmd = [sys.executable]
-    cmd += ["-m", "clmap.train", *overrides]
+    cmd = train_command(nproc, overrides)
     env = child_env()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, **popen)
     if check and proc.returncode != 0:

@@ -12,7 +12,7 @@ from clmap.config import load_config
 from clmap.data.examples import GroupTable
 from clmap.data.tokenizer import load_tokenizer
 from clmap.model import build_model
-from clmap.objectives import MappingObjective, loss_coefficients, summarize
+from clmap.objectives import MappingObjective, loss_coefficients, summarize, summarize_totals
 from clmap.parallel import cleanup, init_distributed, shard_model
 from clmap.train import build_optimizer, load_texts, make_stream, train_step
 
@@ -82,8 +82,7 @@ def _train(setup, backend: str | None, steps: int = 3, activation_checkpointing:
                 objective, optimizer, rows[step * gb : (step + 1) * gb], cfg, table, dist_info
             )
             scheduler.step()
-            g = len(table)
-            losses.append(summarize(table, sums[:g], sums[g : 2 * g], *sums[2 * g :].tolist(), cfg.objective))
+            losses.append(summarize_totals(table, sums, cfg.objective))
         return objective, optimizer, losses
     finally:
         os.environ.pop("CLMAP_KERNEL_BACKEND", None)

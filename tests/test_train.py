@@ -13,6 +13,7 @@ import torch
 from conftest import REPO, child_env, run_train, tiny_overrides
 
 from clmap.config import ConfigError, load_config
+from clmap.launch import train_command
 from clmap.metrics import read_metrics
 
 LOSS_KEYS = ["loss/total", "loss/ntp", "loss/cl_forward", "loss/cl_backward", "loss/map"]
@@ -58,16 +59,7 @@ def test_sigkill_then_resume_continues_the_same_curve(single_run, small_corpus, 
     overrides = tiny_overrides(
         small_corpus, small_tokenizer, tmp_path, **{"checkpoint.every": 2, "train.steps": 6}
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "clmap.train",
-        *overrides,
-    ]
+    cmd = train_command(2, overrides)
     env = child_env()
     proc = subprocess.Popen(
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True

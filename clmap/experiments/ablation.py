@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clmap.evaluate.report import markdown_table
+from clmap.launch import train_command
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -193,17 +194,7 @@ def train(run: Run, args: argparse.Namespace) -> float:
             _check_same_config(run, args.base)
             print(f"[ablation] {run.name}: finished run reused", flush=True)
             return 0.0
-    if args.nproc > 1:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={args.nproc}",
-        ]
-    else:
-        cmd = [sys.executable]
-    cmd += ["-m", "clmap.train", "--config", str(args.base), *run.overrides]
+    cmd = train_command(args.nproc, ["--config", str(args.base), *run.overrides])
     print(f"[ablation] {run.name}: {' '.join(cmd[1:])}", flush=True)
     t0 = time.perf_counter()
     subprocess.run(
