@@ -36,17 +36,19 @@ def device_name(device: torch.device | str = "cpu") -> str:
 
 
 def git_commit() -> str:
+    """Short hash of HEAD, with ``-dirty`` when tracked files differ from it (the rows then measured
+    uncommitted code)."""
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent,
+                             timeout=10)
+        return out.stdout.strip()
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            timeout=10,
-        )
-        return out.stdout.strip() or "unknown"
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    return f"{commit}-dirty" if commit and dirty else commit or "unknown"
 
 
 def environment_tags(device: torch.device | str = "cpu") -> dict[str, str]:

@@ -62,9 +62,20 @@ def check_mapping_loss(n: int, h: int, v: int, dtype: torch.dtype, device: str) 
               h_d.double(), w_d.double())
     base = run(plain, h_d, w_d)
     got = run(lambda a, b: mapping_loss(a, b, targets, groups, groups_n, backend="triton").loss_sum, h_d, w_d)
+
+    def weighted(h_in, w_in):  # the trainer's call: gradients in the forward walk, here over >= 5 chunks
+        h_in, w_in = h_in.detach().clone().requires_grad_(), w_in.detach().clone().requires_grad_()
+        out = mapping_loss(h_in, w_in, targets, groups, groups_n, backend="triton", group_weights=upstream,
+                           chunk_bytes=max(4 * v, n * v * 4 // 5))
+        return (out.loss_sum, *torch.autograd.grad(out.weighted, [h_in, w_in]))
+
+    got_weighted = weighted(h_d, w_d)
     rows = []
     for name, a, p, r in zip(("loss_sum", "grad_hidden", "grad_weight"), got, base, ref, strict=True):
         rows.append(_row(f"mapping_loss.{name}", f"{n}x{h}x{v}", dtype, *_errs(a, p, r)))
+    pairs = zip(("grad_hidden", "grad_weight"), got_weighted[1:], base[1:], ref[1:], strict=True)
+    for name, a, p, r in pairs:
+        rows.append(_row(f"mapping_loss.weighted.{name}", f"{n}x{h}x{v}", dtype, *_errs(a, p, r)))
     return rows
 
 

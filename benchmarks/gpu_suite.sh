@@ -34,7 +34,7 @@ export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 exec > >(tee -a "$OUT_DIR/suite.log") 2>&1
 
 FAILED=()
-STEPS_LEFT=7 # steps after the setup; each later one keeps MIN_STEP_S of the budget for itself
+STEPS_LEFT=8 # steps after the setup; each later one keeps MIN_STEP_S of the budget for itself
 MIN_STEP_S=15
 SAMPLER=""
 cleanup() {
@@ -135,7 +135,9 @@ shopt -u nullglob
 
 # -- sizes ----------------------------------------------------------------------------------------
 if [[ $DRY == 1 ]]; then
-    MAPPING_ARGS=(--device cpu --shapes "256,32,512" --passes fwd+bwd --impls clmap --rep 1)
+    MAPPING_TARGET_ARGS=(--device cpu --shapes "256,32,512" --passes fwd+bwd --impls clmap,clmap_deferred,clmap@1
+        --rep 1 --profile)
+    MAPPING_ARGS=(--device cpu --shapes "128,32,300" --passes fwd --impls naive,clmap --rep 1)
     POOLED_ARGS=(--device cpu --quick --no-reference --threads 1)
     TINY_MODEL=(--model.hidden_size=32 --model.intermediate_size=64 --model.num_layers=2 --model.num_heads=2
         --model.num_kv_heads=1 --data.seq_len=64 --data.max_segment_tokens=12 --train.global_batch=4
@@ -144,8 +146,12 @@ if [[ $DRY == 1 ]]; then
     PROFILE_PRESET=tiny
     PROFILE_ARGS=("${TINY_MODEL[@]}" --train.steps=2 --profile.wait=0 --profile.warmup=1 --profile.active=1)
 else
-    # Sweeps N at V=32000 and V at N=16384 (H=4096) for the plots, both passes, every peer present.
-    MAPPING_ARGS=(--device cuda --shapes "4096,4096,32000;16384,4096,32000;16384,4096,128256")
+    # The target shape first, with every peer and clmap's variants (mode, logits chunk size);
+    # then N at V=32000 and V at N=16384 (H=4096) for the plots, both passes, every peer present.
+    MAPPING_TARGET_ARGS=(--device cuda --shapes "16384,4096,128256" --passes fwd+bwd,fwd --profile
+        --impls naive,torch_lce,liger,liger_fp32,cce,clmap,clmap_deferred,clmap@256,clmap@512,clmap@2048)
+    MAPPING_ARGS=(--device cuda --shapes "4096,4096,32000;16384,4096,32000"
+        --impls naive,torch_lce,liger,liger_fp32,cce,clmap,clmap_deferred)
     POOLED_ARGS=(--device cuda --no-reference)
     TRAIN_ARGS=(--device cuda --config all --steps 16 --warmup 4)
     PROFILE_PRESET=100m
@@ -154,7 +160,8 @@ fi
 
 # -- the steps ------------------------------------------------------------------------------------
 step gpu_check 45 "$PY" -m benchmarks.gpu_check --device "$DEVICE"
-step mapping_loss 110 "$PY" -m benchmarks.mapping_loss "${MAPPING_ARGS[@]}"
+step mapping_target 90 "$PY" -m benchmarks.mapping_loss "${MAPPING_TARGET_ARGS[@]}"
+step mapping_sweep 60 "$PY" -m benchmarks.mapping_loss "${MAPPING_ARGS[@]}"
 step pooled_similarity 50 "$PY" -m benchmarks.pooled_similarity "${POOLED_ARGS[@]}"
 step train_throughput 140 "$PY" -m benchmarks.train_throughput --work "$WORK/throughput" "${TRAIN_ARGS[@]}"
 

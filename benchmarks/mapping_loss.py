@@ -2,7 +2,11 @@
 
 ``python -m benchmarks.mapping_loss [--device cpu|cuda] [--quick]``; rows go to results/mapping_loss.csv.
 Peers: naive PyTorch (full logits + F.cross_entropy), ``F.linear_cross_entropy`` with chunking options
-(if this torch has it), Liger-Kernel FLCE and Apple Cut Cross-Entropy (CUDA, if importable), clmap.
+(if this torch has it), Liger-Kernel FLCE (its default bf16 weight-gradient accumulation, and
+``liger_fp32`` with ``accum_dtype=float32`` like clmap's) and Apple Cut Cross-Entropy (CUDA, if
+importable). clmap rows: ``clmap`` is the trainer's call (``group_weights``: gradients in the forward
+walk), ``clmap_deferred`` differentiates ``loss_sum`` (a second walk in backward), ``clmap_torch`` is the
+chunked torch path (the CPU default) on the same device, and ``clmap@MB`` sets the logits chunk size.
 On CPU every case runs in a fresh process (``--case JSON``) so peak-RSS numbers are comparable.
 """
 
@@ -19,7 +23,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import append_csv, cpu_peak_extra_mb, environment_tags, run_case_subprocess, time_fn
 
-IMPLS = ("naive", "torch_lce", "liger", "cce", "clmap", "clmap_torch")
+IMPLS = ("naive", "torch_lce", "liger", "liger_fp32", "cce", "clmap", "clmap_deferred", "clmap_torch")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_SWEEP = [(4096, 512, 32000), (16384, 512, 32000)]
 CPU_QUICK = [(2048, 256, 8000)]
@@ -37,13 +41,14 @@ def _loss_fn(impl: str) -> Callable | None:
             return None
         opts = torch.nn.LinearCrossEntropyOptions()
         return lambda h, w, t: F.linear_cross_entropy(h, w, t, reduction="sum", options=opts)
-    if impl == "liger":
+    if impl in ("liger", "liger_fp32"):
         try:
             from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
         except ImportError:
-            print("skip liger: liger-kernel is not installed (pip install liger-kernel)")
+            print(f"skip {impl}: liger-kernel is not installed (pip install liger-kernel)")
             return None
-        return lambda h, w, t: liger_fused_linear_cross_entropy(h, w, t, reduction="sum")
+        accum = {"accum_dtype": torch.float32} if impl == "liger_fp32" else {}
+        return lambda h, w, t: liger_fused_linear_cross_entropy(h, w, t, reduction="sum", **accum)
     if impl == "cce":
         try:
             from cut_cross_entropy import linear_cross_entropy as cce
@@ -51,22 +56,29 @@ def _loss_fn(impl: str) -> Callable | None:
             print("skip cce: cut-cross-entropy is not installed (pip install cut-cross-entropy)")
             return None
         return lambda h, w, t: cce(h, w, t, reduction="sum")
-    if impl == "clmap":
+    if impl.startswith("clmap"):
         mapping_loss = importlib.import_module("clmap.kernels.mapping_loss").mapping_loss
-        return lambda h, w, t: mapping_loss(h, w, t).loss_sum.sum()
-    if impl == "clmap_torch":  # clmap's chunked PyTorch path (the CPU default) on the same device
-        mapping_loss = importlib.import_module("clmap.kernels.mapping_loss").mapping_loss
-        return lambda h, w, t: mapping_loss(h, w, t, backend="torch").loss_sum.sum()
+        name, _, chunk_mb = impl.partition("@")
+        kw = {"chunk_bytes": int(chunk_mb) * 2**20} if chunk_mb else {}
+        if name == "clmap_deferred":
+            return lambda h, w, t: mapping_loss(h, w, t, **kw).loss_sum.sum()
+        if name in ("clmap", "clmap_torch"):
+            if name == "clmap_torch":  # clmap's chunked torch path (the CPU default) on the same device
+                kw["backend"] = "torch"
+            # the trainer's call: gradients computed in the forward walk
+            return lambda h, w, t: mapping_loss(h, w, t, group_weights=torch.ones(1, device=h.device),
+                                                **kw).weighted
     raise ValueError(f"unknown implementation {impl!r}")
 
 
 def _inputs(n: int, h: int, v: int, dtype: torch.dtype, device: str, ignore: float):
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    hidden = torch.randn(n, h, generator=gen).to(device=device, dtype=dtype).requires_grad_()
-    weight = (torch.randn(v, h, generator=gen) / h**0.5).to(device=device, dtype=dtype).requires_grad_()
-    targets = torch.randint(0, v, (n,), generator=gen)
-    targets[torch.rand(n, generator=gen) < ignore] = -100
-    return hidden, weight, targets.to(device)
+    """Hidden ~ N(0, 1), weight ~ N(0, 1/H), uniform targets; drawn on the device (seeded)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    hidden = torch.randn(n, h, generator=gen, device=device).to(dtype).requires_grad_()
+    weight = (torch.randn(v, h, generator=gen, device=device) / h**0.5).to(dtype).requires_grad_()
+    targets = torch.randint(0, v, (n,), generator=gen, device=device)
+    targets[torch.rand(n, generator=gen, device=device) < ignore] = -100
+    return hidden, weight, targets
 
 
 def _step(loss_fn: Callable, hidden, weight, targets, backward: bool) -> Callable[[], object]:
@@ -80,15 +92,21 @@ def _step(loss_fn: Callable, hidden, weight, targets, backward: bool) -> Callabl
     return forward_only
 
 
+_CACHED: dict[tuple, tuple] = {}
+
+
 def run_case(case: dict) -> dict | None:
-    """One (implementation, shape, dtype, pass) measurement in this process."""
+    """One (implementation, shape, dtype, pass) measurement in this process (CUDA inputs reused by shape)."""
     loss_fn = _loss_fn(case["impl"])
     if loss_fn is None:
         return None
     device = case["device"]
     torch.manual_seed(0)
-    hidden, weight, targets = _inputs(case["N"], case["H"], case["V"], DTYPES[case["dtype"]], device,
-                                      case.get("ignore", 0.0))
+    key = (case["N"], case["H"], case["V"], DTYPES[case["dtype"]], device, case.get("ignore", 0.0))
+    if device == "cpu" or key not in _CACHED:
+        _CACHED.clear()  # one shape's inputs at a time on the GPU
+        _CACHED[key] = _inputs(*key)
+    hidden, weight, targets = _CACHED[key]
     fn = _step(loss_fn, hidden, weight, targets, case["pass"] == "fwd+bwd")
     if device == "cpu":
         peak_mb = cpu_peak_extra_mb(fn)  # also the warm-up run
@@ -112,9 +130,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=default_device)
     parser.add_argument("--quick", action="store_true", help="one small shape")
     parser.add_argument("--shapes", help="N,H,V[;N,H,V...] instead of the default sweep")
-    parser.add_argument("--impls", default=",".join(IMPLS), help="subset of: " + ",".join(IMPLS))
+    parser.add_argument("--impls", default=",".join(IMPLS),
+                        help="subset of: " + ",".join(IMPLS) + " and clmap@MB (MB of logits per chunk)")
     parser.add_argument("--passes", default="fwd+bwd,fwd", help="comma-separated: fwd+bwd, fwd")
     parser.add_argument("--rep", type=int, default=3, help="timed repetitions per case on CPU")
+    parser.add_argument("--profile", action="store_true",
+                        help="print the profiler's kernel table of one clmap fwd+bwd (first shape)")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.case:
@@ -153,6 +174,24 @@ def main(argv: list[str] | None = None) -> None:
                 path = append_csv("mapping_loss", rows[-1:])  # row by row: a timed-out sweep keeps its rows
     _print_ratios(rows)
     print(f"wrote {len(rows)} rows to {path if rows else 'nowhere'}")
+    if args.profile:
+        _profile_clmap(*shapes[0], DTYPES[dtype], args.device)
+
+
+def _profile_clmap(n: int, h: int, v: int, dtype: torch.dtype, device: str) -> None:
+    """Where one fwd+bwd of the trainer's call spends its time, kernel by kernel (GEMMs vs the row pass)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn = _step(_loss_fn("clmap"), *_inputs(n, h, v, dtype, device, 0.0), backward=True)
+    fn()  # compile and warm up
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    sort = "cuda_time_total" if device == "cuda" else "cpu_time_total"
+    print(f"clmap fwd+bwd N={n} H={h} V={v} {dtype}, by kernel:")
+    print(prof.key_averages().table(sort_by=sort, row_limit=14, max_name_column_width=60))
 
 
 def _print_ratios(rows: list[dict]) -> None:
@@ -165,9 +204,10 @@ def _print_ratios(rows: list[dict]) -> None:
             continue
         mine = impls["clmap"]
         parts = []
-        if "naive" in impls and impls["naive"]["peak_extra_mb"] > 0:
-            parts.append(f"memory/naive {mine['peak_extra_mb'] / impls['naive']['peak_extra_mb']:.3f}")
-        for peer in ("torch_lce", "liger", "cce"):
+        for peer in ("naive", "cce"):
+            if peer in impls and impls[peer]["peak_extra_mb"] > 0:
+                parts.append(f"memory/{peer} {mine['peak_extra_mb'] / impls[peer]['peak_extra_mb']:.3f}")
+        for peer in ("torch_lce", "liger", "liger_fp32", "cce"):
             if peer in impls:
                 parts.append(f"time/{peer} {mine['median_ms'] / impls[peer]['median_ms']:.3f}")
         print(f"clmap N={n} H={h} V={v} {pass_}: " + ", ".join(parts))

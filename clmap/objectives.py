@@ -30,6 +30,9 @@ class ObjectiveOutput(NamedTuple):
     cos_sum: torch.Tensor  # scalar: sum of the pairs' cosines (logged)
     pooled_a: torch.Tensor | None = None  # [P, H] source encodings of a→b sequences (return_pooled=True)
     pooled_b: torch.Tensor | None = None  # [P, H] source encodings of b→a sequences
+    #: Σ_g group_weights[g]·loss_sum[g] when the caller passed weights: it carries the gradient (computed
+    #: in the fused loss's forward) and loss_sum is then detached
+    weighted_loss: torch.Tensor | None = None
 
     def totals(self) -> torch.Tensor:
         """``[loss_sum (G) | count (G) | map_sum, map_count, cos_sum]`` in float64: the one vector a step
@@ -66,9 +69,12 @@ class MappingObjective(nn.Module):
         pair_a: torch.Tensor,
         pair_b: torch.Tensor,
         return_pooled: bool = False,
+        group_weights: torch.Tensor | None = None,
     ) -> ObjectiveOutput:
         """Per-group loss sums/counts and the mapping term; ``return_pooled`` also returns the pooled
-        source encodings of each pair (the dev-set LAC reads them: no second forward)."""
+        source encodings of each pair (the dev-set LAC reads them: no second forward). ``group_weights``
+        (the step's loss coefficients, :func:`loss_coefficients`) let the fused loss compute its
+        gradients during the forward: ``weighted_loss`` is then the differentiable LM part of L."""
         want_map = (self.cfg.lambda_map > 0 or return_pooled) and pair_a.numel() > 0
         out = self.lm.get_decoder()(
             input_ids=input_ids, position_ids=position_ids, use_cache=False, output_hidden_states=want_map
@@ -82,10 +88,12 @@ class MappingObjective(nn.Module):
             len(self.table),
             ignore_index=IGNORE_INDEX,
             z_loss=self.cfg.z_loss,
+            group_weights=group_weights,
         )
         zero = hidden.new_zeros((), dtype=torch.float32)
         if not want_map:
-            return ObjectiveOutput(loss.loss_sum, loss.count, zero, zero.detach(), zero.detach())
+            return ObjectiveOutput(loss.loss_sum, loss.count, zero, zero.detach(), zero.detach(),
+                                   weighted_loss=loss.weighted)
         layer = out.hidden_states[self.map_layer].flatten(0, 1)
         a_starts, a_ends = span_starts[pair_a], span_ends[pair_a]
         b_starts, b_ends = span_starts[pair_b], span_ends[pair_b]
@@ -107,7 +115,8 @@ class MappingObjective(nn.Module):
                 pool_spans(layer, a_starts, a_ends).detach(),
                 pool_spans(layer, b_starts, b_ends).detach(),
             )
-        return ObjectiveOutput(loss.loss_sum, loss.count, map_sum, pairs, cos.detach().sum(), *pooled)
+        return ObjectiveOutput(loss.loss_sum, loss.count, map_sum, pairs, cos.detach().sum(), *pooled,
+                               weighted_loss=loss.weighted)
 
 
 def loss_coefficients(

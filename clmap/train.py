@@ -160,8 +160,8 @@ def train_step(objective, optimizer, rows: list[Row], cfg: Config, table: GroupT
     sums = ObjectiveOutput.zero_totals(len(table), dist_info.device)
     for i, chunk in enumerate(micro):
         objective.set_requires_gradient_sync(i == len(micro) - 1)
-        out = objective(**collate(chunk, dist_info.device))
-        loss = (coef * out.loss_sum).sum() + map_coef * out.map_sum
+        out = objective(**collate(chunk, dist_info.device), group_weights=coef)
+        loss = out.weighted_loss + map_coef * out.map_sum
         (loss * dist_info.world_size).backward()
         sums += out.totals()
     all_reduce_sum(sums)

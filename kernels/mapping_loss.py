@@ -6,34 +6,46 @@ tag of a CL pair, padding) plus a group id per token (task x direction x languag
 each group's loss sum and token count, never holding the ``N x V`` logits. Means are
 ``loss_sum / count.clamp(min=1)``, so one call yields L_NTP, L_{a->b}, L_{b->a} and their breakdown.
 
-Three paths, chosen by :func:`clmap.kernels.dispatch.choose_backend`:
+Both fast paths walk the non-ignored tokens in chunks of rows: one GEMM gives a chunk's fp32 logits,
+a row pass turns them into log-sum-exp, per-group sums and (when gradients are due) ``dlogits`` in
+place, and two GEMMs give the chunk's hidden gradient and add its weight gradient (fp32 accumulator).
+The row pass is a Triton kernel (``triton`` backend: CUDA, or CPU under ``TRITON_INTERPRET=1``) or
+plain torch (``torch`` backend, the CPU default); ``reference`` is the readable, unfused definition.
 
-* ``triton`` (CUDA, or CPU under ``TRITON_INTERPRET=1``): the kernels of ``mapping_loss_triton``.
-* ``torch`` (default on CPU): chunks of tokens with a bounded logits buffer (:data:`CHUNK_BYTES`).
-* ``reference``: plain PyTorch with full fp32 logits; the ground truth of the tests.
+Two ways to get gradients:
+
+* ``group_weights`` given (the trainer knows each group's loss coefficient before the forward): the
+  gradients of ``weighted = sum_g w_g * loss_sum_g`` are computed during the forward walk, three GEMMs
+  in all (Liger-Kernel's trick); ``loss_sum`` is then returned detached, for logging.
+* no weights: ``loss_sum`` itself is differentiable; the backward walks the chunks again (one more GEMM).
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from clmap.kernels.dispatch import choose_backend
 from torch import Tensor
 
-#: Logits buffer of the chunked torch path (fp32 bytes per chunk); bounds its extra memory.
-CHUNK_BYTES = 64 * 2**20
-#: The torch path computes both gradients in the forward pass (one logits pass instead of two,
-#: as ``F.linear_cross_entropy``'s chunked path does) while one fp32 weight-gradient buffer per
-#: group present in the batch fits in this many bytes; otherwise it recomputes in backward.
-PRECOMPUTE_GRAD_BYTES = 256 * 2**20
+#: Bytes of fp32 logits per chunk (the memory price of the fused loss beyond its gradients). On CUDA a
+#: larger chunk means fewer passes over the fp32 weight-gradient accumulator; on CPU it stays in cache.
+CHUNK_BYTES = {"cpu": 64 * 2**20, "cuda": 1024 * 2**20}
 
 
 class GroupedLoss(NamedTuple):
-    """Per-group loss sums (differentiable, fp32) and non-ignored token counts (int64)."""
+    """Per-group loss sums (fp32) and non-ignored token counts (int64).
+
+    ``weighted`` is ``sum_g group_weights[g] * loss_sum[g]`` when weights were given: then it carries the
+    gradient and ``loss_sum`` is detached; without weights it is None and ``loss_sum`` is differentiable.
+    """
 
     loss_sum: Tensor
     count: Tensor
+    weighted: Tensor | None = None
 
 
 def _groups_or_zeros(targets: Tensor, groups: Tensor | None) -> Tensor:
@@ -75,206 +87,237 @@ def mapping_loss_reference(
     return GroupedLoss(loss_sum, count)
 
 
-class _Compacted(NamedTuple):
-    """Non-ignored tokens, ordered by group so each group is a contiguous run."""
 
-    index: Tensor  # [M] positions in the original [N]
-    hidden: Tensor  # [M,H]
-    targets: Tensor  # [M]
-    groups: Tensor  # [M]
+
+@dataclass
+class _Plan:
+    """What every walk over the chunks needs: the kept tokens and how to split them."""
+
+    index: Tensor | None  # [M] positions of the non-ignored tokens in [N]; None: all N are kept
+    targets: Tensor  # [M] int64
+    groups: Tensor  # [M] int64
     count: Tensor  # [G] int64
+    num_rows: int  # N
+    num_groups: int
+    dtype: torch.dtype  # compute dtype: promote(hidden, weight)
+    z_loss: float
+    backend: str  # "triton" | "torch"
+    chunk_rows: int
 
 
-def _compact(
-    hidden: Tensor, targets: Tensor, groups: Tensor, num_groups: int, ignore_index: int
-) -> _Compacted:
-    """Drop ignored tokens up front (CL batches ignore about half) and sort the rest by group."""
+def _make_plan(
+    hidden: Tensor, weight: Tensor, targets: Tensor, groups: Tensor, num_groups: int, ignore_index: int,
+    z_loss: float, backend: str, chunk_bytes: int | None,
+) -> _Plan:
+    """Drop ignored tokens up front (CL rows ignore about half) and check the rest (one host sync)."""
     valid = targets != ignore_index
     index = valid.nonzero().squeeze(1)
-    kept_groups = groups[index]
-    kept_groups, order = torch.sort(kept_groups, stable=True)
-    index = index[order]
+    kept_targets, kept_groups = targets[index], groups[index]
+    vocab = weight.shape[0]
+    bad = (kept_targets < 0) | (kept_targets >= vocab) | (kept_groups < 0) | (kept_groups >= num_groups)
+    if bad.any():
+        i = int(index[bad.nonzero()[0, 0]])
+        raise ValueError(
+            f"token {i}: target {int(targets[i])} must be in [0, {vocab}) or ignore_index={ignore_index}, "
+            f"and group {int(groups[i])} in [0, {num_groups})"
+        )
     count = torch.bincount(kept_groups, minlength=num_groups)[:num_groups].long()
-    return _Compacted(index, hidden.index_select(0, index).contiguous(), targets[index].contiguous(),
-                      kept_groups.contiguous(), count)
+    if index.numel() == targets.numel():  # nothing ignored: read rows in place, no gather
+        index, kept_targets, kept_groups = None, targets.contiguous(), groups.contiguous()
+    if chunk_bytes is None:
+        chunk_bytes = CHUNK_BYTES["cuda" if hidden.is_cuda else "cpu"]
+    return _Plan(index, kept_targets, kept_groups, count, hidden.shape[0], num_groups,
+                 torch.promote_types(hidden.dtype, weight.dtype), float(z_loss), backend,
+                 max(1, chunk_bytes // (4 * max(vocab, 1))))
 
 
-def _scatter_rows(rows: Tensor, index: Tensor, n: int, dtype: torch.dtype) -> Tensor:
-    """Gradient rows of the kept tokens back to all N positions (zeros at ignored ones)."""
-    out = torch.zeros(n, rows.shape[1], dtype=dtype, device=rows.device)
-    out.index_copy_(0, index, rows.to(dtype))
-    return out
+@functools.cache
+def _fp32_out_gemm(device: torch.device) -> bool:
+    """Whether torch has cuBLAS fp32-output GEMMs for bf16/fp16 operands (``out_dtype``, torch 2.8+)."""
+    a = torch.ones(2, 2, dtype=torch.bfloat16, device=device)
+    acc = torch.zeros(2, 2, dtype=torch.float32, device=device)
+    try:
+        torch.mm(a, a, out_dtype=torch.float32)
+        torch.addmm(acc, a, a, out_dtype=torch.float32, out=acc)
+    except (RuntimeError, TypeError, NotImplementedError):
+        warnings.warn("this torch has no fp32-output bf16 GEMM: the fused loss upcasts its weight-gradient "
+                      "products (slower, more memory)", stacklevel=3)
+        return False
+    return True
 
 
-def _chunk_rows(vocab: int) -> int:
-    return max(1, CHUNK_BYTES // (4 * max(vocab, 1)))
+def _mm(a: Tensor, b: Tensor, out_dtype: torch.dtype) -> Tensor:
+    """``a @ b`` as ``out_dtype``: cuBLAS keeps bf16/fp16 operands on the tensor cores and writes an fp32
+    result directly; CPU products run in fp32."""
+    if a.is_cuda and a.dtype != torch.float32:
+        if out_dtype == a.dtype:
+            return a @ b
+        if _fp32_out_gemm(a.device):
+            return torch.mm(a, b, out_dtype=out_dtype)
+        return (a @ b).to(out_dtype)
+    return (a.float() @ b.float()).to(out_dtype)
 
 
-def _dlogits_(logits: Tensor, lse: Tensor, targets: Tensor, z_loss: float) -> Tensor:
-    """In place: fp32 logits -> d(per-token loss)/d(logits) = softmax * (1 + 2 z lse) - onehot."""
+def _addmm_(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """``acc += a @ b`` into the fp32 accumulator ``acc``, whatever the operands' dtype."""
+    if a.is_cuda and a.dtype != torch.float32 and _fp32_out_gemm(a.device):
+        torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+    else:
+        acc.addmm_(a.float(), b.float())
+
+
+def _logits_rows_torch(
+    logits: Tensor, targets: Tensor, groups: Tensor, lse: Tensor, loss_sum: Tensor | None,
+    scale: Tensor | None, z_loss: float, grad_dtype: torch.dtype | None,
+) -> Tensor | None:
+    """The row pass in torch ops, same contract as ``mapping_loss_triton.logits_rows`` (fp32 dlogits)."""
+    if loss_sum is not None:
+        lse.copy_(torch.logsumexp(logits, dim=1))
+        loss = lse - logits.gather(1, targets[:, None]).squeeze(1)
+        if z_loss:
+            loss = loss + z_loss * lse * lse
+        loss_sum.index_add_(0, groups, loss)
+    if grad_dtype is None:
+        return None
     logits.sub_(lse[:, None]).exp_()
-    if z_loss:
-        logits.mul_((1.0 + 2.0 * z_loss * lse)[:, None])
+    logits.mul_((scale * (1.0 + 2.0 * z_loss * lse) if z_loss else scale)[:, None])
     rows = torch.arange(logits.shape[0], device=logits.device)
-    logits[rows, targets] -= 1.0
+    logits[rows, targets] -= scale
     return logits
 
 
-def _segments(groups: Tensor) -> list[tuple[int, int, int]]:
-    """(group, start, end) runs of a sorted group vector."""
-    if groups.numel() == 0:
-        return []
-    ids, counts = torch.unique_consecutive(groups, return_counts=True)
-    out, start = [], 0
-    for g, c in zip(ids.tolist(), counts.tolist(), strict=True):
-        out.append((g, start, start + c))
-        start += c
-    return out
+def _chunk_pass(
+    hidden: Tensor, weight: Tensor, plan: _Plan, *, lse: Tensor | None = None, scale: Tensor | None = None,
+    grad_hidden: bool = False, grad_weight: bool = False,
+) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
+    """One walk over the kept tokens: per chunk, logits GEMM -> row pass -> gradient GEMMs.
 
-
-class _ChunkedMappingLoss(torch.autograd.Function):
-    """Chunks of tokens, logits buffer bounded by CHUNK_BYTES; see PRECOMPUTE_GRAD_BYTES for the two modes.
-
-    The weight gradient is a product of fp32 ``dlogits`` and fp32 hidden rows whatever the input dtype:
-    a low-precision product per chunk and group would round more than plain PyTorch does.
+    ``lse`` None: compute it and the per-group sums; else reuse it (the backward's walk). ``scale`` [M]:
+    each kept token's upstream gradient, needed when a gradient is asked for. Returns ``(lse, loss_sum or
+    None, grad_hidden [N,H] in hidden's dtype or None, grad_weight [V,H] fp32 or None)``.
     """
-
-    @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, c_index: Tensor, c_hidden: Tensor, c_targets: Tensor,
-                c_groups: Tensor, num_groups: int, z_loss: float, want_grad: bool) -> Tensor:
-        dtype = c_hidden.dtype
-        M, V = c_hidden.shape[0], weight.shape[0]
-        w = weight if weight.dtype == dtype else weight.to(dtype)
-        segments = _segments(c_groups)
-        present = [g for g, _, _ in segments]
-        precompute = want_grad and len(present) * V * w.shape[1] * 4 <= PRECOMPUTE_GRAD_BYTES
-        loss_sum = torch.zeros(num_groups, dtype=torch.float32, device=hidden.device)
-        lse_all = torch.empty(M, dtype=torch.float32, device=hidden.device)
-        if precompute:
-            grad_h_unit = torch.empty(M, w.shape[1], dtype=dtype, device=hidden.device)
-            grad_w_groups = torch.zeros(len(present), V, w.shape[1], dtype=torch.float32,
-                                        device=hidden.device)
-        step = _chunk_rows(V)
-        for s in range(0, M, step):
-            e = min(M, s + step)
-            h = c_hidden[s:e]
-            t = c_targets[s:e]
-            logits = (h @ w.t()).float()
-            lse = torch.logsumexp(logits, dim=1)
-            loss = lse - logits.gather(1, t[:, None]).squeeze(1)
-            if z_loss:
-                loss = loss + z_loss * lse * lse
-            loss_sum.index_add_(0, c_groups[s:e], loss)
-            lse_all[s:e] = lse
-            if not precompute:
-                continue
-            dl = _dlogits_(logits, lse, t, z_loss)
-            torch.mm(dl.to(dtype), w, out=grad_h_unit[s:e])
-            h32 = h.float()
-            for slot, (_, gs, ge) in enumerate(segments):
-                lo, hi = max(gs, s), min(ge, e)
-                if lo < hi:
-                    grad_w_groups[slot].addmm_(dl[lo - s:hi - s].t(), h32[lo - s:hi - s])
-            del logits, dl, h32
-        ctx.precompute = precompute
-        ctx.num_rows = hidden.shape[0]
-        ctx.z_loss = z_loss
-        ctx.present = present
-        ctx.dtypes = (hidden.dtype, weight.dtype)
-        if precompute:
-            ctx.save_for_backward(c_index, c_groups, grad_h_unit, grad_w_groups)
-        else:
-            ctx.save_for_backward(c_index, c_hidden, c_targets, c_groups, lse_all, weight)
-        return loss_sum
-
-    @staticmethod
-    def backward(ctx, grad_loss_sum: Tensor):
-        h_dtype, w_dtype = ctx.dtypes
-        grad_loss_sum = grad_loss_sum.float()
-        if ctx.precompute:
-            c_index, c_groups, grad_h_unit, grad_w_groups = ctx.saved_tensors
-            scale = grad_loss_sum[c_groups]
-            grad_h = grad_h_unit.float() * scale[:, None]
-            g = grad_loss_sum[torch.tensor(ctx.present, dtype=torch.long, device=grad_loss_sum.device)]
-            if len(ctx.present) == 1:
-                grad_w = grad_w_groups[0] * g[0]
+    device, dtype = hidden.device, plan.dtype
+    w = weight.to(dtype)
+    if not w.is_cuda:
+        w = w.float()  # CPU GEMMs run in fp32: convert the weight once, not per chunk
+    num_kept, (vocab, width) = plan.targets.numel(), w.shape
+    loss_sum = None
+    if lse is None:
+        lse = torch.empty(num_kept, dtype=torch.float32, device=device)
+        loss_sum = torch.zeros(plan.num_groups, dtype=torch.float32, device=device)
+    grad_dtype = None
+    if grad_hidden or grad_weight:
+        grad_dtype = dtype if plan.backend == "triton" else torch.float32
+    gh = gw = None
+    if grad_hidden:
+        alloc = torch.empty if plan.index is None else torch.zeros
+        gh = alloc(plan.num_rows, width, dtype=hidden.dtype, device=device)
+    if grad_weight:
+        gw = torch.zeros(vocab, width, dtype=torch.float32, device=device)
+    if plan.backend == "triton":
+        from clmap.kernels.mapping_loss_triton import logits_rows as rows_pass
+    else:
+        rows_pass = _logits_rows_torch
+    for s in range(0, num_kept, plan.chunk_rows):
+        e = min(num_kept, s + plan.chunk_rows)
+        idx = None if plan.index is None else plan.index[s:e]
+        h = (hidden[s:e] if idx is None else hidden.index_select(0, idx)).to(dtype)
+        logits = _mm(h, w.t(), torch.float32)
+        dl = rows_pass(logits, plan.targets[s:e], plan.groups[s:e], lse[s:e], loss_sum,
+                       None if scale is None else scale[s:e], plan.z_loss, grad_dtype)
+        if gh is not None:
+            part = _mm(dl, w, hidden.dtype)
+            if idx is None:
+                gh[s:e] = part
             else:
-                grad_w = torch.einsum("g,gvh->vh", g, grad_w_groups)
-        else:
-            c_index, c_hidden, c_targets, c_groups, lse_all, weight = ctx.saved_tensors
-            dtype = c_hidden.dtype
-            w = weight if weight.dtype == dtype else weight.to(dtype)
-            M, V = c_hidden.shape[0], w.shape[0]
-            scale = grad_loss_sum[c_groups]
-            grad_h = torch.empty(M, w.shape[1], dtype=dtype, device=w.device)
-            grad_w = torch.zeros(V, w.shape[1], dtype=torch.float32, device=w.device)
-            step = _chunk_rows(V)
-            for s in range(0, M, step):
-                e = min(M, s + step)
-                h = c_hidden[s:e]
-                logits = (h @ w.t()).float()
-                dl = _dlogits_(logits, lse_all[s:e], c_targets[s:e], ctx.z_loss)
-                dl.mul_(scale[s:e, None])
-                torch.mm(dl.to(dtype), w, out=grad_h[s:e])
-                grad_w.addmm_(dl.t(), h.float())
-                del logits, dl
-        grad_hidden = _scatter_rows(grad_h, c_index, ctx.num_rows, h_dtype)
-        return grad_hidden, grad_w.to(w_dtype), None, None, None, None, None, None, None
+                gh.index_copy_(0, idx, part)
+        if gw is not None:
+            _addmm_(gw, dl.t(), h)
+        del logits, dl
+    return lse, loss_sum, gh, gw
 
 
-class _TritonMappingLoss(torch.autograd.Function):
-    """Triton forward (online lse, per-group atomics); backward: chunked GEMMs + a Triton dlogits kernel."""
+class _MappingLoss(torch.autograd.Function):
+    """Differentiable per-group sums: the forward keeps only ``lse``; the backward walks again."""
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, c_index: Tensor, c_hidden: Tensor, c_targets: Tensor,
-                c_groups: Tensor, num_groups: int, z_loss: float) -> Tensor:
-        from clmap.kernels.mapping_loss_triton import mapping_loss_fwd
-
-        w = (weight if weight.dtype == c_hidden.dtype else weight.to(c_hidden.dtype)).contiguous()
-        lse, loss_sum = mapping_loss_fwd(c_hidden, w, c_targets, c_groups, num_groups, z_loss)
-        ctx.save_for_backward(c_index, c_hidden, c_targets, c_groups, lse, weight)
-        ctx.num_rows = hidden.shape[0]
-        ctx.z_loss = z_loss
-        ctx.dtypes = (hidden.dtype, weight.dtype)
+    def forward(ctx, hidden: Tensor, weight: Tensor, plan: _Plan) -> Tensor:
+        lse, loss_sum, _, _ = _chunk_pass(hidden, weight, plan)
+        ctx.save_for_backward(hidden, weight, lse)
+        ctx.plan = plan
         return loss_sum
 
     @staticmethod
     def backward(ctx, grad_loss_sum: Tensor):
-        from clmap.kernels.mapping_loss_triton import mapping_loss_bwd
+        hidden, weight, lse = ctx.saved_tensors
+        scale = grad_loss_sum.float()[ctx.plan.groups].contiguous()
+        _, _, gh, gw = _chunk_pass(hidden, weight, ctx.plan, lse=lse, scale=scale,
+                                   grad_hidden=ctx.needs_input_grad[0], grad_weight=ctx.needs_input_grad[1])
+        return gh, None if gw is None else gw.to(weight.dtype), None
 
-        c_index, c_hidden, c_targets, c_groups, lse, weight = ctx.saved_tensors
-        h_dtype, w_dtype = ctx.dtypes
-        w = (weight if weight.dtype == c_hidden.dtype else weight.to(c_hidden.dtype)).contiguous()
-        scale = grad_loss_sum.float()[c_groups].contiguous()
-        grad_h, grad_w = mapping_loss_bwd(c_hidden, w, c_targets, lse, scale, ctx.z_loss)
-        grad_hidden = _scatter_rows(grad_h, c_index, ctx.num_rows, h_dtype)
-        return grad_hidden, grad_w.to(w_dtype), None, None, None, None, None, None
+
+class _WeightedMappingLoss(torch.autograd.Function):
+    """``sum_g w_g * loss_sum_g`` with its gradients computed in the forward walk (3 GEMMs, not 4)."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, group_weights: Tensor, plan: _Plan):
+        scale = group_weights.float()[plan.groups].contiguous()
+        _, loss_sum, gh, gw = _chunk_pass(hidden, weight, plan, scale=scale,
+                                          grad_hidden=ctx.needs_input_grad[0],
+                                          grad_weight=ctx.needs_input_grad[1])
+        ctx.save_for_backward(gh, gw)
+        ctx.weight_dtype = weight.dtype
+        ctx.mark_non_differentiable(loss_sum)
+        return (group_weights.float() * loss_sum).sum(), loss_sum
+
+    @staticmethod
+    def backward(ctx, grad_weighted: Tensor, _grad_loss_sum: Tensor):
+        gh, gw = ctx.saved_tensors
+        g = grad_weighted.float()
+        return (None if gh is None else gh * g, None if gw is None else _scaled_cast(gw, g, ctx.weight_dtype),
+                None, None)
+
+
+def _scaled_cast(x: Tensor, scale: Tensor, dtype: torch.dtype, block_bytes: int = 64 * 2**20) -> Tensor:
+    """``(x * scale).to(dtype)`` rounded once, by row blocks: no second full-size fp32 tensor."""
+    out = torch.empty_like(x, dtype=dtype)
+    step = max(1, block_bytes // max(1, x.shape[1] * x.element_size()))
+    for s in range(0, x.shape[0], step):
+        out[s : s + step] = x[s : s + step] * scale
+    return out
 
 
 def mapping_loss(
     hidden: Tensor, weight: Tensor, targets: Tensor, groups: Tensor | None = None, num_groups: int = 1,
-    *, ignore_index: int = -100, z_loss: float = 0.0, backend: str | None = None,
+    *, ignore_index: int = -100, z_loss: float = 0.0, group_weights: Tensor | None = None,
+    backend: str | None = None, chunk_bytes: int | None = None,
 ) -> GroupedLoss:
     """Per-group sums of ``logsumexp(h W^T) - (h W^T)[target] + z_loss * logsumexp^2`` without N x V logits.
 
     hidden [N,H] (fp32/bf16/fp16), weight [V,H] (the lm_head, possibly the tied embedding), targets [N]
     int64 (``ignore_index`` = no loss), groups [N] int64 in ``[0, num_groups)`` (None: all group 0).
-    ``loss_sum`` [G] fp32 is differentiable w.r.t. hidden and weight; ``count`` [G] int64 is not.
+    ``group_weights`` [G]: also return ``weighted = sum_g w_g loss_sum_g``, whose gradients are computed
+    in the forward pass (the fast path for training; ``loss_sum`` is then detached). ``count`` [G] int64
+    is never differentiable. ``chunk_bytes`` bounds the fp32 logits held at once (:data:`CHUNK_BYTES`).
     """
     _check(hidden, weight, targets)
     choice = choose_backend(hidden, backend)
-    if choice == "reference":
-        return mapping_loss_reference(hidden, weight, targets, groups, num_groups,
-                                      ignore_index=ignore_index, z_loss=z_loss)
     groups = _groups_or_zeros(targets, groups)
-    dtype = torch.promote_types(hidden.dtype, weight.dtype)
-    with torch.no_grad():
-        c = _compact(hidden.detach().to(dtype), targets, groups, num_groups, ignore_index)
-    if choice == "triton":
-        loss_sum = _TritonMappingLoss.apply(hidden, weight, c.index, c.hidden, c.targets, c.groups,
-                                            num_groups, float(z_loss))
-    else:
-        want_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
-        loss_sum = _ChunkedMappingLoss.apply(hidden, weight, c.index, c.hidden, c.targets, c.groups,
-                                             num_groups, float(z_loss), want_grad)
-    return GroupedLoss(loss_sum, c.count)
+    if group_weights is not None and group_weights.shape != (num_groups,):
+        raise ValueError(f"group_weights {tuple(group_weights.shape)} must be [num_groups={num_groups}]")
+    if choice == "reference":
+        out = mapping_loss_reference(hidden, weight, targets, groups, num_groups,
+                                     ignore_index=ignore_index, z_loss=z_loss)
+        if group_weights is None:
+            return out
+        weighted = (group_weights.to(out.loss_sum.dtype) * out.loss_sum).sum()
+        return GroupedLoss(out.loss_sum.detach(), out.count, weighted)
+    plan = _make_plan(hidden, weight, targets, groups, num_groups, ignore_index, z_loss, choice, chunk_bytes)
+    wants_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    if group_weights is not None and wants_grad:
+        weighted, loss_sum = _WeightedMappingLoss.apply(hidden, weight, group_weights, plan)
+        return GroupedLoss(loss_sum, plan.count, weighted)
+    loss_sum = _MappingLoss.apply(hidden, weight, plan)
+    if group_weights is None:
+        return GroupedLoss(loss_sum, plan.count)
+    return GroupedLoss(loss_sum, plan.count, (group_weights.float() * loss_sum).sum())

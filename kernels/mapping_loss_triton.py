@@ -1,9 +1,12 @@
-"""Raw Triton kernels of the fused mapping loss (linear layer + cross-entropy, logits never stored).
+"""Raw Triton kernel of the fused mapping loss: one pass over a chunk of fp32 logits rows.
 
-The forward follows Cut Cross-Entropy: it walks the vocabulary in blocks with an online
-log-sum-exp and keeps only ``lse[N]``. The backward recomputes logits chunk by chunk with GEMMs and
-turns them into ``dlogits`` in place with a small Triton kernel (see ``mapping_loss_bwd``).
-Callers pass only the non-ignored tokens (compacted), so no work is spent on ignored ones.
+The GEMMs around it are cuBLAS's (``mapping_loss._chunk_pass``): tensor-core matrix products at the
+library's speed, fp32 results. What a GEMM cannot do is the row-wise part, and that is this kernel:
+an online log-sum-exp over vocabulary blocks (one read of the row), the token's loss added to its
+group's sum, and, when gradients are wanted, ``dlogits`` written over the logits in place, already
+rounded to the GEMM operand's dtype. The first version computed logits tiles inside Triton (CCE's
+layout); on an H200 its forward was 1.5x CCE's and the atomics of its backward cost 1049 ms at
+N=16384, H=4096, V=128256, where cuBLAS GEMMs around this kernel do the work in three matrix products.
 """
 
 from __future__ import annotations
@@ -16,170 +19,85 @@ import triton.language as tl
 
 
 @triton.jit
-def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    """``acc + a @ b`` in fp32; UPCAST works around the interpreter's wrong bf16 ``tl.dot`` (Triton 3.9)."""
-    if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
-
-
-@triton.jit
-def _mapping_loss_fwd_kernel(
-    h_ptr, w_ptr, tgt_ptr, grp_ptr, lse_ptr, loss_sum_ptr,
-    N, V, H, stride_hn, stride_wv, z_loss,
-    BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
+def _logits_rows_kernel(
+    logits_ptr, grad_ptr, tgt_ptr, grp_ptr, lse_ptr, scale_ptr, loss_sum_ptr,
+    V, stride_logits, stride_grad, z_loss,
+    COMPUTE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr, BF16_BY_BITS: tl.constexpr,
 ):
-    """One program per token block: online lse over all vocabulary blocks, then per-group loss sums."""
-    pid = tl.program_id(0)
-    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < N
-    tgt = tl.load(tgt_ptr + rows, mask=row_mask, other=0)
-    run_max = tl.full([BLOCK_N], float("-inf"), tl.float32)
-    run_sum = tl.zeros([BLOCK_N], tl.float32)
-    tgt_logit = tl.zeros([BLOCK_N], tl.float32)
-    for v0 in range(0, V, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V)
-        col_mask = cols < V
-        acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
-        for k0 in range(0, H, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            k_mask = ks < H
-            h = tl.load(h_ptr + rows[:, None] * stride_hn + ks[None, :],
-                        mask=row_mask[:, None] & k_mask[None, :], other=0.0)
-            w = tl.load(w_ptr + cols[:, None] * stride_wv + ks[None, :],
-                        mask=col_mask[:, None] & k_mask[None, :], other=0.0)
-            acc = _dot(h, tl.trans(w), acc, DOT_PRECISION, UPCAST)
-        acc = tl.where(col_mask[None, :], acc, float("-inf"))
-        new_max = tl.maximum(run_max, tl.max(acc, axis=1))
-        run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(acc - new_max[:, None]), axis=1)
-        run_max = new_max
-        tgt_logit += tl.sum(tl.where(cols[None, :] == tgt[:, None], acc, 0.0), axis=1)
-    lse = run_max + tl.log(run_sum)
-    loss = lse - tgt_logit + z_loss * lse * lse
-    tl.store(lse_ptr + rows, lse, mask=row_mask)
-    grp = tl.load(grp_ptr + rows, mask=row_mask, other=0)
-    tl.atomic_add(loss_sum_ptr + grp, loss, mask=row_mask)
+    """One program per row of logits.
 
-
-@triton.jit
-def _dlogits_kernel(
-    logits_ptr, low_ptr, tgt_ptr, lse_ptr, scale_ptr, V, stride_l, stride_o, z_loss, BLOCK_V: tl.constexpr,
-):
-    """One (row, vocab block) per program: fp32 logits → scale·(softmax·(1 + 2·z·lse) − onehot).
-
-    Stored in place in fp32 and, for bf16/fp16 inputs, also rounded into ``low`` (the GEMM operand).
+    COMPUTE_LSE: online max/sum-exp over the row, ``lse`` stored, ``lse - x[t] + z·lse²`` added to the
+    row's group sum (else ``lse`` is read). WRITE_GRAD: ``scale·(softmax·(1 + 2·z·lse) − onehot(t))``
+    stored to ``grad_ptr``, which may alias the row itself in a narrower dtype: element ``v`` then
+    lands on bytes the row already read (``2v < 4v``), and a barrier per block keeps every warp's reads
+    of a block ahead of any warp's writes into it.
     """
-    row = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
-    mask = cols < V
-    x = tl.load(logits_ptr + row * stride_l + cols, mask=mask, other=0.0)
-    lse = tl.load(lse_ptr + row)
-    scale = tl.load(scale_ptr + row)
+    row = tl.program_id(0).to(tl.int64)
+    logits_row = logits_ptr + row * stride_logits
     tgt = tl.load(tgt_ptr + row)
-    d = (tl.exp(x - lse) * (1.0 + 2.0 * z_loss * lse) - tl.where(cols == tgt, 1.0, 0.0)) * scale
-    tl.store(logits_ptr + row * stride_l + cols, d, mask=mask)
-    tl.store(low_ptr + row * stride_o + cols, d.to(low_ptr.dtype.element_ty), mask=mask)
+    if COMPUTE_LSE:
+        run_max = tl.full([BLOCK_V], -1.0e30, tl.float32)
+        run_sum = tl.zeros([BLOCK_V], tl.float32)
+        for v0 in range(0, V, BLOCK_V):
+            cols = v0 + tl.arange(0, BLOCK_V)
+            x = tl.load(logits_row + cols, mask=cols < V, other=float("-inf"))
+            new_max = tl.maximum(run_max, x)
+            run_sum = run_sum * tl.exp(run_max - new_max) + tl.exp(x - new_max)
+            run_max = new_max
+        row_max = tl.max(run_max, axis=0)
+        lse = row_max + tl.log(tl.sum(run_sum * tl.exp(run_max - row_max), axis=0))
+        loss = lse - tl.load(logits_row + tgt) + z_loss * lse * lse
+        tl.store(lse_ptr + row, lse)
+        tl.atomic_add(loss_sum_ptr + tl.load(grp_ptr + row), loss)
+    else:
+        lse = tl.load(lse_ptr + row)
+    if WRITE_GRAD:
+        tl.debug_barrier()
+        scale = tl.load(scale_ptr + row)
+        prob_scale = scale * (1.0 + 2.0 * z_loss * lse)
+        grad_row = grad_ptr + row * stride_grad
+        for v0 in range(0, V, BLOCK_V):
+            cols = v0 + tl.arange(0, BLOCK_V)
+            mask = cols < V
+            x = tl.load(logits_row + cols, mask=mask, other=0.0)
+            d = tl.exp(x - lse) * prob_scale - tl.where(cols == tgt, scale, 0.0)
+            if BF16_BY_BITS:  # the interpreter truncates fp32 -> bf16; round to nearest even by hand
+                bits = d.to(tl.uint32, bitcast=True)
+                bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+                d = bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+            tl.debug_barrier()
+            tl.store(grad_row + cols, d.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _blocks(hidden: torch.Tensor, weight_rows: int) -> dict:
-    """Block sizes: wide tiles under the interpreter (fewer Python-level steps), tensor-core tiles on CUDA."""
-    H = hidden.shape[1]
-    block_k = min(64, max(16, triton.next_power_of_2(H)))
-    if _interpreting() or not hidden.is_cuda:
-        # Each program costs milliseconds of Python: few, wide vocabulary tiles for a big vocabulary.
-        return dict(BLOCK_N=16, BLOCK_V=64 if weight_rows <= 4096 else 1024, BLOCK_K=block_k, num_warps=4)
-    if hidden.dtype == torch.float32:
-        return dict(BLOCK_N=64, BLOCK_V=64, BLOCK_K=min(block_k, 32), num_warps=4, num_stages=2)
-    return dict(BLOCK_N=64, BLOCK_V=128, BLOCK_K=block_k, num_warps=8, num_stages=3)
+def logits_rows(
+    logits: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor, lse: torch.Tensor,
+    loss_sum: torch.Tensor | None, scale: torch.Tensor | None, z_loss: float, grad_dtype: torch.dtype | None,
+) -> torch.Tensor | None:
+    """Run the row kernel over fp32 ``logits`` [R, V] (contiguous rows) in place.
 
-
-def _upcast(dtype: torch.dtype) -> bool:
-    return _interpreting() and dtype == torch.bfloat16
-
-
-def _precision(dtype: torch.dtype) -> str:
-    """Full-precision fp32 dots (plain PyTorch fp32 matmuls do not use TF32 by default)."""
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
-def mapping_loss_fwd(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor,
-    num_groups: int, z_loss: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Compacted tokens only (no ignore_index): returns ``lse`` [N] fp32 and ``loss_sum`` [G] fp32."""
-    N, H = hidden.shape
-    V = weight.shape[0]
-    lse = torch.empty(N, device=hidden.device, dtype=torch.float32)
-    loss_sum = torch.zeros(num_groups, device=hidden.device, dtype=torch.float32)
-    if N == 0:
-        return lse, loss_sum
-    cfg = _blocks(hidden, V)
-    grid = (triton.cdiv(N, cfg["BLOCK_N"]),)
-    _mapping_loss_fwd_kernel[grid](
-        hidden, weight, targets, groups, lse, loss_sum,
-        N, V, H, hidden.stride(0), weight.stride(0), float(z_loss),
-        DOT_PRECISION=_precision(hidden.dtype), UPCAST=_upcast(hidden.dtype), **cfg,
-    )
-    return lse, loss_sum
-
-
-BWD_CHUNK_BYTES = 768 * 2**20  # recomputed fp32 logits + dlogits of one chunk of tokens
-
-
-def _mm_fp32(a: torch.Tensor, b: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
-    """``a @ b`` (or ``acc += a @ b``) with an fp32 result; bf16/fp16 operands stay on the tensor cores
-    through cuBLAS's fp32-output GEMM on CUDA (the logits keep fp32 precision, like CCE's tiles)."""
-    if a.dtype != torch.float32 and a.is_cuda:
-        try:
-            if acc is None:
-                return torch.mm(a, b, out_dtype=torch.float32)
-            return torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
-        except (RuntimeError, TypeError):  # a torch without the fp32-output overloads
-            product = (a @ b).float()
-            return product if acc is None else acc.add_(product)
-    a, b = a.float(), b.float()
-    return a @ b if acc is None else acc.addmm_(a, b)
-
-
-def mapping_loss_bwd(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor,
-    scale: torch.Tensor, z_loss: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients by token chunks: recompute the chunk's logits (one GEMM, fp32 out), turn them into
-    ``dlogits`` (Triton), then two GEMMs: grad_hidden = dlogits @ W and grad_weight += dlogitsᵀ @ h (fp32).
-
-    The first version (tiles recomputed in Triton, products added with fp32 atomics, CCE without its
-    sparsity filter) spent its time on atomics: 1049 ms vs Liger's 92 ms at N=16384, H=4096, V=128256
-    bf16 on an H200. Three tensor-core GEMMs over a bounded chunk are Liger's road; the chunk of
-    logits (``BWD_CHUNK_BYTES``) is the memory price. ``scale`` [N] fp32: each token's upstream gradient.
+    ``loss_sum`` given: compute ``lse`` (written into ``lse``) and add each row's loss to
+    ``loss_sum[groups]``; else read ``lse``. ``grad_dtype`` given: return ``dlogits`` [R, V] of that
+    dtype, a view of the logits' own storage (``scale`` [R] fp32 is each row's upstream gradient).
     """
-    N, H = hidden.shape
-    V = weight.shape[0]
-    grad_hidden = torch.empty(N, H, device=hidden.device, dtype=hidden.dtype)
-    grad_weight = torch.zeros(V, H, device=weight.device, dtype=torch.float32)
-    per_row = V * (4 + (hidden.element_size() if hidden.dtype != torch.float32 else 0))  # fp32 + rounded
-    rows = max(1, BWD_CHUNK_BYTES // per_row)
-    block_v = 1024 if V >= 1024 else triton.next_power_of_2(V)
-    for s in range(0, N, rows):
-        e = min(N, s + rows)
-        h = hidden[s:e]
-        dlogits = _mm_fp32(h, weight.t())  # the chunk's logits, turned into fp32 dlogits in place
-        rounded = dlogits if hidden.dtype == torch.float32 else torch.empty_like(dlogits, dtype=hidden.dtype)
-        _dlogits_kernel[(e - s, triton.cdiv(V, block_v))](
-            dlogits, rounded, targets[s:e], lse[s:e], scale[s:e], V, dlogits.stride(0), rounded.stride(0),
-            float(z_loss), BLOCK_V=block_v,
-        )
-        torch.mm(rounded, weight, out=grad_hidden[s:e])
-        _mm_fp32(rounded.t(), h, acc=grad_weight)
-        if rounded is not dlogits:
-            # Rounding dlogits to bf16/fp16 costs more in the weight gradient (a sum over every token)
-            # than plain PyTorch loses; one more GEMM on the rounding residual keeps it fp32-accurate.
-            rounded.copy_(dlogits.sub_(rounded))
-            _mm_fp32(rounded.t(), h, acc=grad_weight)
-        del dlogits, rounded
-    return grad_hidden, grad_weight
+    R, V = logits.shape
+    if R == 0:
+        return logits.to(grad_dtype) if grad_dtype is not None else None
+    grad = None
+    if grad_dtype == torch.float32:
+        grad = logits
+    elif grad_dtype is not None:  # a 2-byte dtype: row r's first half of bytes holds its V values
+        grad = logits.view(grad_dtype)[:, :V]
+    block_v = 1024 if _interpreting() else 2048
+    _logits_rows_kernel[(R,)](
+        logits, grad if grad is not None else logits, targets, groups, lse,
+        scale if scale is not None else lse, loss_sum if loss_sum is not None else lse,
+        V, logits.stride(0), grad.stride(0) if grad is not None else 0, float(z_loss),
+        COMPUTE_LSE=loss_sum is not None, WRITE_GRAD=grad is not None,
+        BF16_BY_BITS=_interpreting() and grad_dtype == torch.bfloat16,
+        BLOCK_V=min(block_v, triton.next_power_of_2(V)), num_warps=8,
+    )
+    return grad

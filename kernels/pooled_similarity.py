@@ -10,10 +10,14 @@ Normalisation is ``u / max(|u|, eps)`` (``torch.nn.functional.normalize``), so c
 
 Three implementations, picked by :func:`clmap.kernels.dispatch.choose_backend`:
 
-- ``triton``: fused pool + normalise kernel (one program per span x H-block). Backward: by default a
-  sync-free row formulation (prefix sums over span start/end events, one gather writes [N, H] once);
-  a Triton scatter kernel with fp32 atomics is the alternative (``BACKWARD``). Both handle overlapping
-  spans; see pooled_similarity_triton.
+- ``triton``: fused kernels, no host sync, no concatenation of span lists. ``paired_cosine`` is one
+  autograd Function: forward = one launch (pool both spans of each pair, normalise, cosine; plus a
+  tiny finishing launch when H is split across programs), backward = two launches (a prefix-sum table
+  of the per-span gradients over the sorted span start/end events, then one kernel writing every row
+  of grad_hidden [N, H] once, in hidden's dtype). ``pool_spans``/``cosine_matrix`` use the pool +
+  normalise Function (backward: one more small launch for the per-span gradient). Overlapping spans
+  are exact and the backward is deterministic (no atomics); ``BACKWARD = "atomic"`` selects the older
+  fp32 atomic scatter kernel instead. See pooled_similarity_triton.
 - ``torch``: vectorised, one ``embedding_bag(mode="mean")`` over (row, span) pairs: memory O(N x H) at
   most whatever the spans overlap; autograd does the backward (overlaps are summed).
 - ``reference``: a Python loop over spans, for readability and as the test oracle.
@@ -149,54 +153,136 @@ def _pool_spans_torch(hidden: Tensor, starts: Tensor, ends: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Triton path: autograd Function around the raw kernels
+# Triton path: autograd Functions around the raw kernels
 # ----------------------------------------------------------------------------------------------------
 
 
-#: Backward of the Triton path: "prefix" (row formulation, default: fastest measured, deterministic) or
-#: "atomic" (the Triton scatter kernel with fp32 atomics). Both handle overlapping spans exactly.
+#: Backward of the Triton path: "prefix" (default: sorted span events, an fp64 prefix-sum table and one
+#: kernel writing every gradient row once; deterministic, no atomics, no host sync) or "atomic" (the
+#: Triton scatter kernel with fp32 atomics). Both handle overlapping spans exactly.
 BACKWARD = "prefix"
 
 
-class PoolNormalizeFunction(torch.autograd.Function):
-    """(hidden, starts, ends, eps) -> (pooled [S,H] fp32, unit [S,H] fp32); backward through both."""
+def _needs_grad(hidden: Tensor) -> bool:
+    return torch.is_grad_enabled() and hidden.requires_grad
+
+
+class PairedCosineFunction(torch.autograd.Function):
+    """(hidden, a_starts, a_ends, b_starts, b_ends, eps, need_grad) -> cos [P] fp32, all fused.
+
+    Forward: one launch pools both spans of each pair, normalises and forms the cosine (a second tiny
+    launch when H is split across programs); with ``need_grad`` it also sorts the span events. Backward:
+    one launch builds the prefix table of the per-span gradients (formed on the fly from the saved
+    pooled vectors, norms and cosines), one writes grad_hidden [N, H] once.
+    """
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, starts: Tensor, ends: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-        from clmap.kernels.pooled_similarity_triton import pool_normalize_forward
-
-        starts, ends = starts.long().contiguous(), ends.long().contiguous()
-        pooled, unit, norm = pool_normalize_forward(hidden, starts, ends, eps)
-        ctx.save_for_backward(starts, ends, unit, norm)
-        ctx.eps, ctx.num_rows, ctx.hidden_dtype = eps, hidden.shape[0], hidden.dtype
-        ctx.set_materialize_grads(False)
-        return pooled, unit
-
-    @staticmethod
-    def backward(ctx, grad_pooled: Tensor | None, grad_unit: Tensor | None):
+    def forward(ctx, hidden: Tensor, a_starts: Tensor, a_ends: Tensor, b_starts: Tensor, b_ends: Tensor,
+                eps: float, need_grad: bool) -> Tensor:
         from clmap.kernels import pooled_similarity_triton as tk
 
-        starts, ends, unit, norm = ctx.saved_tensors
-        grad_hidden = None
-        if ctx.needs_input_grad[0]:
-            args = (grad_pooled, grad_unit, unit, norm, starts, ends, ctx.num_rows, ctx.eps)
-            if BACKWARD == "prefix":
-                grad_hidden = tk.pool_normalize_backward_prefix(*args, ctx.hidden_dtype)
-            else:
-                grad_hidden = tk.pool_normalize_backward(*args).to(ctx.hidden_dtype)
-        return grad_hidden, None, None, None
+        spans = tk.make_spans(a_starts, a_ends, b_starts, b_ends)
+        cos, pooled, norm, events = tk.paired_forward(hidden, spans, eps, rank=need_grad)
+        if need_grad:
+            ctx.save_for_backward(pooled, norm, cos, *(events or ()), *spans[:4])
+            ctx.has_events = events is not None
+            ctx.n_a, ctx.n_spans = spans.n_a, spans.n_spans
+            ctx.eps, ctx.num_rows, ctx.hidden_dtype = eps, hidden.shape[0], hidden.dtype
+        return cos
+
+    @staticmethod
+    def backward(ctx, grad_cos: Tensor):
+        from clmap.kernels import pooled_similarity_triton as tk
+
+        saved = ctx.saved_tensors
+        pooled, norm, cos = saved[:3]
+        events = saved[3:5] if ctx.has_events else None
+        spans = tk.Spans(*saved[-4:], ctx.n_a, ctx.n_spans)
+        grad_hidden = tk.paired_backward(
+            grad_cos, pooled, norm, cos, spans, events, ctx.num_rows, ctx.eps, ctx.hidden_dtype
+        )
+        return grad_hidden, None, None, None, None, None, None
+
+
+class PoolNormalizeFunction(torch.autograd.Function):
+    """(hidden, a_starts, a_ends, b_starts|None, b_ends|None, eps, need_grad)
+    -> (pooled [S,H] fp32, unit_a [n_a,H] fp32, unit_b [S-n_a,H] fp32); backward through all three.
+
+    S spans: the a-list, then the b-list if given (one launch for both). ``unit_a``/``unit_b`` are views
+    of one buffer, so no slicing (and no slice backward) is needed by the callers.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, a_starts: Tensor, a_ends: Tensor, b_starts: Tensor | None,
+                b_ends: Tensor | None, eps: float, need_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+        from clmap.kernels import pooled_similarity_triton as tk
+
+        spans = tk.make_spans(a_starts, a_ends, b_starts, b_ends)
+        mode = BACKWARD
+        pooled, unit, norm, events = tk.pool_forward(hidden, spans, eps, rank=need_grad and mode != "atomic")
+        if need_grad:
+            ctx.save_for_backward(unit, norm, *(events or ()), *spans[:4])
+            ctx.has_events, ctx.mode = events is not None, mode
+            ctx.n_a, ctx.n_spans = spans.n_a, spans.n_spans
+            ctx.eps, ctx.num_rows, ctx.hidden_dtype = eps, hidden.shape[0], hidden.dtype
+        ctx.set_materialize_grads(False)
+        return pooled, unit[: spans.n_a], unit[spans.n_a :]
+
+    @staticmethod
+    def backward(ctx, grad_pooled: Tensor | None, grad_unit_a: Tensor | None, grad_unit_b: Tensor | None):
+        from clmap.kernels import pooled_similarity_triton as tk
+
+        saved = ctx.saved_tensors
+        unit, norm = saved[:2]
+        events = saved[2:4] if ctx.has_events else None
+        spans = tk.Spans(*saved[-4:], ctx.n_a, ctx.n_spans)
+        if ctx.mode != "atomic":
+            grad_hidden = tk.pool_backward_events(
+                grad_pooled, grad_unit_a, grad_unit_b, unit, norm, spans, events, ctx.num_rows, ctx.eps,
+                ctx.hidden_dtype,
+            )
+        else:
+            grad_unit = None
+            if grad_unit_a is not None or grad_unit_b is not None:
+                grad_unit = torch.cat([
+                    g if g is not None else unit.new_zeros(n, unit.shape[1])
+                    for g, n in ((grad_unit_a, spans.n_a), (grad_unit_b, spans.n_spans - spans.n_a))
+                ])
+            starts, ends = spans.a_starts.long(), spans.a_ends.long()
+            if spans.n_spans > spans.n_a:
+                starts = torch.cat([starts, spans.b_starts.long()])
+                ends = torch.cat([ends, spans.b_ends.long()])
+            grad_hidden = tk.pool_normalize_backward(
+                grad_pooled, grad_unit, unit, norm, starts, ends, ctx.num_rows, ctx.eps
+            ).to(ctx.hidden_dtype)
+        return grad_hidden, None, None, None, None, None, None
+
+
+def _check_triton_dtype(hidden: Tensor) -> None:
+    if hidden.dtype == torch.float64:
+        raise ValueError("the Triton backend takes fp32/bf16/fp16 hidden states, not float64")
 
 
 def _pool_normalize(
-    hidden: Tensor, starts: Tensor, ends: Tensor, eps: float, backend: str
-) -> tuple[Tensor, Tensor]:
-    """(pooled, unit) by the chosen backend."""
+    hidden: Tensor, starts: Tensor, ends: Tensor, eps: float, backend: str,
+    b_starts: Tensor | None = None, b_ends: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(pooled [S, H], unit vectors of the a-spans, unit vectors of the b-spans or None) by ``backend``."""
     if backend == "triton":
-        if hidden.dtype == torch.float64:
-            raise ValueError("the Triton backend takes fp32/bf16/fp16 hidden states, not float64")
-        return PoolNormalizeFunction.apply(hidden, starts, ends, eps)
+        _check_triton_dtype(hidden)
+        pooled, unit_a, unit_b = PoolNormalizeFunction.apply(
+            hidden, starts, ends, b_starts, b_ends, eps, _needs_grad(hidden)
+        )
+        return pooled, unit_a, (unit_b if b_starts is not None else None)
+    if b_starts is not None:
+        starts = torch.cat([starts.long(), b_starts.long()])
+        ends = torch.cat([ends.long(), b_ends.long()])
     pooled = (_pool_spans_torch if backend == "torch" else pool_spans_reference)(hidden, starts, ends)
-    return pooled, F.normalize(pooled, dim=-1, eps=eps)
+    unit = F.normalize(pooled, dim=-1, eps=eps)
+    if b_starts is None:
+        return pooled, unit, None
+    n_a = pooled.shape[0] - b_starts.shape[0]
+    return pooled, unit[:n_a], unit[n_a:]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -223,7 +309,7 @@ def paired_cosine(
 ) -> Tensor:
     """[P] float32: cos(mean-pool of span a_p, mean-pool of span b_p); both spans index ``hidden``.
 
-    The a- and b-spans are pooled in one kernel launch (concatenated span lists).
+    Triton: one fused autograd Function (one forward launch, two backward launches; see the module doc).
     """
     _check_spans(hidden, a_starts, a_ends, validate, "a")
     _check_spans(hidden, b_starts, b_ends, validate, "b")
@@ -231,11 +317,13 @@ def paired_cosine(
     choice = choose_backend(hidden, backend)
     if choice == "reference":
         return paired_cosine_reference(hidden, a_starts, a_ends, b_starts, b_ends, eps=eps)
-    n_pairs = a_starts.shape[0]
-    starts = torch.cat([a_starts.long(), b_starts.long()])
-    ends = torch.cat([a_ends.long(), b_ends.long()])
-    _, unit = _pool_normalize(hidden, starts, ends, eps, choice)
-    return (unit[:n_pairs] * unit[n_pairs:]).sum(dim=-1)
+    if choice == "triton" and BACKWARD != "atomic":
+        _check_triton_dtype(hidden)
+        return PairedCosineFunction.apply(
+            hidden, a_starts, a_ends, b_starts, b_ends, eps, _needs_grad(hidden)
+        )
+    _, u, v = _pool_normalize(hidden, a_starts, a_ends, eps, choice, b_starts, b_ends)
+    return (u * v).sum(dim=-1)
 
 
 def cosine_matrix(
@@ -250,12 +338,8 @@ def cosine_matrix(
     if choice == "reference":
         return cosine_matrix_reference(hidden_a, a_starts, a_ends, hidden_b, b_starts, b_ends, eps=eps)
     if hidden_b is hidden_a:
-        n_a = a_starts.shape[0]
-        starts = torch.cat([a_starts.long(), b_starts.long()])
-        ends = torch.cat([a_ends.long(), b_ends.long()])
-        _, unit = _pool_normalize(hidden_a, starts, ends, eps, choice)
-        u, v = unit[:n_a], unit[n_a:]
+        _, u, v = _pool_normalize(hidden_a, a_starts, a_ends, eps, choice, b_starts, b_ends)
     else:
-        _, u = _pool_normalize(hidden_a, a_starts, a_ends, eps, choice)
-        _, v = _pool_normalize(hidden_b, b_starts, b_ends, eps, choice)
+        _, u, _ = _pool_normalize(hidden_a, a_starts, a_ends, eps, choice)
+        _, v, _ = _pool_normalize(hidden_b, b_starts, b_ends, eps, choice)
     return u @ v.T

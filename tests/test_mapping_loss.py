@@ -32,11 +32,19 @@ def _inputs(n, h, v, g, *, dtype=torch.float32, ignore=0.5, seed=0):
     return hidden, weight, targets, groups, upstream
 
 
-def _run(fn, hidden, weight, targets, groups, g, upstream, **kw):
+def _run(fn, hidden, weight, targets, groups, g, upstream, weighted=False, **kw):
+    """Loss sums, counts and the gradients of ``sum_g upstream_g * loss_sum_g``: backpropagated through
+    ``loss_sum`` (deferred backward) or, ``weighted``, passed as ``group_weights`` (gradients in forward)."""
     hidden = hidden.detach().clone().requires_grad_()
     weight = weight.detach().clone().requires_grad_()
-    out = fn(hidden, weight, targets, groups, g, **kw)
-    gh, gw = torch.autograd.grad((out.loss_sum * upstream.to(out.loss_sum.dtype)).sum(), [hidden, weight])
+    if weighted:
+        out = fn(hidden, weight, targets, groups, g, group_weights=upstream, **kw)
+        assert not out.loss_sum.requires_grad
+        total = out.weighted
+    else:
+        out = fn(hidden, weight, targets, groups, g, **kw)
+        total = (out.loss_sum * upstream.to(out.loss_sum.dtype)).sum()
+    gh, gw = torch.autograd.grad(total, [hidden, weight])
     return out.loss_sum.detach(), out.count, gh, gw
 
 
@@ -55,12 +63,14 @@ def _err(a, ref):
     return (a.double() - ref.double()).abs().max().item() if a.numel() else 0.0
 
 
-def _check_against_reference(backend, hidden, weight, targets, groups, g, upstream, z_loss=0.0):
+def _check_against_reference(backend, hidden, weight, targets, groups, g, upstream, z_loss=0.0, *,
+                             weighted=False, chunk_bytes=None):
     dtype = hidden.dtype
     ref = _run(mapping_loss_reference, hidden.double(), weight.double(), targets, groups, g, upstream,
                z_loss=z_loss)
     plain = _run(_plain, hidden, weight, targets, groups, g, upstream, z_loss=z_loss)
-    got = _run(mapping_loss, hidden, weight, targets, groups, g, upstream, z_loss=z_loss, backend=backend)
+    got = _run(mapping_loss, hidden, weight, targets, groups, g, upstream, weighted, z_loss=z_loss,
+               backend=backend, chunk_bytes=chunk_bytes)
     assert got[0].dtype == torch.float32 and got[1].dtype == torch.int64
     assert got[2].dtype == dtype and got[3].dtype == dtype
     assert torch.equal(got[1], ref[1])
@@ -72,6 +82,7 @@ def _check_against_reference(backend, hidden, weight, targets, groups, g, upstre
     return got
 
 
+@pytest.mark.parametrize("weighted", [False, True], ids=["deferred", "weighted"])
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     "n,h,v,g,dtype,ignore,z_loss",
@@ -85,9 +96,10 @@ def _check_against_reference(backend, hidden, weight, targets, groups, g, upstre
     ],
     ids=["base", "zloss-90pct-ignored", "bf16", "fp16", "large-vocab", "single-token"],
 )
-def test_matches_reference(backend, n, h, v, g, dtype, ignore, z_loss):
+def test_matches_reference(backend, weighted, n, h, v, g, dtype, ignore, z_loss):
     hidden, weight, targets, groups, upstream = _inputs(n, h, v, g, dtype=dtype, ignore=ignore)
-    _check_against_reference(backend, hidden, weight, targets, groups, g, upstream, z_loss=z_loss)
+    _check_against_reference(backend, hidden, weight, targets, groups, g, upstream, z_loss=z_loss,
+                             weighted=weighted)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -132,22 +144,50 @@ def test_tied_weight_gradients_add(backend):
     torch.testing.assert_close(grads[backend], grads["reference"], rtol=1e-4, atol=1e-5)
 
 
-def test_torch_path_modes(monkeypatch):
-    """Many small chunks, both the precompute and the recompute mode, forward-only and one-sided grads."""
-    hidden, weight, targets, groups, upstream = _inputs(47, 31, 123, 3, ignore=0.4)
-    monkeypatch.setattr(ml, "CHUNK_BYTES", 4 * 123 * 5)  # 5 tokens per chunk, segments cross chunk edges
-    for budget in (ml.PRECOMPUTE_GRAD_BYTES, 0):
-        monkeypatch.setattr(ml, "PRECOMPUTE_GRAD_BYTES", budget)
-        _check_against_reference("torch", hidden, weight, targets, groups, 3, upstream, z_loss=1e-3)
-    ref = mapping_loss_reference(hidden, weight, targets, groups, 3)
+@pytest.mark.parametrize("weighted", [False, True], ids=["deferred", "weighted"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunk_edges(backend, weighted, dtype):
+    """7 tokens per chunk at V=123: chunk edges cut groups and ignored runs but change no output."""
+    hidden, weight, targets, groups, upstream = _inputs(47, 31, 123, 3, dtype=dtype, ignore=0.3, seed=5)
+    _check_against_reference(backend, hidden, weight, targets, groups, 3, upstream, z_loss=1e-3,
+                             weighted=weighted, chunk_bytes=4 * 123 * 7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_weighted_mode_contract(backend):
+    """``weighted`` = sum_g w_g loss_sum_g; its upstream gradient scales the precomputed gradients; a frozen
+    weight gets none; under no_grad the weighted sum is still returned."""
+    hidden, weight, targets, groups, upstream = _inputs(30, 16, 50, 3, ignore=0.0)
+    h = hidden.clone().requires_grad_()
+    out = mapping_loss(h, weight, targets, groups, 3, group_weights=upstream, backend=backend)
+    torch.testing.assert_close(out.weighted, (upstream * out.loss_sum).sum())
+    (grad_once,) = torch.autograd.grad(out.weighted, [h], retain_graph=True)
+    (grad_thrice,) = torch.autograd.grad(3.0 * out.weighted, [h])
+    torch.testing.assert_close(grad_thrice, 3.0 * grad_once)
+    ref_h = hidden.clone().requires_grad_()
+    ref = mapping_loss_reference(ref_h, weight, targets, groups, 3)
+    (ref_grad,) = torch.autograd.grad((upstream * ref.loss_sum).sum(), [ref_h])
+    torch.testing.assert_close(grad_once, ref_grad, rtol=1e-4, atol=1e-6)
     with torch.no_grad():
-        out = mapping_loss(hidden.requires_grad_(), weight, targets, groups, 3, backend="torch")
-    torch.testing.assert_close(out.loss_sum, ref.loss_sum, rtol=1e-5, atol=1e-5)
-    w = weight.detach().clone().requires_grad_()
-    mapping_loss(hidden.detach(), w, targets, groups, 3, backend="torch").loss_sum.sum().backward()
-    w_ref = weight.detach().clone().requires_grad_()
-    mapping_loss_reference(hidden.detach(), w_ref, targets, groups, 3).loss_sum.sum().backward()
-    torch.testing.assert_close(w.grad, w_ref.grad, rtol=1e-5, atol=1e-6)
+        plain = mapping_loss(h, weight, targets, groups, 3, group_weights=upstream, backend=backend)
+    torch.testing.assert_close(plain.weighted, out.weighted)
+    with pytest.raises(ValueError, match="group_weights"):
+        mapping_loss(h, weight, targets, groups, 3, group_weights=upstream[:2], backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS + ["reference"])
+def test_bad_target_or_group(backend):
+    hidden, weight, targets, groups, _ = _inputs(10, 16, 50, 2, ignore=0.0)
+    targets[4] = 50
+    with pytest.raises((ValueError, IndexError, RuntimeError)):
+        mapping_loss(hidden, weight, targets, groups, 2, backend=backend)
+    if backend != "reference":
+        with pytest.raises(ValueError, match="token 4: target 50"):
+            mapping_loss(hidden, weight, targets, groups, 2, backend=backend)
+        targets[4], groups[7] = 3, 2
+        with pytest.raises(ValueError, match="token 7"):
+            mapping_loss(hidden, weight, targets, groups, 2, backend=backend)
 
 
 def test_default_dispatch_on_cpu(monkeypatch):
@@ -157,12 +197,3 @@ def test_default_dispatch_on_cpu(monkeypatch):
     ref = mapping_loss_reference(hidden, weight, targets, groups, 2)
     torch.testing.assert_close(out.loss_sum, ref.loss_sum, rtol=1e-5, atol=1e-5)
     assert torch.equal(out.count, ref.count)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_triton_backward_over_many_chunks(monkeypatch, dtype):
-    """The GEMM backward walks tokens in chunks; chunk edges must not change any gradient."""
-    triton_impl = importlib.import_module("clmap.kernels.mapping_loss_triton")
-    monkeypatch.setattr(triton_impl, "BWD_CHUNK_BYTES", 7 * 123 * 6)  # 7 rows per chunk at V=123
-    hidden, weight, targets, groups, upstream = _inputs(47, 31, 123, 3, dtype=dtype, ignore=0.3, seed=5)
-    _check_against_reference("triton", hidden, weight, targets, groups, 3, upstream, z_loss=1e-3)

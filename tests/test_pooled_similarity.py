@@ -261,3 +261,245 @@ def test_bad_shapes_raise(backend):
         pool_spans(hidden[0], s1, e1, backend=_be(backend))
     with pytest.raises(ValueError, match="unknown kernel backend"):
         pool_spans(hidden, s1, e1, backend="cuda-magic")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The fused Triton path: paired-cosine Function, event-sorted backward, launch counts
+# ----------------------------------------------------------------------------------------------------
+
+
+def _small_blocks(monkeypatch):
+    """Force every Triton launcher onto several blocks: split forward (partials + finishing kernel), a
+    multi-tile, multi-H-block event scan and a row kernel looping over several column steps."""
+    monkeypatch.setattr(tk, "choose_block_h", lambda *args: 8)
+    monkeypatch.setattr(tk, "choose_loop_block_h", lambda *args: 8)
+    monkeypatch.setattr(tk, "choose_scan_blocks", lambda *args: (4, 8))
+    monkeypatch.setattr(tk, "choose_rows_blocks", lambda *args: (4, 8, 16))
+
+
+def _span_cases() -> dict[str, tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]]:
+    """name -> ((a_starts, a_ends), (b_starts, b_ends)): overlapping, nested, length-1, shared bounds."""
+    g = torch.Generator().manual_seed(3)
+    one = torch.randint(0, N, (12,), generator=g)  # length-1 spans, with repeats
+    st, en = _spans("edge")
+    ms, me = _spans("many", seed=5)
+    return {
+        "edge": ((st[:4], en[:4]), (st[4:], en[4:])),
+        "length1": ((one[:6], one[:6] + 1), (one[6:], one[6:] + 1)),
+        "a_is_b": ((ms[:9], me[:9]), (ms[:9], me[:9])),
+        "nested": ((torch.tensor([0, 2, 2, 40]), torch.tensor([N, 9, 3, 41])),
+                   (torch.tensor([1, 2, 8, 0]), torch.tensor([N, 30, 9, 1]))),
+        "many": ((ms[:32], me[:32]), (ms[32:], me[32:])),
+    }
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["fused", "split"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", list(_span_cases()))
+def test_paired_fused_function(monkeypatch, case, dtype, split):
+    """PairedCosineFunction (forward and the event-sorted backward) against the fp64 oracle."""
+    if split:
+        _small_blocks(monkeypatch)
+    a, b = _span_cases()[case]
+    _check(
+        lambda h: paired_cosine(h, *a, *b, backend="triton"),
+        lambda h: paired_cosine_reference(h, *a, *b),
+        dtype,
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_pool_and_matrix_split_blocks(monkeypatch, dtype):
+    """pool_spans and cosine_matrix (both span lists in one Function) with every kernel split."""
+    _small_blocks(monkeypatch)
+    st, en = _spans("many")
+    _check(
+        lambda h: pool_spans(h, st, en, backend="triton"), lambda h: pool_spans_reference(h, st, en), dtype
+    )
+    sa, ea = _spans("edge")
+    _check(
+        lambda h: cosine_matrix(h, sa, ea, h, st[:20], en[:20], backend="triton"),
+        lambda h: cosine_matrix_reference(h, sa, ea, h, st[:20], en[:20]),
+        dtype,
+    )
+
+
+def _grad(fn, hidden, seed=1):
+    return _run(fn, hidden, seed)[1]
+
+
+@pytest.mark.parametrize("fn", ["paired", "pool", "matrix"])
+def test_torch_sort_fallback_matches_kernel_ranking(monkeypatch, fn):
+    """Many spans rank their events with torch.sort instead of in the forward kernel: same bits."""
+    st, en = _spans("many")
+    calls = {
+        "paired": lambda h: paired_cosine(h, st[:32], en[:32], st[32:], en[32:], backend="triton"),
+        "pool": lambda h: pool_spans(h, st, en, backend="triton"),
+        "matrix": lambda h: cosine_matrix(h, st[:10], en[:10], h, st[10:], en[10:], backend="triton"),
+    }
+    hidden = _hidden(torch.float32)
+    in_kernel = _grad(calls[fn], hidden)
+    monkeypatch.setattr(tk, "MAX_KERNEL_RANK_EVENTS", 0)
+    sorted_by_torch = _grad(calls[fn], hidden)
+    assert torch.equal(in_kernel, sorted_by_torch)
+    assert torch.equal(in_kernel, _grad(calls[fn], hidden)), "backward is not deterministic"
+
+
+def test_kernel_ranking_is_a_stable_sort():
+    """The forward kernels' counting sort of the span events equals torch.sort(stable=True)."""
+    g = torch.Generator().manual_seed(11)
+    starts = torch.randint(0, 10, (40,), generator=g)  # many ties, starts equal to other ends
+    ends = starts + torch.randint(1, 4, (40,), generator=g)
+    hidden = _hidden(torch.float32, n=20)
+    one_list = tk.make_spans(starts, ends)
+    two_lists = tk.make_spans(starts[:13], ends[:13], starts[13:], ends[13:])
+    pairs = tk.make_spans(starts[:20], ends[:20], starts[20:], ends[20:])
+    cases = ((tk.pool_forward, one_list), (tk.pool_forward, two_lists), (tk.paired_forward, pairs))
+    for forward, spans in cases:
+        sorted_pos, sorted_ev = forward(hidden, spans, 1e-8, rank=True)[3]
+        want_pos, want_ev = torch.sort(torch.cat([starts, ends]), stable=True)
+        assert torch.equal(sorted_pos, want_pos)
+        assert torch.equal(sorted_ev.long(), want_ev)
+
+
+def test_mixed_index_dtypes_and_views():
+    """int32 a-spans with int64 b-spans, strided index views, row-strided hidden: same as the reference."""
+    st, en = _spans("many")
+    a = (st[:64:2].int(), en[:64:2].int())
+    b = (st[1:64:2], en[1:64:2])
+    _check(
+        lambda h: paired_cosine(torch.cat([h, h], 1)[:, : h.shape[1]], *a, *b, backend="triton"),
+        lambda h: paired_cosine_reference(h, *a, *b),
+        torch.float32,
+    )
+    _check(
+        lambda h: cosine_matrix(torch.cat([h, h], 1)[:, : h.shape[1]], *a, h, *b, backend="triton"),
+        lambda h: cosine_matrix_reference(h, *a, h, *b),
+        torch.bfloat16,
+    )
+
+
+def test_paired_zero_mean_span_grad_matches_reference():
+    """Below eps the paired backward drops the projection term, like F.normalize's backward."""
+    v = torch.randn(1, H)
+    hidden = torch.cat([v, -v, v, torch.randn(2, H)])
+    a, b = (torch.tensor([0, 2]), torch.tensor([2, 5])), (torch.tensor([2, 0]), torch.tensor([5, 2]))
+    out = {}
+    for backend in ("triton", "reference"):
+        leaf = hidden.clone().requires_grad_()
+        paired_cosine(leaf, *a, *b, eps=1e-3, backend=backend).sum().backward()
+        out[backend] = leaf.grad
+    assert out["reference"][:2].abs().max() > 0  # the eps branch does carry a gradient
+    torch.testing.assert_close(out["triton"], out["reference"], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_empty_span_lists(dtype):
+    """No pairs / no spans: empty outputs, and a zero gradient of hidden's dtype and shape."""
+    empty = torch.zeros(0, dtype=torch.long)
+    st, en = _spans("edge")
+    calls = [
+        lambda h: paired_cosine(h, empty, empty, empty, empty, backend="triton"),
+        lambda h: pool_spans(h, empty, empty, backend="triton"),
+        lambda h: cosine_matrix(h, empty, empty, h, st, en, backend="triton"),
+        lambda h: cosine_matrix(h, st, en, h, empty, empty, backend="triton"),
+    ]
+    for fn in calls:
+        leaf = _hidden(dtype).requires_grad_()
+        out = fn(leaf)
+        assert out.numel() == 0 and out.dtype == torch.float32
+        (grad,) = torch.autograd.grad(out.sum(), leaf, allow_unused=True)
+        assert grad is None or (grad.dtype == dtype and grad.shape == leaf.shape and not grad.any())
+
+
+def test_paired_no_grad_forward_matches():
+    """Under no_grad (evaluation) the Function skips the event ranking: same cosines, no graph."""
+    st, en = _spans("many")
+    hidden = _hidden(torch.float32).requires_grad_()
+    with torch.no_grad():
+        cos = paired_cosine(hidden, st[:32], en[:32], st[32:], en[32:], backend="triton")
+    assert cos.grad_fn is None
+    want = paired_cosine(hidden, st[:32], en[:32], st[32:], en[32:], backend="triton")
+    torch.testing.assert_close(cos, want.detach(), rtol=0, atol=0)
+
+
+class _CountOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """aten ops called outside the Triton kernels (the interpreter's own tensor work is not counted)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops, self.paused = [], False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.paused:
+            self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def _count_launches(monkeypatch, mode: _CountOps) -> list[str]:
+    launches = []
+    for name in dir(tk):
+        kernel = getattr(tk, name)
+        if name.endswith("_kernel") and hasattr(kernel, "run"):
+
+            class Counted:
+                def __init__(self, kernel=kernel, name=name):
+                    self.kernel, self.name = kernel, name
+
+                def __getitem__(self, grid):
+                    def launch(*args, **kwargs):
+                        launches.append(self.name)
+                        mode.paused = True
+                        try:
+                            return self.kernel[grid](*args, **kwargs)
+                        finally:
+                            mode.paused = False
+
+                    return launch
+
+            monkeypatch.setattr(tk, name, Counted())
+    return launches
+
+
+# Ops that allocate or make views: no kernel, no sync (torch.empty is not a zero-fill).
+_CHEAP_OPS = {"empty", "empty_like", "detach", "slice", "alias"}
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["fused", "split"])
+def test_paired_launch_and_op_counts(monkeypatch, split):
+    """paired_cosine fwd+bwd on the Triton path: 1 (+1 when H is split) forward launch, 2 backward
+    launches, and no other compute op (no casts, cats, zero-fills, sorts or syncs)."""
+    if split:
+        monkeypatch.setattr(tk, "choose_block_h", lambda *args: 8)
+    st, en = _spans("many")
+    a, b = (st[:32], en[:32]), (st[32:], en[32:])
+    leaf = _hidden(torch.bfloat16).requires_grad_()
+    upstream = torch.randn(32)
+    mode = _CountOps()
+    launches = _count_launches(monkeypatch, mode)
+    with mode:
+        cos = paired_cosine(leaf, *a, *b, backend="triton", validate=False)
+        (grad,) = torch.autograd.grad(cos, leaf, upstream)
+    want_fwd = ["_paired_fwd_kernel"] + (["_paired_finalize_kernel"] if split else [])
+    assert launches == want_fwd + ["_events_scan_kernel", "_rows_kernel"]
+    assert set(mode.ops) <= _CHEAP_OPS, mode.ops
+    assert grad.dtype == torch.bfloat16 and grad.any()
+
+
+def test_pool_and_matrix_launch_counts(monkeypatch):
+    """pool_spans / cosine_matrix fwd+bwd: 1 forward launch, 3 backward launches, no extra compute op."""
+    st, en = _spans("many")
+    leaf = _hidden(torch.float32).requires_grad_()
+    mode = _CountOps()
+    launches = _count_launches(monkeypatch, mode)
+    backward = ["_span_grad_kernel", "_events_scan_kernel", "_rows_kernel"]
+    upstream = [torch.randn(n, H) for n in (st.shape[0], 10, st.shape[0] - 10)]
+    with mode:
+        pooled = pool_spans(leaf, st, en, backend="triton", validate=False)
+        torch.autograd.grad(pooled, leaf, upstream[0])
+    assert launches == ["_pool_fwd_kernel"] + backward and set(mode.ops) <= _CHEAP_OPS, mode.ops
+    launches.clear()
+    with mode:  # cosine_matrix's Function: both span lists, the unit vectors of each as outputs
+        _, u, v = ps._pool_normalize(leaf, st[:10], en[:10], 1e-8, "triton", st[10:], en[10:])
+        torch.autograd.grad([u, v], leaf, upstream[1:])
+    assert launches == ["_pool_fwd_kernel"] + backward and set(mode.ops) <= _CHEAP_OPS, mode.ops
