@@ -170,19 +170,31 @@ def _logits_rows_torch(
     logits: Tensor, targets: Tensor, groups: Tensor, lse: Tensor, loss_sum: Tensor | None,
     scale: Tensor | None, z_loss: float, grad_dtype: torch.dtype | None,
 ) -> Tensor | None:
-    """The row pass in torch ops, same contract as ``mapping_loss_triton.logits_rows`` (fp32 dlogits)."""
-    if loss_sum is not None:
-        lse.copy_(torch.logsumexp(logits, dim=1))
-        loss = lse - logits.gather(1, targets[:, None]).squeeze(1)
-        if z_loss:
-            loss = loss + z_loss * lse * lse
+    """The row pass in torch ops, as ``mapping_loss_triton.logits_rows`` but returning *unscaled* fp32
+    dlogits: on the CPU one more pass over [R, V] costs more than scaling the [R, H] operands, which
+    :func:`_chunk_pass` does instead (``scale`` is unused here)."""
+    if loss_sum is not None:  # in-place softmax: max, exp, sum (fewest passes over [R, V], no temporary)
+        loss = -logits.gather(1, targets[:, None]).squeeze(1)
+        row_max = logits.amax(dim=1)
+        logits.sub_(row_max[:, None]).exp_()
+        sum_exp = logits.sum(dim=1)
+        lse.copy_(row_max + sum_exp.log())
+        loss += lse + z_loss * lse * lse if z_loss else lse
         loss_sum.index_add_(0, groups, loss)
-    if grad_dtype is None:
-        return None
-    logits.sub_(lse[:, None]).exp_()
-    logits.mul_((scale * (1.0 + 2.0 * z_loss * lse) if z_loss else scale)[:, None])
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    logits[rows, targets] -= scale
+        if grad_dtype is None:
+            return None
+        factor = 1.0 / sum_exp
+    else:
+        if grad_dtype is None:
+            return None
+        logits.sub_(lse[:, None]).exp_()
+        factor = None
+    if z_loss:
+        z_factor = 1.0 + 2.0 * z_loss * lse
+        factor = z_factor if factor is None else factor * z_factor
+    if factor is not None:
+        logits.mul_(factor[:, None])
+    logits[torch.arange(logits.shape[0], device=logits.device), targets] -= 1.0
     return logits
 
 
@@ -218,6 +230,7 @@ def _chunk_pass(
         from clmap.kernels.mapping_loss_triton import logits_rows as rows_pass
     else:
         rows_pass = _logits_rows_torch
+    scale_after = plan.backend != "triton" and scale is not None  # see _logits_rows_torch
     for s in range(0, num_kept, plan.chunk_rows):
         e = min(num_kept, s + plan.chunk_rows)
         idx = None if plan.index is None else plan.index[s:e]
@@ -225,14 +238,17 @@ def _chunk_pass(
         logits = _mm(h, w.t(), torch.float32)
         dl = rows_pass(logits, plan.targets[s:e], plan.groups[s:e], lse[s:e], loss_sum,
                        None if scale is None else scale[s:e], plan.z_loss, grad_dtype)
+        row_scale = scale[s:e, None] if scale_after else None
         if gh is not None:
-            part = _mm(dl, w, hidden.dtype)
+            part = _mm(dl, w, torch.float32 if scale_after else hidden.dtype)
+            if scale_after:
+                part = part.mul_(row_scale).to(hidden.dtype)
             if idx is None:
                 gh[s:e] = part
             else:
                 gh.index_copy_(0, idx, part)
         if gw is not None:
-            _addmm_(gw, dl.t(), h)
+            _addmm_(gw, dl.t(), h.float() * row_scale if scale_after else h)
         del logits, dl
     return lse, loss_sum, gh, gw
 

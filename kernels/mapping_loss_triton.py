@@ -11,18 +11,17 @@ N=16384, H=4096, V=128256, where cuBLAS GEMMs around this kernel do the work in 
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+from clmap.kernels.triton_common import interpreting, round_to
 
 
 @triton.jit
 def _logits_rows_kernel(
     logits_ptr, grad_ptr, tgt_ptr, grp_ptr, lse_ptr, scale_ptr, loss_sum_ptr,
     V, stride_logits, stride_grad, z_loss,
-    COMPUTE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr, BF16_BY_BITS: tl.constexpr,
+    COMPUTE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     """One program per row of logits.
 
@@ -61,16 +60,8 @@ def _logits_rows_kernel(
             mask = cols < V
             x = tl.load(logits_row + cols, mask=mask, other=0.0)
             d = tl.exp(x - lse) * prob_scale - tl.where(cols == tgt, scale, 0.0)
-            if BF16_BY_BITS:  # the interpreter truncates fp32 -> bf16; round to nearest even by hand
-                bits = d.to(tl.uint32, bitcast=True)
-                bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-                d = bits.to(tl.uint16).to(tl.bfloat16, bitcast=True)
             tl.debug_barrier()
-            tl.store(grad_row + cols, d.to(grad_ptr.dtype.element_ty), mask=mask)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+            tl.store(grad_row + cols, round_to(d, grad_ptr.dtype.element_ty), mask=mask)
 
 
 def logits_rows(
@@ -91,13 +82,12 @@ def logits_rows(
         grad = logits
     elif grad_dtype is not None:  # a 2-byte dtype: row r's first half of bytes holds its V values
         grad = logits.view(grad_dtype)[:, :V]
-    block_v = 1024 if _interpreting() else 2048
+    block_v = 1024 if interpreting() else 2048
     _logits_rows_kernel[(R,)](
         logits, grad if grad is not None else logits, targets, groups, lse,
         scale if scale is not None else lse, loss_sum if loss_sum is not None else lse,
         V, logits.stride(0), grad.stride(0) if grad is not None else 0, float(z_loss),
         COMPUTE_LSE=loss_sum is not None, WRITE_GRAD=grad is not None,
-        BF16_BY_BITS=_interpreting() and grad_dtype == torch.bfloat16,
         BLOCK_V=min(block_v, triton.next_power_of_2(V)), num_warps=8,
     )
     return grad

@@ -39,6 +39,7 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from clmap.kernels.triton_common import round_to
 
 BLOCK_N = 16  # rows per tile: several independent row loads in flight per program
 MAX_FUSED_BLOCK_H = 256  # up to this H a single program pools and normalises a span in one pass
@@ -105,17 +106,6 @@ def _rank_events(
         rank += tl.sum(less.to(tl.int64), axis=1)
     tl.store(sorted_pos_ptr + rank, my_pos)
     tl.store(sorted_ev_ptr + rank, my_ev)
-
-
-@triton.jit
-def _round_to(x, out_ty: tl.constexpr):
-    """fp32 -> out_ty, rounding to nearest even. bf16 is rounded by hand (then the cast is exact): the
-    interpreter's fp32 -> bf16 cast truncates, and fp64 -> bf16 it gets wrong outright."""
-    if out_ty == tl.bfloat16:
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-        x = tl.where(x != x, x, bits.to(tl.float32, bitcast=True))  # NaN stays NaN (no carry out)
-    return x.to(out_ty)
 
 
 @triton.jit
@@ -366,7 +356,7 @@ def _events_scan_kernel(
         w = tl.where(is_end[:, None], -w, w).to(tl.float64)
         cum = tl.cumsum(w, axis=0) + carry[None, :]
         out = (1 + j).to(tl.int64)[:, None] * H + cols[None, :]
-        tl.store(table_ptr + out, _round_to(cum.to(tl.float32), table_ptr.dtype.element_ty), mask=mask)
+        tl.store(table_ptr + out, round_to(cum.to(tl.float32), table_ptr.dtype.element_ty), mask=mask)
         carry += tl.sum(w, axis=0)
 
 
