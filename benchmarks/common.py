@@ -36,8 +36,8 @@ def device_name(device: torch.device | str = "cpu") -> str:
 
 
 def git_commit() -> str:
-    """Short hash of HEAD, with ``-dirty`` when tracked files differ from it (the rows then measured
-    uncommitted code)."""
+    """Short hash of HEAD, with ``-dirty`` when tracked files outside ``benchmarks/results`` differ from
+    it (the rows then measured uncommitted code)."""
     def git(*args: str) -> str:
         out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent,
                              timeout=10)
@@ -45,7 +45,9 @@ def git_commit() -> str:
 
     try:
         commit = git("rev-parse", "--short", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        # results/ is where rows are appended: editing it does not change the code measured
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                         ":(top,exclude)benchmarks/results"))
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{commit}-dirty" if commit and dirty else commit or "unknown"
@@ -64,7 +66,7 @@ def environment_tags(device: torch.device | str = "cpu") -> dict[str, str]:
         "torch": torch.__version__,
         "triton": triton_version,
         "python": platform.python_version(),
-        "commit": git_commit(),
+        "commit": os.environ.get("CLMAP_COMMIT") or git_commit(),  # set it where .git is not the checkout's
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
 

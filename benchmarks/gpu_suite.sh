@@ -30,6 +30,9 @@ PY=${PYTHON:-python3}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/clmap_suite.XXXXXX")
 BUDGET=${CLMAP_SUITE_BUDGET_S:-$([[ $DRY == 1 ]] && echo 400 || echo 330)}
 export CLMAP_BENCH_OUT=$OUT_DIR PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+# The commit stamped on every row: pass CLMAP_COMMIT where the copy's .git is not the checkout's own
+# (a machine that receives the working tree without its history stamps a stale hash otherwise).
+export CLMAP_COMMIT=${CLMAP_COMMIT:-}
 export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 exec > >(tee -a "$OUT_DIR/suite.log") 2>&1
 
