@@ -109,7 +109,7 @@ def _make_plan(
     hidden: Tensor, weight: Tensor, targets: Tensor, groups: Tensor, num_groups: int, ignore_index: int,
     z_loss: float, backend: str, chunk_bytes: int | None,
 ) -> _Plan:
-    """Drop ignored tokens up front (CL rows ignore about half) and check the rest (one host sync)."""
+    """Drop ignored tokens up front (CL rows ignore about half) and check the rest (two host syncs)."""
     valid = targets != ignore_index
     index = valid.nonzero().squeeze(1)
     kept_targets, kept_groups = targets[index], groups[index]
@@ -210,8 +210,8 @@ def _chunk_pass(
     """
     device, dtype = hidden.device, plan.dtype
     w = weight.to(dtype)
-    if not w.is_cuda:
-        w = w.float()  # CPU GEMMs run in fp32: convert the weight once, not per chunk
+    if not w.is_cuda or plan.backend == "torch":
+        w = w.float()  # the torch path's GEMMs run in fp32: convert the weight once, not per chunk
     num_kept, (vocab, width) = plan.targets.numel(), w.shape
     loss_sum = None
     if lse is None:
