@@ -207,3 +207,22 @@ def test_missing_extension_message(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ImportError, match="pip install -e ."):
         blended_index([1.0], [1], 3)
     assert blended_index([1.0], [1], 3, backend="python")[0].tolist() == [0, 0, 0]
+
+
+def test_backend_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$CLMAP_DATA_BACKEND=python`` (what the GPU suite sets when the extension fails to build) reaches
+    every default call, so the trainer runs without the extension; a bad value is an error."""
+    import sys
+
+    import clmap
+
+    monkeypatch.delattr(clmap, "_csrc", raising=False)
+    monkeypatch.setitem(sys.modules, "clmap._csrc", None)
+    monkeypatch.setenv("CLMAP_DATA_BACKEND", "python")
+    source, sample = blended_index([3.0, 1.0], [5, 5], 8)
+    ref_source, ref_sample = blended_index_reference([3.0, 1.0], [5, 5], 8)
+    assert source.tolist() == list(ref_source) and sample.tolist() == list(ref_sample)
+    assert pack_bins([5, 3, 4], 8) == pack_bins([5, 3, 4], 8, backend="python")
+    monkeypatch.setenv("CLMAP_DATA_BACKEND", "fortran")
+    with pytest.raises(ValueError, match="CLMAP_DATA_BACKEND"):
+        plan_packing([1], 8)

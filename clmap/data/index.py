@@ -11,6 +11,7 @@ functions here are plain Python, written for clarity; tests check the two agree 
 from __future__ import annotations
 
 import math
+import os
 from bisect import bisect_left, insort
 from collections.abc import Mapping, Sequence
 from typing import Literal
@@ -75,9 +76,12 @@ def _load_csrc():
     return _csrc
 
 
-def _check_backend(backend: str) -> None:
+def _check_backend(backend: str | None) -> str:
+    """The backend to use: the argument, else ``$CLMAP_DATA_BACKEND``, else ``cpp``."""
+    backend = backend or os.environ.get("CLMAP_DATA_BACKEND") or "cpp"
     if backend not in ("cpp", "python"):
-        raise ValueError(f"backend must be 'cpp' or 'python', got {backend!r}")
+        raise ValueError(f"backend must be 'cpp' or 'python' (argument or $CLMAP_DATA_BACKEND): {backend!r}")
+    return backend
 
 
 def blended_index_reference(
@@ -134,7 +138,7 @@ def blended_index(
     weights: Sequence[float] | np.ndarray,
     sizes: Sequence[int] | np.ndarray,
     num_samples: int,
-    backend: Backend = "cpp",
+    backend: Backend | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Interleave K sources by weight: returns ``(source int32[n], sample int64[n])``.
 
@@ -142,7 +146,7 @@ def blended_index(
     pure function of its inputs, so sample position p of a resumed run is the same sample as before.
     Weights need not be normalised; a source that runs out wraps into a new epoch.
     """
-    _check_backend(backend)
+    backend = _check_backend(backend)
     num_samples = int(num_samples)
     w = np.ascontiguousarray(weights, dtype=np.float64)
     s = np.ascontiguousarray(sizes, dtype=np.int64)
@@ -194,12 +198,14 @@ def _validate_packing(lengths: list[int], capacity: int) -> None:
             )
 
 
-def plan_packing(lengths: Sequence[int] | np.ndarray, capacity: int, backend: Backend = "cpp") -> np.ndarray:
+def plan_packing(
+    lengths: Sequence[int] | np.ndarray, capacity: int, backend: Backend | None = None
+) -> np.ndarray:
     """Bin id (numbered in order of opening) for every item, by best-fit decreasing packing.
 
     Raises ValueError naming the first item longer than ``capacity``.
     """
-    _check_backend(backend)
+    backend = _check_backend(backend)
     capacity = int(capacity)
     arr = np.asarray(lengths)
     if arr.ndim != 1:
@@ -210,7 +216,7 @@ def plan_packing(lengths: Sequence[int] | np.ndarray, capacity: int, backend: Ba
 
 
 def pack_bins(
-    lengths: Sequence[int] | np.ndarray, capacity: int, backend: Backend = "cpp"
+    lengths: Sequence[int] | np.ndarray, capacity: int, backend: Backend | None = None
 ) -> list[list[int]]:
     """Item indices per bin, bins in order of opening, items within a bin in the order they were placed."""
     arr = np.asarray(lengths, dtype=np.int64)
