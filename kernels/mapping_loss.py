@@ -284,7 +284,7 @@ class _WeightedMappingLoss(torch.autograd.Function):
         ctx.save_for_backward(gh, gw)
         ctx.weight_dtype = weight.dtype
         ctx.mark_non_differentiable(loss_sum)
-        return (group_weights.float() * loss_sum).sum(), loss_sum
+        return _weighted_sum(group_weights, loss_sum), loss_sum
 
     @staticmethod
     def backward(ctx, grad_weighted: Tensor, _grad_loss_sum: Tensor):
@@ -292,6 +292,11 @@ class _WeightedMappingLoss(torch.autograd.Function):
         g = grad_weighted.float()
         return (None if gh is None else gh * g, None if gw is None else _scaled_cast(gw, g, ctx.weight_dtype),
                 None, None)
+
+
+def _weighted_sum(group_weights: Tensor, loss_sum: Tensor) -> Tensor:
+    """``sum_g w_g * loss_sum_g`` in the sums' dtype (fp32, or fp64 for the reference's oracle)."""
+    return (group_weights.to(loss_sum.dtype) * loss_sum).sum()
 
 
 def _scaled_cast(x: Tensor, scale: Tensor, dtype: torch.dtype, block_bytes: int = 64 * 2**20) -> Tensor:
@@ -326,8 +331,7 @@ def mapping_loss(
                                      ignore_index=ignore_index, z_loss=z_loss)
         if group_weights is None:
             return out
-        weighted = (group_weights.to(out.loss_sum.dtype) * out.loss_sum).sum()
-        return GroupedLoss(out.loss_sum.detach(), out.count, weighted)
+        return GroupedLoss(out.loss_sum.detach(), out.count, _weighted_sum(group_weights, out.loss_sum))
     plan = _make_plan(hidden, weight, targets, groups, num_groups, ignore_index, z_loss, choice, chunk_bytes)
     wants_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     if group_weights is not None and wants_grad:
@@ -336,4 +340,4 @@ def mapping_loss(
     loss_sum = _MappingLoss.apply(hidden, weight, plan)
     if group_weights is None:
         return GroupedLoss(loss_sum, plan.count)
-    return GroupedLoss(loss_sum, plan.count, (group_weights.float() * loss_sum).sum())
+    return GroupedLoss(loss_sum, plan.count, _weighted_sum(group_weights, loss_sum))
