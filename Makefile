@@ -23,6 +23,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -38,16 +38,26 @@ def device_name(device: torch.device | str = "cpu") -> str:
 def git_commit() -> str:
     """Short hash of HEAD, with ``-dirty`` when tracked files outside ``benchmarks/results`` differ from
     it (the rows then measured uncommitted code)."""
+
     def git(*args: str) -> str:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent,
-                             timeout=10)
+        out = subprocess.run(
+            ["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10
+        )
         return out.stdout.strip()
 
     try:
         commit = git("rev-parse", "--short", "HEAD")
         # results/ is where rows are appended: editing it does not change the code measured
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
-                         ":(top,exclude)benchmarks/results"))
+        dirty = bool(
+            git(
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ":(top)",
+                ":(top,exclude)benchmarks/results",
+            )
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{commit}-dirty" if commit and dirty else commit or "unknown"

@@ -84,10 +84,20 @@ def main(argv: list[str] | None = None) -> None:
 
     tags = environment_tags()
     rows = [
-        _compare("build_blended_index", blend, args.num_samples, args.reference_budget_s,
-                 {"k_sources": args.sources, "capacity": "", "distribution": "zipf1.5 sizes, T=3"}),
-        _compare("plan_packing", pack, args.num_lengths, args.reference_budget_s,
-                 {"k_sources": "", "capacity": args.capacity, "distribution": "lognormal, median cap/12"}),
+        _compare(
+            "build_blended_index",
+            blend,
+            args.num_samples,
+            args.reference_budget_s,
+            {"k_sources": args.sources, "capacity": "", "distribution": "zipf1.5 sizes, T=3"},
+        ),
+        _compare(
+            "plan_packing",
+            pack,
+            args.num_lengths,
+            args.reference_budget_s,
+            {"k_sources": "", "capacity": args.capacity, "distribution": "lognormal, median cap/12"},
+        ),
     ]
     bins = plan_packing(all_lengths, args.capacity)
     fill = all_lengths.sum() / ((int(bins.max()) + 1) * args.capacity)

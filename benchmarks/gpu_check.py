@@ -22,16 +22,21 @@ import torch.nn.functional as F
 # fp32 as in the tests; bf16 one ulp (2^-8) rather than the tests' 2e-3: a kernel that accumulates in fp32
 # and rounds its bf16 gradient once may differ from plain bf16 torch by a full ulp of the largest element.
 SLACK = {torch.float32: 1e-5, torch.bfloat16: 2.0**-8}
-MAPPING_SHAPES = {"cuda": [(1000, 256, 5003), (4099, 512, 32000), (777, 1024, 128256)],
-                  "cpu": [(37, 16, 101)]}
+MAPPING_SHAPES = {
+    "cuda": [(1000, 256, 5003), (4099, 512, 32000), (777, 1024, 128256)],
+    "cpu": [(37, 16, 101)],
+}
 POOLED_SHAPES = {"cuda": [(5000, 512, 64), (20011, 1024, 301)], "cpu": [(50, 16, 6)]}
 
 
 def _errs(a: torch.Tensor, plain: torch.Tensor, ref: torch.Tensor) -> tuple[float, float, float]:
     """Max abs error of the kernel and of plain torch against the reference, and the reference's scale."""
     ref = ref.double()
-    return ((a.double() - ref).abs().max().item(), (plain.double() - ref).abs().max().item(),
-            ref.abs().max().item())
+    return (
+        (a.double() - ref).abs().max().item(),
+        (plain.double() - ref).abs().max().item(),
+        ref.abs().max().item(),
+    )
 
 
 def check_mapping_loss(n: int, h: int, v: int, dtype: torch.dtype, device: str) -> list[dict]:
@@ -58,15 +63,26 @@ def check_mapping_loss(n: int, h: int, v: int, dtype: torch.dtype, device: str) 
         return torch.zeros(groups_n, device=device).index_add(0, groups, per_token.float())
 
     h_d, w_d = hidden.to(device, dtype), weight.to(device, dtype)
-    ref = run(lambda a, b: mapping_loss_reference(a, b, targets, groups, groups_n).loss_sum,
-              h_d.double(), w_d.double())
+    ref = run(
+        lambda a, b: mapping_loss_reference(a, b, targets, groups, groups_n).loss_sum,
+        h_d.double(),
+        w_d.double(),
+    )
     base = run(plain, h_d, w_d)
     got = run(lambda a, b: mapping_loss(a, b, targets, groups, groups_n, backend="triton").loss_sum, h_d, w_d)
 
     def weighted(h_in, w_in):  # the trainer's call: gradients in the forward walk, here over >= 5 chunks
         h_in, w_in = h_in.detach().clone().requires_grad_(), w_in.detach().clone().requires_grad_()
-        out = mapping_loss(h_in, w_in, targets, groups, groups_n, backend="triton", group_weights=upstream,
-                           chunk_bytes=max(4 * v, n * v * 4 // 5))
+        out = mapping_loss(
+            h_in,
+            w_in,
+            targets,
+            groups,
+            groups_n,
+            backend="triton",
+            group_weights=upstream,
+            chunk_bytes=max(4 * v, n * v * 4 // 5),
+        )
         return (out.loss_sum, *torch.autograd.grad(out.weighted, [h_in, w_in]))
 
     got_weighted = weighted(h_d, w_d)
@@ -100,8 +116,10 @@ def check_pooled(n: int, h: int, s: int, dtype: torch.dtype, device: str) -> lis
     base = run(lambda x: paired_cosine_reference(x, *a, *b), hidden)
     got = run(lambda x: paired_cosine(x, *a, *b, backend="triton"), hidden)
     shape = f"{n}x{h}x{s}spans"
-    rows = [_row("paired_cosine", shape, dtype, *_errs(got[0], base[0], ref[0])),
-            _row("paired_cosine.grad", shape, dtype, *_errs(got[1], base[1], ref[1]))]
+    rows = [
+        _row("paired_cosine", shape, dtype, *_errs(got[0], base[0], ref[0])),
+        _row("paired_cosine.grad", shape, dtype, *_errs(got[1], base[1], ref[1])),
+    ]
     with torch.no_grad():
         m_ref = cosine_matrix_reference(hidden.double(), *a, hidden.double(), *b)
         m_base = cosine_matrix_reference(hidden, *a, hidden, *b)
@@ -110,18 +128,28 @@ def check_pooled(n: int, h: int, s: int, dtype: torch.dtype, device: str) -> lis
     return rows
 
 
-def _row(kernel: str, shape: str, dtype: torch.dtype, abs_err: float, torch_abs_err: float,
-         scale: float) -> dict:
+def _row(
+    kernel: str, shape: str, dtype: torch.dtype, abs_err: float, torch_abs_err: float, scale: float
+) -> dict:
     """The tests' rule on absolute errors (slack scaled by max(1, |ref|)); printed relative to |ref|max."""
     ok = abs_err <= torch_abs_err + SLACK[dtype] * max(1.0, scale)
     scale = max(scale, 1e-30)
     limit = torch_abs_err + SLACK[dtype] * max(1.0, scale)
     err, torch_err, tol = abs_err / scale, torch_abs_err / scale, limit / scale
-    print(f"{'ok  ' if ok else 'FAIL'} {kernel:<24} {shape:<22} {str(dtype):<15} max rel err {err:.3e} "
-          f"(plain torch {torch_err:.3e}, limit {tol:.3e})", flush=True)
-    return {"kernel": kernel, "shape": shape, "dtype": str(dtype).replace("torch.", ""),
-            "max_rel_err": f"{err:.3e}", "torch_rel_err": f"{torch_err:.3e}", "tolerance": f"{tol:.3e}",
-            "ok": ok}
+    print(
+        f"{'ok  ' if ok else 'FAIL'} {kernel:<24} {shape:<22} {str(dtype):<15} max rel err {err:.3e} "
+        f"(plain torch {torch_err:.3e}, limit {tol:.3e})",
+        flush=True,
+    )
+    return {
+        "kernel": kernel,
+        "shape": shape,
+        "dtype": str(dtype).replace("torch.", ""),
+        "max_rel_err": f"{err:.3e}",
+        "torch_rel_err": f"{torch_err:.3e}",
+        "tolerance": f"{tol:.3e}",
+        "ok": ok,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

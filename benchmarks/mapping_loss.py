@@ -66,8 +66,9 @@ def _loss_fn(impl: str) -> Callable | None:
             if name == "clmap_torch":  # clmap's chunked torch path (the CPU default) on the same device
                 kw["backend"] = "torch"
             # the trainer's call: gradients computed in the forward walk
-            return lambda h, w, t: mapping_loss(h, w, t, group_weights=torch.ones(1, device=h.device),
-                                                **kw).weighted
+            return lambda h, w, t: (
+                mapping_loss(h, w, t, group_weights=torch.ones(1, device=h.device), **kw).weighted
+            )
     raise ValueError(f"unknown implementation {impl!r}")
 
 
@@ -120,8 +121,13 @@ def run_case(case: dict) -> dict | None:
         torch.cuda.synchronize()
         peak_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
         timing = time_fn(fn, device=device)
-    return {**case, "median_ms": round(timing.median_ms, 3), "p20_ms": round(timing.p20_ms, 3),
-            "p80_ms": round(timing.p80_ms, 3), "peak_extra_mb": round(peak_mb, 1)}
+    return {
+        **case,
+        "median_ms": round(timing.median_ms, 3),
+        "p20_ms": round(timing.p20_ms, 3),
+        "p80_ms": round(timing.p80_ms, 3),
+        "peak_extra_mb": round(peak_mb, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -130,12 +136,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=default_device)
     parser.add_argument("--quick", action="store_true", help="one small shape")
     parser.add_argument("--shapes", help="N,H,V[;N,H,V...] instead of the default sweep")
-    parser.add_argument("--impls", default=",".join(IMPLS),
-                        help="subset of: " + ",".join(IMPLS) + " and clmap@MB (MB of logits per chunk)")
+    parser.add_argument(
+        "--impls",
+        default=",".join(IMPLS),
+        help="subset of: " + ",".join(IMPLS) + " and clmap@MB (MB of logits per chunk)",
+    )
     parser.add_argument("--passes", default="fwd+bwd,fwd", help="comma-separated: fwd+bwd, fwd")
     parser.add_argument("--rep", type=int, default=3, help="timed repetitions per case on CPU")
-    parser.add_argument("--profile", action="store_true",
-                        help="print the profiler's kernel table of one clmap fwd+bwd (first shape)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="print the profiler's kernel table of one clmap fwd+bwd (first shape)",
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.case:
@@ -154,8 +166,16 @@ def main(argv: list[str] | None = None) -> None:
     for n, h, v in shapes:
         for pass_ in args.passes.split(","):
             for impl in impls:
-                case = {"impl": impl, "N": n, "H": h, "V": v, "dtype": dtype, "pass": pass_,
-                        "device": args.device, "rep": args.rep}
+                case = {
+                    "impl": impl,
+                    "N": n,
+                    "H": h,
+                    "V": v,
+                    "dtype": dtype,
+                    "pass": pass_,
+                    "device": args.device,
+                    "rep": args.rep,
+                }
                 try:
                     if args.device == "cpu":
                         row = run_case_subprocess("benchmarks.mapping_loss", case)
@@ -166,10 +186,13 @@ def main(argv: list[str] | None = None) -> None:
                     continue
                 if row is None:
                     continue
-                print(f"{impl:>9} N={n:<6} H={h:<5} V={v:<7} {dtype} {pass_:<8} "
-                      f"median {row['median_ms']:>10.1f} ms "
-                      f"[p20 {row['p20_ms']:.1f}, p80 {row['p80_ms']:.1f}]  "
-                      f"peak extra {row['peak_extra_mb']:>9.1f} MB", flush=True)
+                print(
+                    f"{impl:>9} N={n:<6} H={h:<5} V={v:<7} {dtype} {pass_:<8} "
+                    f"median {row['median_ms']:>10.1f} ms "
+                    f"[p20 {row['p20_ms']:.1f}, p80 {row['p80_ms']:.1f}]  "
+                    f"peak extra {row['peak_extra_mb']:>9.1f} MB",
+                    flush=True,
+                )
                 rows.append({**row, **tags})  # the device tag (GPU or CPU name) wins over "cuda"/"cpu"
                 path = append_csv("mapping_loss", rows[-1:])  # row by row: a timed-out sweep keeps its rows
     _print_ratios(rows)

@@ -57,8 +57,9 @@ def count_gpu_kernels(fn) -> int | str:
         return ""
 
 
-def bench_case(n: int, h: int, s: int, device: torch.device, dtype: torch.dtype, impls: list[str],
-               roofline: float | None) -> list[dict]:
+def bench_case(
+    n: int, h: int, s: int, device: torch.device, dtype: torch.dtype, impls: list[str], roofline: float | None
+) -> list[dict]:
     hidden = torch.randn(n, h, device=device, dtype=dtype)
     starts, ends = tiled_spans(n, s, device)
     p = s // 2
@@ -70,6 +71,7 @@ def bench_case(n: int, h: int, s: int, device: torch.device, dtype: torch.dtype,
     cuda = device.type == "cuda"
     rows = []
     for impl in impls:
+
         def fwd(impl=impl):
             with torch.no_grad():
                 return paired_cosine(hidden, *a, *b, backend=impl)
@@ -90,11 +92,17 @@ def bench_case(n: int, h: int, s: int, device: torch.device, dtype: torch.dtype,
             # the Triton fwd+bwd only: a profiler run per row would eat the GPU suite's time cap
             kernels = count_gpu_kernels(fn) if cuda and impl == "triton" and name == "fwd_bwd" else ""
             row = {
-                "impl": impl, "pass": name, "tokens": n, "hidden": h, "spans": s, "dtype": str(dtype),
+                "impl": impl,
+                "pass": name,
+                "tokens": n,
+                "hidden": h,
+                "spans": s,
+                "dtype": str(dtype),
                 "median_ms": round(t.median_ms, 4),
                 "p20_ms": round(t.p20_ms, 4),
                 "p80_ms": round(t.p80_ms, 4),
-                "bytes": nbytes, "gbps": round(gbps, 2),
+                "bytes": nbytes,
+                "gbps": round(gbps, 2),
                 "roofline_gbps": round(roofline, 1) if roofline else "",
                 "frac_of_roofline": round(gbps / roofline, 3) if roofline else "",
                 "peak_mem_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if cuda else "",

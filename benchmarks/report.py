@@ -22,15 +22,49 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 # Key columns per benchmark (those missing from a CSV are left out); other CSVs show all their columns.
 KEY_COLUMNS: dict[str, list[str]] = {
-    "mapping_loss": ["impl", "N", "H", "V", "dtype", "pass", "median_ms", "p20_ms", "p80_ms",
-                     "peak_extra_mb"],
-    "pooled_similarity": ["impl", "pass", "tokens", "hidden", "spans", "dtype", "median_ms", "gbps",
-                          "frac_of_roofline", "peak_mem_mb"],
+    "mapping_loss": [
+        "impl",
+        "N",
+        "H",
+        "V",
+        "dtype",
+        "pass",
+        "median_ms",
+        "p20_ms",
+        "p80_ms",
+        "peak_extra_mb",
+    ],
+    "pooled_similarity": [
+        "impl",
+        "pass",
+        "tokens",
+        "hidden",
+        "spans",
+        "dtype",
+        "median_ms",
+        "gbps",
+        "frac_of_roofline",
+        "peak_mem_mb",
+    ],
     "data_index": ["op", "num_samples", "cpp_ms", "reference_samples", "reference_ms", "speedup"],
-    "train_throughput": ["config", "nproc", "params_m", "seq_len", "global_batch", "clmap_tokens_per_s",
-                         "plain_tokens_per_s", "tokens_per_s_ratio", "clmap_mfu", "plain_mfu",
-                         "clmap_peak_memory_gib", "plain_peak_memory_gib", "peak_memory_ratio",
-                         "clmap_data_time_share", "plain_data_time_share", "plain_pad_share"],
+    "train_throughput": [
+        "config",
+        "nproc",
+        "params_m",
+        "seq_len",
+        "global_batch",
+        "clmap_tokens_per_s",
+        "plain_tokens_per_s",
+        "tokens_per_s_ratio",
+        "clmap_mfu",
+        "plain_mfu",
+        "clmap_peak_memory_gib",
+        "plain_peak_memory_gib",
+        "peak_memory_ratio",
+        "clmap_data_time_share",
+        "plain_data_time_share",
+        "plain_pad_share",
+    ],
     "gpu_check": ["kernel", "shape", "dtype", "max_rel_err", "torch_rel_err", "tolerance", "ok"],
 }
 # Benchmarks that compare implementations: (shape columns, implementation column, our implementation).
@@ -118,8 +152,10 @@ def peer_ratios(name: str, rows: list[dict[str, str]]) -> list[dict[str, str]]:
 
 def sort_rows(rows: list[dict[str, str]], columns: list[str]) -> list[dict[str, str]]:
     def key(row):
-        return tuple((0, _num(row.get(c)), "") if _num(row.get(c)) is not None else (1, 0.0, row.get(c, ""))
-                     for c in columns)
+        return tuple(
+            (0, _num(row.get(c)), "") if _num(row.get(c)) is not None else (1, 0.0, row.get(c, ""))
+            for c in columns
+        )
 
     return sorted(rows, key=key)
 
@@ -196,8 +232,10 @@ def make_plots(results: Path) -> list[Path]:
         "mapping_loss": [("N", ["H", "V"], "vs_N"), ("V", ["N", "H"], "vs_V")],
         "pooled_similarity": [("tokens", ["hidden", "spans"], "vs_N")],
     }
-    metrics = {"mapping_loss": [("median_ms", "time"), ("peak_extra_mb", "memory")],
-               "pooled_similarity": [("median_ms", "time")]}
+    metrics = {
+        "mapping_loss": [("median_ms", "time"), ("peak_extra_mb", "memory")],
+        "pooled_similarity": [("median_ms", "time")],
+    }
     for name, plans in specs.items():
         path = results / f"{name}.csv"
         if not path.exists():
@@ -216,7 +254,7 @@ def make_plots(results: Path) -> list[Path]:
                     ncols = min(4, len(panels))
                     nrows = -(-len(panels) // ncols)
                     fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.6 * nrows), squeeze=False)
-                    for ax in axes.flat[len(panels):]:
+                    for ax in axes.flat[len(panels) :]:
                         ax.set_visible(False)
                     for ax, (key, panel_rows) in zip(axes.flat, sorted(panels.items()), strict=False):
                         _plot_lines(ax, panel_rows, x, y, ["impl"])
@@ -224,8 +262,10 @@ def make_plots(results: Path) -> list[Path]:
                         ax.set_yscale("log")
                         ax.set_xlabel(x)
                         ax.set_ylabel(y)
-                        ax.set_title(" ".join(f"{c}={v}" for c, v in zip([*fixed, "pass", "dtype"], key,
-                                                                        strict=True)), fontsize=8)
+                        ax.set_title(
+                            " ".join(f"{c}={v}" for c, v in zip([*fixed, "pass", "dtype"], key, strict=True)),
+                            fontsize=8,
+                        )
                         ax.legend(fontsize=7)
                     fig.suptitle(f"{name}: {what} {suffix.replace('_', ' ')} ({device})", fontsize=9)
                     fig.tight_layout()

@@ -41,16 +41,25 @@ TINY_TOML = REPO / "configs" / "tiny.toml"
 PRESETS: dict[str, list[str]] = {
     "tiny": [],
     "100m": [
-        "--model.hidden_size=768", "--model.intermediate_size=2048", "--model.num_layers=12",
-        "--model.num_heads=12", "--model.num_kv_heads=12", "--model.max_position=1024",
-        "--data.seq_len=1024", "--data.max_segment_tokens=120",
+        "--model.hidden_size=768",
+        "--model.intermediate_size=2048",
+        "--model.num_layers=12",
+        "--model.num_heads=12",
+        "--model.num_kv_heads=12",
+        "--model.max_position=1024",
+        "--data.seq_len=1024",
+        "--data.max_segment_tokens=120",
     ],
 }
 # What a benchmark run does not need: evaluation, TensorBoard, the progress bar, exports, resuming.
 BENCH_OVERRIDES = [
-    "--metrics.eval_every=0", "--metrics.tensorboard=false", "--metrics.progress=false",
+    "--metrics.eval_every=0",
+    "--metrics.tensorboard=false",
+    "--metrics.progress=false",
     "--metrics.log_every=1",
-    "--checkpoint.export_hf=false", "--checkpoint.resume=false", "--checkpoint.every=1000000",
+    "--checkpoint.export_hf=false",
+    "--checkpoint.resume=false",
+    "--checkpoint.every=1000000",
 ]
 
 
@@ -76,8 +85,11 @@ def summarize(records: list[dict]) -> dict[str, float | str]:
 def unpack_row(input_ids: list[int], targets: list[int], position_ids: list[int], pad_id: int):
     """Split a packed row back into its sequences (positions restart at 0); the padding tail is dropped."""
     starts = [i for i, p in enumerate(position_ids) if p == 0] + [len(position_ids)]
-    return [(input_ids[s:e], targets[s:e]) for s, e in zip(starts, starts[1:], strict=False)
-            if input_ids[s] != pad_id]
+    return [
+        (input_ids[s:e], targets[s:e])
+        for s, e in zip(starts, starts[1:], strict=False)
+        if input_ids[s] != pad_id
+    ]
 
 
 def pad_batch(seqs: list[tuple[list[int], list[int]]], pad_id: int, device: torch.device):
@@ -116,8 +128,9 @@ def plain_loop(case: dict) -> dict:
     model.train()
     optimizer, scheduler = build_optimizer(model, cfg)
     num_params = count_parameters(model)
-    flops_tok = flops_per_token(num_params, len(decoder_layers(model)), model.config.hidden_size,
-                                cfg.data.seq_len)
+    flops_tok = flops_per_token(
+        num_params, len(decoder_layers(model)), model.config.hidden_size, cfg.data.seq_len
+    )
     peak = peak_flops(device)
     bf16 = cfg.train.mixed_precision == "bf16" or (cfg.train.mixed_precision == "auto" and use_cuda)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
@@ -139,8 +152,9 @@ def plain_loop(case: dict) -> dict:
             padded, real = padded + ids.numel(), real + int(mask.sum())
             with autocast:
                 logits = model(input_ids=ids, attention_mask=mask).logits
-                loss = F.cross_entropy(logits.flatten(0, 1), tgt.flatten(), ignore_index=IGNORE_INDEX,
-                                       reduction="sum")
+                loss = F.cross_entropy(
+                    logits.flatten(0, 1), tgt.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+                )
             (loss / max(1, num_targets)).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
         optimizer.step()
@@ -150,12 +164,16 @@ def plain_loop(case: dict) -> dict:
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - t0
         tokens = sum(len(ids) for ids, _ in seqs)
-        record = {"tokens_per_s": tokens / elapsed, "step_time_s": elapsed,
-                  "data_time_share": t_data / elapsed, "peak_memory_gib": peak_memory_gib(device)}
+        record = {
+            "tokens_per_s": tokens / elapsed,
+            "step_time_s": elapsed,
+            "data_time_share": t_data / elapsed,
+            "peak_memory_gib": peak_memory_gib(device),
+        }
         if peak:
             record["mfu"] = tokens * flops_tok / elapsed / peak
         records.append(record)
-    summary = summarize(records[case["warmup"]:])
+    summary = summarize(records[case["warmup"] :])
     summary["pad_share"] = 1 - real / max(1, padded)
     summary["params_m"] = num_params / 1e6
     return summary
@@ -200,15 +218,27 @@ def bench_config(name: str, args: argparse.Namespace, extra: list[str], work: Pa
     """One preset: clmap then plain, both in fresh processes; the CSV row with both sides and ratios."""
     from clmap.config import load_config
 
-    overrides = [*PRESETS[name], *BENCH_OVERRIDES, f"--train.steps={args.steps}",
-                 f"--train.device={args.device}", *extra]
+    overrides = [
+        *PRESETS[name],
+        *BENCH_OVERRIDES,
+        f"--train.steps={args.steps}",
+        f"--train.device={args.device}",
+        *extra,
+    ]
     tok_dir = prepare_tokenizer_dir(overrides, work)
     overrides.append(f"--tokenizer.path={tok_dir}")
     cfg = load_config(TINY_TOML, overrides)
-    row: dict = {"config": name, "nproc": args.nproc, "steps": args.steps, "warmup_steps": args.warmup,
-                 "seq_len": cfg.data.seq_len, "global_batch": cfg.train.global_batch,
-                 "micro_batch": cfg.train.micro_batch, "hidden": cfg.model.hidden_size,
-                 "layers": cfg.model.num_layers}
+    row: dict = {
+        "config": name,
+        "nproc": args.nproc,
+        "steps": args.steps,
+        "warmup_steps": args.warmup,
+        "seq_len": cfg.data.seq_len,
+        "global_batch": cfg.train.global_batch,
+        "micro_batch": cfg.train.micro_batch,
+        "hidden": cfg.model.hidden_size,
+        "layers": cfg.model.num_layers,
+    }
     results: dict[str, dict] = {}
     for impl in ("clmap", "plain"):
         start = time.perf_counter()
@@ -225,8 +255,11 @@ def bench_config(name: str, args: argparse.Namespace, extra: list[str], work: Pa
         except (RuntimeError, subprocess.TimeoutExpired) as err:
             print(f"{name} {impl}: failed: {str(err)[-2000:]}", flush=True)
             results[impl] = {}
-        print(f"{name} {impl}: {json.dumps({k: _fmt(v) for k, v in results[impl].items()})} "
-              f"({time.perf_counter() - start:.0f} s wall)", flush=True)
+        print(
+            f"{name} {impl}: {json.dumps({k: _fmt(v) for k, v in results[impl].items()})} "
+            f"({time.perf_counter() - start:.0f} s wall)",
+            flush=True,
+        )
     clmap, plain = results["clmap"], results["plain"]
     row["params_m"] = _fmt(plain.get("params_m", ""), 2)
     for key in ("tokens_per_s", "mfu", "peak_memory_gib", "data_time_share", "step_time_s"):
@@ -250,8 +283,9 @@ def main(argv: list[str] | None = None) -> None:
         epilog="Other --section.key=value arguments override the config of both runs.",
     )
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
-    parser.add_argument("--config", choices=(*PRESETS, "all"), default=None,
-                        help="preset (default: tiny on CPU, all on CUDA)")
+    parser.add_argument(
+        "--config", choices=(*PRESETS, "all"), default=None, help="preset (default: tiny on CPU, all on CUDA)"
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default=default_device)
     parser.add_argument("--steps", type=int, default=10, help="optimizer steps per run, warm-up included")
     parser.add_argument("--warmup", type=int, default=None, help="steps not measured (default: steps // 3)")
@@ -269,17 +303,23 @@ def main(argv: list[str] | None = None) -> None:
     args.warmup = args.steps // 3 if args.warmup is None else args.warmup
     if args.warmup >= args.steps:
         parser.error("--warmup must be smaller than --steps")
-    names = [args.config] if args.config not in (None, "all") else (
-        list(PRESETS) if args.config == "all" or args.device == "cuda" else ["tiny"])
+    names = (
+        [args.config]
+        if args.config not in (None, "all")
+        else (list(PRESETS) if args.config == "all" or args.device == "cuda" else ["tiny"])
+    )
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="clmap_throughput_"))
     work.mkdir(parents=True, exist_ok=True)
     tags = environment_tags(args.device)
     rows = []
     for name in names:
         row = bench_config(name, args, extra, work)
-        print(f"{name}: clmap {row['clmap_tokens_per_s']} tok/s, plain {row['plain_tokens_per_s']} tok/s, "
-              f"ratio {row['tokens_per_s_ratio']}; peak memory clmap {row['clmap_peak_memory_gib']} GiB, "
-              f"plain {row['plain_peak_memory_gib']} GiB", flush=True)
+        print(
+            f"{name}: clmap {row['clmap_tokens_per_s']} tok/s, plain {row['plain_tokens_per_s']} tok/s, "
+            f"ratio {row['tokens_per_s_ratio']}; peak memory clmap {row['clmap_peak_memory_gib']} GiB, "
+            f"plain {row['plain_peak_memory_gib']} GiB",
+            flush=True,
+        )
         rows.append({**tags, **row})
         # Row by row: a timeout in a later preset keeps what was already measured.
         path = append_csv("train_throughput", [rows[-1]])

@@ -92,8 +92,9 @@ class MappingObjective(nn.Module):
         )
         zero = hidden.new_zeros((), dtype=torch.float32)
         if not want_map:
-            return ObjectiveOutput(loss.loss_sum, loss.count, zero, zero.detach(), zero.detach(),
-                                   weighted_loss=loss.weighted)
+            return ObjectiveOutput(
+                loss.loss_sum, loss.count, zero, zero.detach(), zero.detach(), weighted_loss=loss.weighted
+            )
         layer = out.hidden_states[self.map_layer].flatten(0, 1)
         a_starts, a_ends = span_starts[pair_a], span_ends[pair_a]
         b_starts, b_ends = span_starts[pair_b], span_ends[pair_b]
@@ -115,8 +116,15 @@ class MappingObjective(nn.Module):
                 pool_spans(layer, a_starts, a_ends).detach(),
                 pool_spans(layer, b_starts, b_ends).detach(),
             )
-        return ObjectiveOutput(loss.loss_sum, loss.count, map_sum, pairs, cos.detach().sum(), *pooled,
-                               weighted_loss=loss.weighted)
+        return ObjectiveOutput(
+            loss.loss_sum,
+            loss.count,
+            map_sum,
+            pairs,
+            cos.detach().sum(),
+            *pooled,
+            weighted_loss=loss.weighted,
+        )
 
 
 def loss_coefficients(

@@ -78,8 +78,13 @@ def shard_model(
         fully_shard(layer, reshard_after_forward=i < len(layers) - 1, **kwargs)
     # The root's inputs are token ids and the step's loss weights: keep the weights fp32 (FSDP would
     # cast floating inputs to bf16 and round every 1/count).
-    root_policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
-                                       cast_forward_inputs=False) if bf16 else None
+    root_policy = (
+        MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False
+        )
+        if bf16
+        else None
+    )
     fully_shard(objective, **({"mp_policy": root_policy} if root_policy is not None else {}))
     return objective
 

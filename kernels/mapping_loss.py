@@ -66,8 +66,14 @@ def _check(hidden: Tensor, weight: Tensor, targets: Tensor) -> None:
 
 
 def mapping_loss_reference(
-    hidden: Tensor, weight: Tensor, targets: Tensor, groups: Tensor | None = None, num_groups: int = 1,
-    *, ignore_index: int = -100, z_loss: float = 0.0,
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    groups: Tensor | None = None,
+    num_groups: int = 1,
+    *,
+    ignore_index: int = -100,
+    z_loss: float = 0.0,
 ) -> GroupedLoss:
     """Readable definition: fp32 logits, per-token loss ``lse - logit[t] + z * lse^2``, summed by group.
 
@@ -87,8 +93,6 @@ def mapping_loss_reference(
     return GroupedLoss(loss_sum, count)
 
 
-
-
 @dataclass
 class _Plan:
     """What every walk over the chunks needs: the kept tokens and how to split them."""
@@ -106,8 +110,15 @@ class _Plan:
 
 
 def _make_plan(
-    hidden: Tensor, weight: Tensor, targets: Tensor, groups: Tensor, num_groups: int, ignore_index: int,
-    z_loss: float, backend: str, chunk_bytes: int | None,
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    groups: Tensor,
+    num_groups: int,
+    ignore_index: int,
+    z_loss: float,
+    backend: str,
+    chunk_bytes: int | None,
 ) -> _Plan:
     """Drop ignored tokens up front (CL rows ignore about half) and check the rest (two host syncs)."""
     valid = targets != ignore_index
@@ -126,9 +137,18 @@ def _make_plan(
         index, kept_targets, kept_groups = None, targets.contiguous(), groups.contiguous()
     if chunk_bytes is None:
         chunk_bytes = CHUNK_BYTES["cuda" if hidden.is_cuda else "cpu"]
-    return _Plan(index, kept_targets, kept_groups, count, hidden.shape[0], num_groups,
-                 torch.promote_types(hidden.dtype, weight.dtype), float(z_loss), backend,
-                 max(1, chunk_bytes // (4 * max(vocab, 1))))
+    return _Plan(
+        index,
+        kept_targets,
+        kept_groups,
+        count,
+        hidden.shape[0],
+        num_groups,
+        torch.promote_types(hidden.dtype, weight.dtype),
+        float(z_loss),
+        backend,
+        max(1, chunk_bytes // (4 * max(vocab, 1))),
+    )
 
 
 @functools.cache
@@ -140,8 +160,11 @@ def _fp32_out_gemm(device: torch.device) -> bool:
         torch.mm(a, a, out_dtype=torch.float32)
         torch.addmm(acc, a, a, out_dtype=torch.float32, out=acc)
     except (RuntimeError, TypeError, NotImplementedError):
-        warnings.warn("this torch has no fp32-output bf16 GEMM: the fused loss upcasts its weight-gradient "
-                      "products (slower, more memory)", stacklevel=3)
+        warnings.warn(
+            "this torch has no fp32-output bf16 GEMM: the fused loss upcasts its weight-gradient "
+            "products (slower, more memory)",
+            stacklevel=3,
+        )
         return False
     return True
 
@@ -167,8 +190,14 @@ def _addmm_(acc: Tensor, a: Tensor, b: Tensor) -> None:
 
 
 def _logits_rows_torch(
-    logits: Tensor, targets: Tensor, groups: Tensor, lse: Tensor, loss_sum: Tensor | None,
-    scale: Tensor | None, z_loss: float, grad_dtype: torch.dtype | None,
+    logits: Tensor,
+    targets: Tensor,
+    groups: Tensor,
+    lse: Tensor,
+    loss_sum: Tensor | None,
+    scale: Tensor | None,
+    z_loss: float,
+    grad_dtype: torch.dtype | None,
 ) -> Tensor | None:
     """The row pass in torch ops, as ``mapping_loss_triton.logits_rows`` but returning *unscaled* fp32
     dlogits: on the CPU one more pass over [R, V] costs more than scaling the [R, H] operands, which
@@ -199,8 +228,14 @@ def _logits_rows_torch(
 
 
 def _chunk_pass(
-    hidden: Tensor, weight: Tensor, plan: _Plan, *, lse: Tensor | None = None, scale: Tensor | None = None,
-    grad_hidden: bool = False, grad_weight: bool = False,
+    hidden: Tensor,
+    weight: Tensor,
+    plan: _Plan,
+    *,
+    lse: Tensor | None = None,
+    scale: Tensor | None = None,
+    grad_hidden: bool = False,
+    grad_weight: bool = False,
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """One walk over the kept tokens: per chunk, logits GEMM -> row pass -> gradient GEMMs.
 
@@ -236,8 +271,16 @@ def _chunk_pass(
         idx = None if plan.index is None else plan.index[s:e]
         h = (hidden[s:e] if idx is None else hidden.index_select(0, idx)).to(dtype)
         logits = _mm(h, w.t(), torch.float32)
-        dl = rows_pass(logits, plan.targets[s:e], plan.groups[s:e], lse[s:e], loss_sum,
-                       None if scale is None else scale[s:e], plan.z_loss, grad_dtype)
+        dl = rows_pass(
+            logits,
+            plan.targets[s:e],
+            plan.groups[s:e],
+            lse[s:e],
+            loss_sum,
+            None if scale is None else scale[s:e],
+            plan.z_loss,
+            grad_dtype,
+        )
         row_scale = scale[s:e, None] if scale_after else None
         if gh is not None:
             part = _mm(dl, w, torch.float32 if scale_after else hidden.dtype)
@@ -267,8 +310,15 @@ class _MappingLoss(torch.autograd.Function):
     def backward(ctx, grad_loss_sum: Tensor):
         hidden, weight, lse = ctx.saved_tensors
         scale = grad_loss_sum.float()[ctx.plan.groups].contiguous()
-        _, _, gh, gw = _chunk_pass(hidden, weight, ctx.plan, lse=lse, scale=scale,
-                                   grad_hidden=ctx.needs_input_grad[0], grad_weight=ctx.needs_input_grad[1])
+        _, _, gh, gw = _chunk_pass(
+            hidden,
+            weight,
+            ctx.plan,
+            lse=lse,
+            scale=scale,
+            grad_hidden=ctx.needs_input_grad[0],
+            grad_weight=ctx.needs_input_grad[1],
+        )
         return gh, None if gw is None else gw.to(weight.dtype), None
 
 
@@ -278,9 +328,14 @@ class _WeightedMappingLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, group_weights: Tensor, plan: _Plan):
         scale = group_weights.float()[plan.groups].contiguous()
-        _, loss_sum, gh, gw = _chunk_pass(hidden, weight, plan, scale=scale,
-                                          grad_hidden=ctx.needs_input_grad[0],
-                                          grad_weight=ctx.needs_input_grad[1])
+        _, loss_sum, gh, gw = _chunk_pass(
+            hidden,
+            weight,
+            plan,
+            scale=scale,
+            grad_hidden=ctx.needs_input_grad[0],
+            grad_weight=ctx.needs_input_grad[1],
+        )
         ctx.save_for_backward(gh, gw)
         ctx.weight_dtype = weight.dtype
         ctx.mark_non_differentiable(loss_sum)
@@ -290,8 +345,12 @@ class _WeightedMappingLoss(torch.autograd.Function):
     def backward(ctx, grad_weighted: Tensor, _grad_loss_sum: Tensor):
         gh, gw = ctx.saved_tensors
         g = grad_weighted.float()
-        return (None if gh is None else gh * g, None if gw is None else _scaled_cast(gw, g, ctx.weight_dtype),
-                None, None)
+        return (
+            None if gh is None else gh * g,
+            None if gw is None else _scaled_cast(gw, g, ctx.weight_dtype),
+            None,
+            None,
+        )
 
 
 def _weighted_sum(group_weights: Tensor, loss_sum: Tensor) -> Tensor:
@@ -309,9 +368,17 @@ def _scaled_cast(x: Tensor, scale: Tensor, dtype: torch.dtype, block_bytes: int 
 
 
 def mapping_loss(
-    hidden: Tensor, weight: Tensor, targets: Tensor, groups: Tensor | None = None, num_groups: int = 1,
-    *, ignore_index: int = -100, z_loss: float = 0.0, group_weights: Tensor | None = None,
-    backend: str | None = None, chunk_bytes: int | None = None,
+    hidden: Tensor,
+    weight: Tensor,
+    targets: Tensor,
+    groups: Tensor | None = None,
+    num_groups: int = 1,
+    *,
+    ignore_index: int = -100,
+    z_loss: float = 0.0,
+    group_weights: Tensor | None = None,
+    backend: str | None = None,
+    chunk_bytes: int | None = None,
 ) -> GroupedLoss:
     """Per-group sums of ``logsumexp(h W^T) - (h W^T)[target] + z_loss * logsumexp^2`` without N x V logits.
 
@@ -327,8 +394,9 @@ def mapping_loss(
     if group_weights is not None and group_weights.shape != (num_groups,):
         raise ValueError(f"group_weights {tuple(group_weights.shape)} must be [num_groups={num_groups}]")
     if choice == "reference":
-        out = mapping_loss_reference(hidden, weight, targets, groups, num_groups,
-                                     ignore_index=ignore_index, z_loss=z_loss)
+        out = mapping_loss_reference(
+            hidden, weight, targets, groups, num_groups, ignore_index=ignore_index, z_loss=z_loss
+        )
         if group_weights is None:
             return out
         return GroupedLoss(out.loss_sum.detach(), out.count, _weighted_sum(group_weights, out.loss_sum))

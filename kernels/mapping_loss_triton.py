@@ -19,9 +19,20 @@ from clmap.kernels.triton_common import interpreting, round_to
 
 @triton.jit
 def _logits_rows_kernel(
-    logits_ptr, grad_ptr, tgt_ptr, grp_ptr, lse_ptr, scale_ptr, loss_sum_ptr,
-    V, stride_logits, stride_grad, z_loss,
-    COMPUTE_LSE: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
+    logits_ptr,
+    grad_ptr,
+    tgt_ptr,
+    grp_ptr,
+    lse_ptr,
+    scale_ptr,
+    loss_sum_ptr,
+    V,
+    stride_logits,
+    stride_grad,
+    z_loss,
+    COMPUTE_LSE: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    BLOCK_V: tl.constexpr,
 ):
     """One program per row of logits.
 
@@ -65,8 +76,14 @@ def _logits_rows_kernel(
 
 
 def logits_rows(
-    logits: torch.Tensor, targets: torch.Tensor, groups: torch.Tensor, lse: torch.Tensor,
-    loss_sum: torch.Tensor | None, scale: torch.Tensor | None, z_loss: float, grad_dtype: torch.dtype | None,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    groups: torch.Tensor,
+    lse: torch.Tensor,
+    loss_sum: torch.Tensor | None,
+    scale: torch.Tensor | None,
+    z_loss: float,
+    grad_dtype: torch.dtype | None,
 ) -> torch.Tensor | None:
     """Run the row kernel over fp32 ``logits`` [R, V] (contiguous rows) in place.
 
@@ -84,10 +101,20 @@ def logits_rows(
         grad = logits.view(grad_dtype)[:, :V]
     block_v = 1024 if interpreting() else 2048
     _logits_rows_kernel[(R,)](
-        logits, grad if grad is not None else logits, targets, groups, lse,
-        scale if scale is not None else lse, loss_sum if loss_sum is not None else lse,
-        V, logits.stride(0), grad.stride(0) if grad is not None else 0, float(z_loss),
-        COMPUTE_LSE=loss_sum is not None, WRITE_GRAD=grad is not None,
-        BLOCK_V=min(block_v, triton.next_power_of_2(V)), num_warps=8,
+        logits,
+        grad if grad is not None else logits,
+        targets,
+        groups,
+        lse,
+        scale if scale is not None else lse,
+        loss_sum if loss_sum is not None else lse,
+        V,
+        logits.stride(0),
+        grad.stride(0) if grad is not None else 0,
+        float(z_loss),
+        COMPUTE_LSE=loss_sum is not None,
+        WRITE_GRAD=grad is not None,
+        BLOCK_V=min(block_v, triton.next_power_of_2(V)),
+        num_warps=8,
     )
     return grad

@@ -115,8 +115,14 @@ def paired_cosine_reference(
 
 
 def cosine_matrix_reference(
-    hidden_a: Tensor, a_starts: Tensor, a_ends: Tensor, hidden_b: Tensor, b_starts: Tensor, b_ends: Tensor,
-    *, eps: float = 1e-8,
+    hidden_a: Tensor,
+    a_starts: Tensor,
+    a_ends: Tensor,
+    hidden_b: Tensor,
+    b_starts: Tensor,
+    b_ends: Tensor,
+    *,
+    eps: float = 1e-8,
 ) -> Tensor:
     """[A, B]: S_ij = cos(pool_a_i, pool_b_j)."""
     _check_matrix(hidden_a, hidden_b)
@@ -177,8 +183,16 @@ class PairedCosineFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, a_starts: Tensor, a_ends: Tensor, b_starts: Tensor, b_ends: Tensor,
-                eps: float, need_grad: bool) -> Tensor:
+    def forward(
+        ctx,
+        hidden: Tensor,
+        a_starts: Tensor,
+        a_ends: Tensor,
+        b_starts: Tensor,
+        b_ends: Tensor,
+        eps: float,
+        need_grad: bool,
+    ) -> Tensor:
         from clmap.kernels import pooled_similarity_triton as tk
 
         spans = tk.make_spans(a_starts, a_ends, b_starts, b_ends)
@@ -213,8 +227,16 @@ class PoolNormalizeFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, a_starts: Tensor, a_ends: Tensor, b_starts: Tensor | None,
-                b_ends: Tensor | None, eps: float, need_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(
+        ctx,
+        hidden: Tensor,
+        a_starts: Tensor,
+        a_ends: Tensor,
+        b_starts: Tensor | None,
+        b_ends: Tensor | None,
+        eps: float,
+        need_grad: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         from clmap.kernels import pooled_similarity_triton as tk
 
         spans = tk.make_spans(a_starts, a_ends, b_starts, b_ends)
@@ -238,16 +260,26 @@ class PoolNormalizeFunction(torch.autograd.Function):
         spans = tk.Spans(*saved[-4:], ctx.n_a, ctx.n_spans)
         if ctx.mode != "atomic":
             grad_hidden = tk.pool_backward_events(
-                grad_pooled, grad_unit_a, grad_unit_b, unit, norm, spans, events, ctx.num_rows, ctx.eps,
+                grad_pooled,
+                grad_unit_a,
+                grad_unit_b,
+                unit,
+                norm,
+                spans,
+                events,
+                ctx.num_rows,
+                ctx.eps,
                 ctx.hidden_dtype,
             )
         else:
             grad_unit = None
             if grad_unit_a is not None or grad_unit_b is not None:
-                grad_unit = torch.cat([
-                    g if g is not None else unit.new_zeros(n, unit.shape[1])
-                    for g, n in ((grad_unit_a, spans.n_a), (grad_unit_b, spans.n_spans - spans.n_a))
-                ])
+                grad_unit = torch.cat(
+                    [
+                        g if g is not None else unit.new_zeros(n, unit.shape[1])
+                        for g, n in ((grad_unit_a, spans.n_a), (grad_unit_b, spans.n_spans - spans.n_a))
+                    ]
+                )
             starts, ends = spans.a_starts.long(), spans.a_ends.long()
             if spans.n_spans > spans.n_a:
                 starts = torch.cat([starts, spans.b_starts.long()])
@@ -264,8 +296,13 @@ def _check_triton_dtype(hidden: Tensor) -> None:
 
 
 def _pool_normalize(
-    hidden: Tensor, starts: Tensor, ends: Tensor, eps: float, backend: str,
-    b_starts: Tensor | None = None, b_ends: Tensor | None = None,
+    hidden: Tensor,
+    starts: Tensor,
+    ends: Tensor,
+    eps: float,
+    backend: str,
+    b_starts: Tensor | None = None,
+    b_ends: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """(pooled [S, H], unit vectors of the a-spans, unit vectors of the b-spans or None) by ``backend``."""
     if backend == "triton":
@@ -304,8 +341,15 @@ def pool_spans(
 
 
 def paired_cosine(
-    hidden: Tensor, a_starts: Tensor, a_ends: Tensor, b_starts: Tensor, b_ends: Tensor,
-    *, eps: float = 1e-8, backend: str | None = None, validate: bool | None = None,
+    hidden: Tensor,
+    a_starts: Tensor,
+    a_ends: Tensor,
+    b_starts: Tensor,
+    b_ends: Tensor,
+    *,
+    eps: float = 1e-8,
+    backend: str | None = None,
+    validate: bool | None = None,
 ) -> Tensor:
     """[P] float32: cos(mean-pool of span a_p, mean-pool of span b_p); both spans index ``hidden``.
 
@@ -327,8 +371,16 @@ def paired_cosine(
 
 
 def cosine_matrix(
-    hidden_a: Tensor, a_starts: Tensor, a_ends: Tensor, hidden_b: Tensor, b_starts: Tensor, b_ends: Tensor,
-    *, eps: float = 1e-8, backend: str | None = None, validate: bool | None = None,
+    hidden_a: Tensor,
+    a_starts: Tensor,
+    a_ends: Tensor,
+    hidden_b: Tensor,
+    b_starts: Tensor,
+    b_ends: Tensor,
+    *,
+    eps: float = 1e-8,
+    backend: str | None = None,
+    validate: bool | None = None,
 ) -> Tensor:
     """[A, B] float32: S_ij = cos(pool_a_i, pool_b_j). ``hidden_b`` may be ``hidden_a`` (one launch then)."""
     _check_spans(hidden_a, a_starts, a_ends, validate, "a")

@@ -87,7 +87,15 @@ def _event_pos(a_starts, a_ends, b_starts, b_ends, ev, n_a, n_spans, mask):
 
 @triton.jit
 def _rank_events(
-    a_starts, a_ends, b_starts, b_ends, n_a, n_spans, my_ev, sorted_pos_ptr, sorted_ev_ptr,
+    a_starts,
+    a_ends,
+    b_starts,
+    b_ends,
+    n_a,
+    n_spans,
+    my_ev,
+    sorted_pos_ptr,
+    sorted_ev_ptr,
     BLOCK_R: tl.constexpr,
 ):
     """Stable counting sort of the 2S events by position: scatter events ``my_ev`` to their ranks.
@@ -129,11 +137,28 @@ def _mean_rows(
 
 @triton.jit
 def _pool_fwd_kernel(
-    hidden_ptr, a_starts, a_ends, b_starts, b_ends, pooled_ptr, unit_ptr, norm_ptr, sumsq_ptr,
-    sorted_pos_ptr, sorted_ev_ptr,
-    H, stride_row, n_a, n_spans, n_hblocks, eps,
-    FUSE_NORM: tl.constexpr, WITH_RANK: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
+    hidden_ptr,
+    a_starts,
+    a_ends,
+    b_starts,
+    b_ends,
+    pooled_ptr,
+    unit_ptr,
+    norm_ptr,
+    sumsq_ptr,
+    sorted_pos_ptr,
+    sorted_ev_ptr,
+    H,
+    stride_row,
+    n_a,
+    n_spans,
+    n_hblocks,
+    eps,
+    FUSE_NORM: tl.constexpr,
+    WITH_RANK: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_R: tl.constexpr,
 ):
     s = tl.program_id(0)
     hb = tl.program_id(1)
@@ -152,14 +177,31 @@ def _pool_fwd_kernel(
     if WITH_RANK:
         if hb == 0:
             my_ev = s + tl.arange(0, 2) * n_spans
-            _rank_events(a_starts, a_ends, b_starts, b_ends, n_a, n_spans, my_ev, sorted_pos_ptr,
-                         sorted_ev_ptr, BLOCK_R)
+            _rank_events(
+                a_starts,
+                a_ends,
+                b_starts,
+                b_ends,
+                n_a,
+                n_spans,
+                my_ev,
+                sorted_pos_ptr,
+                sorted_ev_ptr,
+                BLOCK_R,
+            )
 
 
 @triton.jit
 def _normalize_kernel(
-    pooled_ptr, sumsq_ptr, unit_ptr, norm_ptr, H, n_hblocks, eps,
-    BLOCK_H: tl.constexpr, BLOCK_HB: tl.constexpr,
+    pooled_ptr,
+    sumsq_ptr,
+    unit_ptr,
+    norm_ptr,
+    H,
+    n_hblocks,
+    eps,
+    BLOCK_H: tl.constexpr,
+    BLOCK_HB: tl.constexpr,
 ):
     s = tl.program_id(0)
     hb = tl.program_id(1)
@@ -177,11 +219,27 @@ def _normalize_kernel(
 
 @triton.jit
 def _paired_fwd_kernel(
-    hidden_ptr, a_starts, a_ends, b_starts, b_ends, pooled_ptr, norm_ptr, cos_ptr, stats_ptr,
-    sorted_pos_ptr, sorted_ev_ptr,
-    H, stride_row, n_pairs, n_hblocks, eps,
-    FUSE: tl.constexpr, WITH_RANK: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
+    hidden_ptr,
+    a_starts,
+    a_ends,
+    b_starts,
+    b_ends,
+    pooled_ptr,
+    norm_ptr,
+    cos_ptr,
+    stats_ptr,
+    sorted_pos_ptr,
+    sorted_ev_ptr,
+    H,
+    stride_row,
+    n_pairs,
+    n_hblocks,
+    eps,
+    FUSE: tl.constexpr,
+    WITH_RANK: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_R: tl.constexpr,
 ):
     """Pair p: pool a[p] and b[p] (rows p and n_pairs + p of pooled), then norms and cosine (or partials)."""
     p = tl.program_id(0)
@@ -214,14 +272,30 @@ def _paired_fwd_kernel(
         if hb == 0:
             k = tl.arange(0, 4)
             my_ev = p + (k % 2) * n_pairs + (k // 2) * (2 * n_pairs)
-            _rank_events(a_starts, a_ends, b_starts, b_ends, n_pairs, 2 * n_pairs, my_ev, sorted_pos_ptr,
-                         sorted_ev_ptr, BLOCK_R)
+            _rank_events(
+                a_starts,
+                a_ends,
+                b_starts,
+                b_ends,
+                n_pairs,
+                2 * n_pairs,
+                my_ev,
+                sorted_pos_ptr,
+                sorted_ev_ptr,
+                BLOCK_R,
+            )
 
 
 @triton.jit
 def _paired_finalize_kernel(
-    stats_ptr, norm_ptr, cos_ptr, n_pairs, n_hblocks, eps,
-    BLOCK_P: tl.constexpr, BLOCK_HB: tl.constexpr,
+    stats_ptr,
+    norm_ptr,
+    cos_ptr,
+    n_pairs,
+    n_hblocks,
+    eps,
+    BLOCK_P: tl.constexpr,
+    BLOCK_HB: tl.constexpr,
 ):
     """Sum the per-H-block partials of _paired_fwd_kernel (fixed order): norms and cosines."""
     pairs = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -245,29 +319,62 @@ def _paired_finalize_kernel(
 
 @triton.jit
 def _unit_grad(
-    grad_ua_ptr, gua_stride0, gua_stride1, grad_ub_ptr, gub_stride0, gub_stride1, s, n_a, g_row, cols, cm,
-    HAS_GRAD_UA: tl.constexpr, HAS_GRAD_UB: tl.constexpr, BLOCK_H: tl.constexpr,
+    grad_ua_ptr,
+    gua_stride0,
+    gua_stride1,
+    grad_ub_ptr,
+    gub_stride0,
+    gub_stride1,
+    s,
+    n_a,
+    g_row,
+    cols,
+    cm,
+    HAS_GRAD_UA: tl.constexpr,
+    HAS_GRAD_UB: tl.constexpr,
+    BLOCK_H: tl.constexpr,
 ):
     """Gradient w.r.t. span s's unit vector: row g_row of grad_ua (s < n_a) or of grad_ub."""
     g = tl.zeros([BLOCK_H], dtype=tl.float32)
     span = cols * 0 + s  # as a vector: the interpreter cannot AND a vector mask with a scalar one
     if HAS_GRAD_UA:
-        g += tl.load(grad_ua_ptr + g_row * gua_stride0 + cols * gua_stride1, mask=cm & (span < n_a),
-                     other=0.0)
+        g += tl.load(
+            grad_ua_ptr + g_row * gua_stride0 + cols * gua_stride1, mask=cm & (span < n_a), other=0.0
+        )
     if HAS_GRAD_UB:
-        g += tl.load(grad_ub_ptr + g_row * gub_stride0 + cols * gub_stride1, mask=cm & (span >= n_a),
-                     other=0.0)
+        g += tl.load(
+            grad_ub_ptr + g_row * gub_stride0 + cols * gub_stride1, mask=cm & (span >= n_a), other=0.0
+        )
     return g
 
 
 @triton.jit
 def _span_grad_kernel(
-    grad_pooled_ptr, gp_stride0, gp_stride1,
-    grad_ua_ptr, gua_stride0, gua_stride1, grad_ub_ptr, gub_stride0, gub_stride1,
-    unit_ptr, norm_ptr, a_starts, a_ends, b_starts, b_ends, span_grad_ptr,
-    H, n_a, n_spans, eps,
-    HAS_GRAD_POOLED: tl.constexpr, HAS_GRAD_UA: tl.constexpr, HAS_GRAD_UB: tl.constexpr,
-    HAS_GRAD_UNIT: tl.constexpr, BLOCK_H: tl.constexpr,
+    grad_pooled_ptr,
+    gp_stride0,
+    gp_stride1,
+    grad_ua_ptr,
+    gua_stride0,
+    gua_stride1,
+    grad_ub_ptr,
+    gub_stride0,
+    gub_stride1,
+    unit_ptr,
+    norm_ptr,
+    a_starts,
+    a_ends,
+    b_starts,
+    b_ends,
+    span_grad_ptr,
+    H,
+    n_a,
+    n_spans,
+    eps,
+    HAS_GRAD_POOLED: tl.constexpr,
+    HAS_GRAD_UA: tl.constexpr,
+    HAS_GRAD_UB: tl.constexpr,
+    HAS_GRAD_UNIT: tl.constexpr,
+    BLOCK_H: tl.constexpr,
 ):
     """Span s: gradient w.r.t. the pooled sum, (g_pooled + d(u/|u|)^T g_unit) / len, one [H] row.
 
@@ -286,8 +393,22 @@ def _span_grad_kernel(
         for h0 in range(0, H, BLOCK_H):
             cols = h0 + tl.arange(0, BLOCK_H)
             cm = cols < H
-            g = _unit_grad(grad_ua_ptr, gua_stride0, gua_stride1, grad_ub_ptr, gub_stride0, gub_stride1,
-                           s, n_a, g_row, cols, cm, HAS_GRAD_UA, HAS_GRAD_UB, BLOCK_H)
+            g = _unit_grad(
+                grad_ua_ptr,
+                gua_stride0,
+                gua_stride1,
+                grad_ub_ptr,
+                gub_stride0,
+                gub_stride1,
+                s,
+                n_a,
+                g_row,
+                cols,
+                cm,
+                HAS_GRAD_UA,
+                HAS_GRAD_UB,
+                BLOCK_H,
+            )
             acc += g * tl.load(unit_ptr + row + cols, mask=cm, other=0.0)
         dot = tl.sum(acc, axis=0)
     for h0 in range(0, H, BLOCK_H):
@@ -297,8 +418,22 @@ def _span_grad_kernel(
         if HAS_GRAD_POOLED:
             w += tl.load(grad_pooled_ptr + s * gp_stride0 + cols * gp_stride1, mask=cm, other=0.0)
         if HAS_GRAD_UNIT:
-            g = _unit_grad(grad_ua_ptr, gua_stride0, gua_stride1, grad_ub_ptr, gub_stride0, gub_stride1,
-                           s, n_a, g_row, cols, cm, HAS_GRAD_UA, HAS_GRAD_UB, BLOCK_H)
+            g = _unit_grad(
+                grad_ua_ptr,
+                gua_stride0,
+                gua_stride1,
+                grad_ub_ptr,
+                gub_stride0,
+                gub_stride1,
+                s,
+                n_a,
+                g_row,
+                cols,
+                cm,
+                HAS_GRAD_UA,
+                HAS_GRAD_UB,
+                BLOCK_H,
+            )
             u_hat = tl.load(unit_ptr + row + cols, mask=cm, other=0.0)
             # below eps the forward divided by the constant eps, so there is no projection term
             w += tl.where(norm > eps, g - dot * u_hat, g) / denom
@@ -307,10 +442,25 @@ def _span_grad_kernel(
 
 @triton.jit
 def _events_scan_kernel(
-    sorted_ev_ptr, a_starts, a_ends, b_starts, b_ends,
-    span_grad_ptr, pooled_ptr, norm_ptr, cos_ptr, grad_cos_ptr, grad_cos_stride, table_ptr,
-    H, n_a, n_spans, eps,
-    PAIRED: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
+    sorted_ev_ptr,
+    a_starts,
+    a_ends,
+    b_starts,
+    b_ends,
+    span_grad_ptr,
+    pooled_ptr,
+    norm_ptr,
+    cos_ptr,
+    grad_cos_ptr,
+    grad_cos_stride,
+    table_ptr,
+    H,
+    n_a,
+    n_spans,
+    eps,
+    PAIRED: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_H: tl.constexpr,
 ):
     """table[k, cols] = sum of the first k sorted events (+w at a start, -w at an end), k = 0..2S.
 
@@ -362,8 +512,17 @@ def _events_scan_kernel(
 
 @triton.jit
 def _rows_kernel(
-    sorted_pos_ptr, table_ptr, out_ptr, N, H, n_ev, stride_out, n_search, h_per_prog,
-    BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr,
+    sorted_pos_ptr,
+    table_ptr,
+    out_ptr,
+    N,
+    H,
+    n_ev,
+    stride_out,
+    n_search,
+    h_per_prog,
+    BLOCK_R: tl.constexpr,
+    BLOCK_H: tl.constexpr,
 ):
     """out[r, cols] = table[#{events at or before r}, cols] for a tile of rows and a chunk of columns."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -389,10 +548,20 @@ def _rows_kernel(
 
 @triton.jit
 def _pool_bwd_kernel(
-    grad_pooled_ptr, grad_unit_ptr, unit_ptr, dot_ptr, norm_ptr, starts_ptr, ends_ptr, grad_hidden_ptr,
-    H, eps,
-    HAS_GRAD_POOLED: tl.constexpr, HAS_GRAD_UNIT: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_H: tl.constexpr,
+    grad_pooled_ptr,
+    grad_unit_ptr,
+    unit_ptr,
+    dot_ptr,
+    norm_ptr,
+    starts_ptr,
+    ends_ptr,
+    grad_hidden_ptr,
+    H,
+    eps,
+    HAS_GRAD_POOLED: tl.constexpr,
+    HAS_GRAD_UNIT: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_H: tl.constexpr,
 ):
     s = tl.program_id(0)
     hb = tl.program_id(1)
@@ -489,8 +658,10 @@ class Spans(NamedTuple):
 
 
 def make_spans(
-    a_starts: torch.Tensor, a_ends: torch.Tensor,
-    b_starts: torch.Tensor | None = None, b_ends: torch.Tensor | None = None,
+    a_starts: torch.Tensor,
+    a_ends: torch.Tensor,
+    b_starts: torch.Tensor | None = None,
+    b_ends: torch.Tensor | None = None,
 ) -> Spans:
     """Spans of the a-list, then of the b-list if given (int32/int64 indices; no copy when contiguous)."""
     a_starts, a_ends = a_starts.contiguous(), a_ends.contiguous()
@@ -549,16 +720,39 @@ def pool_forward(
     sumsq = norm if fuse else torch.empty(n_spans, n_hblocks, device=dev, dtype=torch.float32)
     num_warps = 4 if block_h >= 128 else 2
     _pool_fwd_kernel[(n_spans, n_hblocks)](
-        hidden, *spans[:4], pooled, unit, norm, sumsq,
-        sorted_pos if in_kernel else norm, sorted_ev if in_kernel else norm,
-        hidden_size, hidden.stride(0), spans.n_a, n_spans, n_hblocks, eps,
-        FUSE_NORM=fuse, WITH_RANK=in_kernel, BLOCK_N=BLOCK_N, BLOCK_H=block_h,
-        BLOCK_R=32 * num_warps * RANK_EVENTS_PER_THREAD, num_warps=num_warps,
+        hidden,
+        *spans[:4],
+        pooled,
+        unit,
+        norm,
+        sumsq,
+        sorted_pos if in_kernel else norm,
+        sorted_ev if in_kernel else norm,
+        hidden_size,
+        hidden.stride(0),
+        spans.n_a,
+        n_spans,
+        n_hblocks,
+        eps,
+        FUSE_NORM=fuse,
+        WITH_RANK=in_kernel,
+        BLOCK_N=BLOCK_N,
+        BLOCK_H=block_h,
+        BLOCK_R=32 * num_warps * RANK_EVENTS_PER_THREAD,
+        num_warps=num_warps,
     )
     if not fuse:
         _normalize_kernel[(n_spans, n_hblocks)](
-            pooled, sumsq, unit, norm, hidden_size, n_hblocks, eps,
-            BLOCK_H=block_h, BLOCK_HB=triton.next_power_of_2(n_hblocks), num_warps=num_warps,
+            pooled,
+            sumsq,
+            unit,
+            norm,
+            hidden_size,
+            n_hblocks,
+            eps,
+            BLOCK_H=block_h,
+            BLOCK_HB=triton.next_power_of_2(n_hblocks),
+            num_warps=num_warps,
         )
     return pooled, unit, norm, ((sorted_pos, sorted_ev) if rank else None)
 
@@ -597,24 +791,51 @@ def paired_forward(
     stats = norm if fuse else torch.empty(3, n_pairs, n_hblocks, device=dev, dtype=torch.float32)
     num_warps = 4 if block_h >= 128 else 2
     _paired_fwd_kernel[(n_pairs, n_hblocks)](
-        hidden, *spans[:4], pooled, norm, cos, stats,
-        sorted_pos if in_kernel else norm, sorted_ev if in_kernel else norm,
-        hidden_size, hidden.stride(0), n_pairs, n_hblocks, eps,
-        FUSE=fuse, WITH_RANK=in_kernel, BLOCK_N=BLOCK_N, BLOCK_H=block_h,
-        BLOCK_R=32 * num_warps * RANK_EVENTS_PER_THREAD, num_warps=num_warps,
+        hidden,
+        *spans[:4],
+        pooled,
+        norm,
+        cos,
+        stats,
+        sorted_pos if in_kernel else norm,
+        sorted_ev if in_kernel else norm,
+        hidden_size,
+        hidden.stride(0),
+        n_pairs,
+        n_hblocks,
+        eps,
+        FUSE=fuse,
+        WITH_RANK=in_kernel,
+        BLOCK_N=BLOCK_N,
+        BLOCK_H=block_h,
+        BLOCK_R=32 * num_warps * RANK_EVENTS_PER_THREAD,
+        num_warps=num_warps,
     )
     if not fuse:
         block_hb = triton.next_power_of_2(n_hblocks)
         block_p = max(1, 2048 // block_hb)
         _paired_finalize_kernel[(triton.cdiv(n_pairs, block_p),)](
-            stats, norm, cos, n_pairs, n_hblocks, eps, BLOCK_P=block_p, BLOCK_HB=block_hb, num_warps=4,
+            stats,
+            norm,
+            cos,
+            n_pairs,
+            n_hblocks,
+            eps,
+            BLOCK_P=block_p,
+            BLOCK_HB=block_hb,
+            num_warps=4,
         )
     return cos, pooled, norm, ((sorted_pos, sorted_ev) if rank else None)
 
 
 def _events_to_rows(
-    events: tuple[torch.Tensor, torch.Tensor], spans: Spans, num_rows: int, hidden_size: int,
-    out_dtype: torch.dtype, *, span_grad: torch.Tensor | None = None,
+    events: tuple[torch.Tensor, torch.Tensor],
+    spans: Spans,
+    num_rows: int,
+    hidden_size: int,
+    out_dtype: torch.dtype,
+    *,
+    span_grad: torch.Tensor | None = None,
     paired: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, float] | None = None,
 ) -> torch.Tensor:
     """Scan the sorted events into the [2S+1, H] table, then write every row of the [N, H] gradient once."""
@@ -630,26 +851,54 @@ def _events_to_rows(
         pooled = norm = cos = grad_cos = dense = span_grad
         eps = 0.0
     _events_scan_kernel[(triton.cdiv(hidden_size, block_h),)](
-        sorted_ev, *spans[:4], dense, pooled, norm, cos, grad_cos,
-        grad_cos.stride(0) if paired is not None else 0, table,
-        hidden_size, spans.n_a, spans.n_spans, eps,
-        PAIRED=paired is not None, BLOCK_E=block_e, BLOCK_H=block_h,
+        sorted_ev,
+        *spans[:4],
+        dense,
+        pooled,
+        norm,
+        cos,
+        grad_cos,
+        grad_cos.stride(0) if paired is not None else 0,
+        table,
+        hidden_size,
+        spans.n_a,
+        spans.n_spans,
+        eps,
+        PAIRED=paired is not None,
+        BLOCK_E=block_e,
+        BLOCK_H=block_h,
         num_warps=8 if block_e * block_h >= 4096 else 4,
     )
     grad_hidden = torch.empty(num_rows, hidden_size, device=dev, dtype=out_dtype)
     block_r, block_hr, per_prog = choose_rows_blocks(num_rows, hidden_size, dev)
     grid = (triton.cdiv(num_rows, block_r), triton.cdiv(hidden_size, per_prog))
     _rows_kernel[grid](
-        sorted_pos, table, grad_hidden, num_rows, hidden_size, n_ev, grad_hidden.stride(0),
-        n_ev.bit_length(), per_prog, BLOCK_R=block_r, BLOCK_H=block_hr,
+        sorted_pos,
+        table,
+        grad_hidden,
+        num_rows,
+        hidden_size,
+        n_ev,
+        grad_hidden.stride(0),
+        n_ev.bit_length(),
+        per_prog,
+        BLOCK_R=block_r,
+        BLOCK_H=block_hr,
         num_warps=8 if block_r * block_hr >= 4096 else 4,
     )
     return grad_hidden
 
 
 def paired_backward(
-    grad_cos: torch.Tensor, pooled: torch.Tensor, norm: torch.Tensor, cos: torch.Tensor, spans: Spans,
-    events: tuple[torch.Tensor, torch.Tensor] | None, num_rows: int, eps: float, out_dtype: torch.dtype,
+    grad_cos: torch.Tensor,
+    pooled: torch.Tensor,
+    norm: torch.Tensor,
+    cos: torch.Tensor,
+    spans: Spans,
+    events: tuple[torch.Tensor, torch.Tensor] | None,
+    num_rows: int,
+    eps: float,
+    out_dtype: torch.dtype,
 ) -> torch.Tensor:
     """Gradient w.r.t. hidden of sum_p grad_cos[p] cos_p: [N, H] in ``out_dtype``, two launches."""
     hidden_size = pooled.shape[1]
@@ -680,8 +929,11 @@ def pool_backward_events(
     b-spans (rows n_a:); any gradient may be None (no contribution).
     """
     n_spans, hidden_size = unit.shape
-    if n_spans == 0 or hidden_size == 0 or num_rows == 0 or (
-        grad_pooled is None and grad_unit_a is None and grad_unit_b is None
+    if (
+        n_spans == 0
+        or hidden_size == 0
+        or num_rows == 0
+        or (grad_pooled is None and grad_unit_a is None and grad_unit_b is None)
     ):
         return torch.zeros(num_rows, hidden_size, device=unit.device, dtype=out_dtype)
 
@@ -694,12 +946,23 @@ def pool_backward_events(
 
     span_grad = torch.empty(n_spans, hidden_size, device=unit.device, dtype=torch.float32)
     _span_grad_kernel[(n_spans,)](
-        *strides(grad_pooled), *strides(grad_unit_a), *strides(grad_unit_b),
-        unit, norm, *spans[:4], span_grad, hidden_size, spans.n_a, n_spans, eps,
-        HAS_GRAD_POOLED=grad_pooled is not None, HAS_GRAD_UA=grad_unit_a is not None,
+        *strides(grad_pooled),
+        *strides(grad_unit_a),
+        *strides(grad_unit_b),
+        unit,
+        norm,
+        *spans[:4],
+        span_grad,
+        hidden_size,
+        spans.n_a,
+        n_spans,
+        eps,
+        HAS_GRAD_POOLED=grad_pooled is not None,
+        HAS_GRAD_UA=grad_unit_a is not None,
         HAS_GRAD_UB=grad_unit_b is not None,
         HAS_GRAD_UNIT=grad_unit_a is not None or grad_unit_b is not None,
-        BLOCK_H=choose_loop_block_h(hidden_size), num_warps=4,
+        BLOCK_H=choose_loop_block_h(hidden_size),
+        num_warps=4,
     )
     return _events_to_rows(events, spans, num_rows, hidden_size, out_dtype, span_grad=span_grad)
 
@@ -731,8 +994,18 @@ def pool_normalize_backward(
     _pool_bwd_kernel[(n_spans, n_hblocks)](
         grad_pooled if grad_pooled is not None else unit,
         grad_unit if grad_unit is not None else unit,
-        unit, dot, norm, starts, ends, grad_hidden, hidden_size, eps,
-        HAS_GRAD_POOLED=grad_pooled is not None, HAS_GRAD_UNIT=grad_unit is not None,
-        BLOCK_N=BLOCK_N, BLOCK_H=block_h, num_warps=4 if block_h >= 128 else 2,
+        unit,
+        dot,
+        norm,
+        starts,
+        ends,
+        grad_hidden,
+        hidden_size,
+        eps,
+        HAS_GRAD_POOLED=grad_pooled is not None,
+        HAS_GRAD_UNIT=grad_unit is not None,
+        BLOCK_N=BLOCK_N,
+        BLOCK_H=block_h,
+        num_warps=4 if block_h >= 128 else 2,
     )
     return grad_hidden

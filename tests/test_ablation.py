@@ -20,15 +20,46 @@ VARIANTS = ["ntp_only", "cl_map"]
 
 def _args(corpus, tokenizer, out, docs, *extra: str) -> list[str]:
     sets = {
-        "data.corpus": corpus, "data.languages": ",".join(LANGS), "data.pairs": ",".join(PAIRS),
-        "model.hidden_size": 32, "model.intermediate_size": 64, "model.num_layers": 2, "model.num_heads": 2,
-        "model.num_kv_heads": 1, "data.seq_len": 64, "data.max_segment_tokens": 14, "data.pack_window": 32,
-        "train.global_batch": 4, "train.micro_batch": 2, "optim.warmup_steps": 1, "checkpoint.every": 3,
+        "data.corpus": corpus,
+        "data.languages": ",".join(LANGS),
+        "data.pairs": ",".join(PAIRS),
+        "model.hidden_size": 32,
+        "model.intermediate_size": 64,
+        "model.num_layers": 2,
+        "model.num_heads": 2,
+        "model.num_kv_heads": 1,
+        "data.seq_len": 64,
+        "data.max_segment_tokens": 14,
+        "data.pack_window": 32,
+        "train.global_batch": 4,
+        "train.micro_batch": 2,
+        "optim.warmup_steps": 1,
+        "checkpoint.every": 3,
     }
-    args = ["--variants", ",".join(VARIANTS), "--seeds", "0", "--steps", "3", "--out", str(out),
-            "--docs", str(docs), "--tokenizer", str(tokenizer), "--eval-limit", "8",
-            "--tasks", "mt,clnlu,ppl,lac", "--pairs", "en-cs", "--max-new-tokens", "8",
-            "--eval-batch-size", "8"]
+    args = [
+        "--variants",
+        ",".join(VARIANTS),
+        "--seeds",
+        "0",
+        "--steps",
+        "3",
+        "--out",
+        str(out),
+        "--docs",
+        str(docs),
+        "--tokenizer",
+        str(tokenizer),
+        "--eval-limit",
+        "8",
+        "--tasks",
+        "mt,clnlu,ppl,lac",
+        "--pairs",
+        "en-cs",
+        "--max-new-tokens",
+        "8",
+        "--eval-batch-size",
+        "8",
+    ]
     return args + [f"--set={k}={v}" for k, v in sets.items()] + list(extra)
 
 
@@ -58,9 +89,16 @@ def recipe(small_corpus, small_tokenizer, tmp_path_factory):
 
 def test_generated_table_and_plots_exist(recipe):
     out, docs = recipe
-    for name in ("ablation_results.md", "ablation_results.json", "ablation_headline.png",
-                 "ablation_choice.png", "ablation_ppl.png", "ablation_lac_per_layer.png",
-                 "ablation_training.png", "ablation_mt_chrf.png"):
+    for name in (
+        "ablation_results.md",
+        "ablation_results.json",
+        "ablation_headline.png",
+        "ablation_choice.png",
+        "ablation_ppl.png",
+        "ablation_lac_per_layer.png",
+        "ablation_training.png",
+        "ablation_mt_chrf.png",
+    ):
         assert (docs / name).is_file() and (docs / name).stat().st_size > 0, name
     assert (out / "compare" / "comparison.md").is_file()  # the evaluator's own comparison mode ran
     note = (docs / "ablation.md").read_text()
@@ -73,13 +111,20 @@ def test_table_numbers_are_the_reports_numbers(recipe):
     text = (docs / "ablation_results.md").read_text()
     reports = {v: json.loads((out / "eval" / f"{v}_s0" / "report.json").read_text()) for v in VARIANTS}
     checked = 0
-    for task_title in ("Machine translation", "Cross-lingual understanding", "Perplexity per language",
-                       "Language alignment"):
+    for task_title in (
+        "Machine translation",
+        "Cross-lingual understanding",
+        "Perplexity per language",
+        "Language alignment",
+    ):
         task = {title: name for name, title in TASK_TITLES.items()}[task_title]
         for key, metric, *cells in _tables(text, f"### {task_title}"):
             for variant, cell in zip(VARIANTS, cells, strict=True):
-                entry = next(m for m in reports[variant]["tasks"][task]["metrics"]
-                             if m["key"] == key and m["metric"] == metric)
+                entry = next(
+                    m
+                    for m in reports[variant]["tasks"][task]["metrics"]
+                    if m["key"] == key and m["metric"] == metric
+                )
                 expected = ablation.fmt(entry["value"])
                 if entry["ci"]:
                     expected += f" [{ablation.fmt(entry['ci'][0])}, {ablation.fmt(entry['ci'][1])}]"
@@ -89,8 +134,10 @@ def test_table_numbers_are_the_reports_numbers(recipe):
     # the deltas vs NTP-only are the differences of the two reports
     delta_rows = _tables(text.split("### Cross-lingual understanding", 1)[1], "Δ vs (a) NTP only:")
     for key, _metric, cell in delta_rows:
-        value = {v: next(m["value"] for m in reports[v]["tasks"]["clnlu"]["metrics"] if m["key"] == key)
-                 for v in VARIANTS}
+        value = {
+            v: next(m["value"] for m in reports[v]["tasks"]["clnlu"]["metrics"] if m["key"] == key)
+            for v in VARIANTS
+        }
         assert cell.rstrip("*") == ablation.fmt_delta(value["cl_map"] - value["ntp_only"])
 
 
@@ -122,7 +169,10 @@ def test_skip_existing_reuses_finished_runs(recipe, small_corpus, small_tokenize
 
 def test_variant_files_are_overrides_of_the_base():
     assert ablation.variant_overrides("ntp_only") == [
-        "--data.ntp_share=1.0", "--objective.lambda_cl=0.0", "--objective.lambda_map=0.0"]
+        "--data.ntp_share=1.0",
+        "--objective.lambda_cl=0.0",
+        "--objective.lambda_map=0.0",
+    ]
     assert "--data.parallel_as_text=true" in ablation.variant_overrides("parallel_text")
     assert "--data.cl_directions=forward" in ablation.variant_overrides("cl_forward")
     with pytest.raises(FileNotFoundError, match="known: cl_both"):

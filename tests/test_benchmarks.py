@@ -15,10 +15,19 @@ from benchmarks import report
 REPO = Path(__file__).resolve().parent.parent
 ENV = {"device": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "triton": "3.6.0", "python": "3.12.3"}
 # The tiny sizes the dry run uses too: a few seconds of training per process on a small CPU.
-TINY = ["--model.hidden_size=32", "--model.intermediate_size=64", "--model.num_layers=2",
-        "--model.num_heads=2", "--model.num_kv_heads=1", "--data.seq_len=64", "--data.max_segment_tokens=12",
-        "--train.global_batch=4", "--train.micro_batch=2", "--tokenizer.vocab_size=2000",
-        "--tokenizer.train_sentences=3000"]
+TINY = [
+    "--model.hidden_size=32",
+    "--model.intermediate_size=64",
+    "--model.num_layers=2",
+    "--model.num_heads=2",
+    "--model.num_kv_heads=1",
+    "--data.seq_len=64",
+    "--data.max_segment_tokens=12",
+    "--train.global_batch=4",
+    "--train.micro_batch=2",
+    "--tokenizer.vocab_size=2000",
+    "--tokenizer.train_sentences=3000",
+]
 
 
 def _write(path: Path, rows: list[dict]) -> None:
@@ -35,10 +44,23 @@ def _mapping_rows() -> list[dict]:
     for n, v in ((4096, 32000), (16384, 32000), (16384, 128256)):
         for impl in times:
             scale = n / 4096 * v / 32000
-            rows.append({**ENV, "commit": "new", "date": "2026-11-26T10:00:00Z", "impl": impl, "N": n,
-                         "H": 4096, "V": v, "dtype": "bf16", "pass": "fwd+bwd",
-                         "median_ms": round(times[impl] * scale, 3), "p20_ms": 0.9, "p80_ms": 1.1,
-                         "peak_extra_mb": mems[impl] * scale})
+            rows.append(
+                {
+                    **ENV,
+                    "commit": "new",
+                    "date": "2026-11-26T10:00:00Z",
+                    "impl": impl,
+                    "N": n,
+                    "H": 4096,
+                    "V": v,
+                    "dtype": "bf16",
+                    "pass": "fwd+bwd",
+                    "median_ms": round(times[impl] * scale, 3),
+                    "p20_ms": 0.9,
+                    "p80_ms": 1.1,
+                    "peak_extra_mb": mems[impl] * scale,
+                }
+            )
     # An older commit's row on the same device must not appear.
     rows.append({**rows[0], "commit": "old", "date": "2026-11-20T10:00:00Z", "median_ms": 999.25})
     return rows
@@ -49,12 +71,29 @@ def results(tmp_path: Path) -> Path:
     res = tmp_path / "results"
     res.mkdir()
     _write(res / "mapping_loss.csv", _mapping_rows())
-    pooled = [{**ENV, "commit": "new", "date": "2026-11-26T10:00:00Z", "impl": impl, "pass": "fwd",
-               "tokens": n, "hidden": 1024, "spans": 64, "dtype": "torch.bfloat16",
-               "median_ms": n / 8192 * (0.5 if impl == "triton" else 2.0), "p20_ms": 0, "p80_ms": 0,
-               "bytes": 1, "gbps": 100.0, "roofline_gbps": 3000.0, "frac_of_roofline": 0.03,
-               "peak_mem_mb": 10}
-              for n in (8192, 32768) for impl in ("triton", "torch")]
+    pooled = [
+        {
+            **ENV,
+            "commit": "new",
+            "date": "2026-11-26T10:00:00Z",
+            "impl": impl,
+            "pass": "fwd",
+            "tokens": n,
+            "hidden": 1024,
+            "spans": 64,
+            "dtype": "torch.bfloat16",
+            "median_ms": n / 8192 * (0.5 if impl == "triton" else 2.0),
+            "p20_ms": 0,
+            "p80_ms": 0,
+            "bytes": 1,
+            "gbps": 100.0,
+            "roofline_gbps": 3000.0,
+            "frac_of_roofline": 0.03,
+            "peak_mem_mb": 10,
+        }
+        for n in (8192, 32768)
+        for impl in ("triton", "torch")
+    ]
     _write(res / "pooled_similarity.csv", pooled)
     return res
 
@@ -70,8 +109,10 @@ def test_report_tables_and_plots(results: Path, tmp_path: Path) -> None:
     assert "NVIDIA H100 80GB HBM3" in section
     # Every CSV number of the latest commit is in the table, as written there; the older commit's is not.
     for r in _mapping_rows()[:-1]:
-        line = (f"| {r['impl']} | {r['N']} | 4096 | {r['V']} | bf16 | fwd+bwd | {r['median_ms']} | 0.9 | 1.1 "
-                f"| {r['peak_extra_mb']} |")
+        line = (
+            f"| {r['impl']} | {r['N']} | 4096 | {r['V']} | bf16 | fwd+bwd | {r['median_ms']} | 0.9 | 1.1 "
+            f"| {r['peak_extra_mb']} |"
+        )
         assert line in section, line
     assert "999.2" not in section
     # Ratios vs each peer: clmap 1.0 vs liger 2.0 → 0.5 in time, 50 vs 800 MB → 0.0625 in memory.
@@ -79,8 +120,13 @@ def test_report_tables_and_plots(results: Path, tmp_path: Path) -> None:
     assert "| 4096 | 4096 | 32000 | bf16 | fwd+bwd | naive | 0.250 | 0.062 |" in section
     assert "| 8192 | 1024 | 64 | torch.bfloat16 | fwd | torch | 0.250 |" in section
     plots = sorted(p.name for p in results.glob("*.png"))
-    for what in ("mapping_loss_time_vs_N", "mapping_loss_time_vs_V", "mapping_loss_memory_vs_N",
-                 "mapping_loss_memory_vs_V", "pooled_similarity_time_vs_N"):
+    for what in (
+        "mapping_loss_time_vs_N",
+        "mapping_loss_time_vs_V",
+        "mapping_loss_memory_vs_N",
+        "mapping_loss_memory_vs_V",
+        "pooled_similarity_time_vs_N",
+    ):
         assert any(p.startswith(what) for p in plots), (what, plots)
     assert all((results / p).stat().st_size > 1000 for p in plots)
     # Regenerating is idempotent.
@@ -91,9 +137,21 @@ def test_report_tables_and_plots(results: Path, tmp_path: Path) -> None:
 def test_report_merge_appends_suite_rows(results: Path, tmp_path: Path) -> None:
     suite = tmp_path / "suite"
     suite.mkdir()
-    _write(suite / "train_throughput.csv", [{**ENV, "commit": "new", "date": "2026-11-26T11:00:00Z",
-                                             "config": "100m", "nproc": 1, "clmap_tokens_per_s": 123456.5,
-                                             "plain_tokens_per_s": 61728.25, "tokens_per_s_ratio": 2.0}])
+    _write(
+        suite / "train_throughput.csv",
+        [
+            {
+                **ENV,
+                "commit": "new",
+                "date": "2026-11-26T11:00:00Z",
+                "config": "100m",
+                "nproc": 1,
+                "clmap_tokens_per_s": 123456.5,
+                "plain_tokens_per_s": 61728.25,
+                "tokens_per_s_ratio": 2.0,
+            }
+        ],
+    )
     _write(suite / "gpu_util.csv", [{"timestamp": "x", "utilization.gpu [%]": "90 %"}])
     readme = tmp_path / "README.md"
     report.main(["--results", str(results), "--readme", str(readme), "--merge", str(suite)])
@@ -109,8 +167,22 @@ def _env() -> dict[str, str]:
 @pytest.mark.slow
 def test_train_throughput_tiny_writes_both_sides(tmp_path: Path) -> None:
     env = {**_env(), "CLMAP_BENCH_OUT": str(tmp_path / "out")}
-    cmd = [sys.executable, "-m", "benchmarks.train_throughput", "--config", "tiny", "--device", "cpu",
-           "--steps", "2", "--warmup", "1", "--work", str(tmp_path / "work"), *TINY]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.train_throughput",
+        "--config",
+        "tiny",
+        "--device",
+        "cpu",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--work",
+        str(tmp_path / "work"),
+        *TINY,
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = list(csv.DictReader((tmp_path / "out" / "train_throughput.csv").open()))
@@ -119,7 +191,8 @@ def test_train_throughput_tiny_writes_both_sides(tmp_path: Path) -> None:
     assert row["config"] == "tiny" and row["device"].startswith("CPU")
     assert float(row["clmap_tokens_per_s"]) > 0 and float(row["plain_tokens_per_s"]) > 0
     assert float(row["tokens_per_s_ratio"]) == pytest.approx(
-        float(row["clmap_tokens_per_s"]) / float(row["plain_tokens_per_s"]), rel=1e-2)
+        float(row["clmap_tokens_per_s"]) / float(row["plain_tokens_per_s"]), rel=1e-2
+    )
     assert float(row["clmap_peak_memory_gib"]) > 0 and row["clmap_mfu"] == ""  # no MFU on CPU
 
 
@@ -140,8 +213,14 @@ def test_unpack_row_restores_sequences() -> None:
 def test_gpu_suite_dry_run(tmp_path: Path) -> None:
     out = tmp_path / "suite"
     env = {**_env(), "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
-    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), str(out), "--dry-run"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), str(out), "--dry-run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     log = (out / "suite.log").read_text() if (out / "suite.log").exists() else proc.stdout
     assert proc.returncode == 0, log[-6000:] + proc.stderr[-2000:]
     for name in ("gpu_check", "mapping_loss", "pooled_similarity", "train_throughput"):

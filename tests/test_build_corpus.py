@@ -60,26 +60,34 @@ def help_page(title: str, paragraphs: dict[str, str]) -> str:
 def help_root(tmp_path: Path) -> Path:
     pages = {
         "en-US": {
-            "text/shared/01/a.html": help_page("Insert <b>Table</b>", {
-                "par_id2": 'Choose <a href="x">Format &amp; Style</a>.',
-                "par_id3": "%PRODUCTNAME opens  the\n dialog.",
-            }),
+            "text/shared/01/a.html": help_page(
+                "Insert <b>Table</b>",
+                {
+                    "par_id2": 'Choose <a href="x">Format &amp; Style</a>.',
+                    "par_id3": "%PRODUCTNAME opens  the\n dialog.",
+                },
+            ),
             "text/swriter/b.html": help_page("Untranslated page", {"par_id2": "Only English here."}),
         },
         "cs": {
-            "text/shared/01/a.html": help_page("Vložit <b>tabulku</b>", {
-                "par_id2": 'Zvolte <a href="x">Formát &amp; styl</a>.',
-                "par_id3": "%PRODUCTNAME otevře dialog.",
-            }),
+            "text/shared/01/a.html": help_page(
+                "Vložit <b>tabulku</b>",
+                {
+                    "par_id2": 'Zvolte <a href="x">Formát &amp; styl</a>.',
+                    "par_id3": "%PRODUCTNAME otevře dialog.",
+                },
+            ),
             "text/swriter/b.html": help_page("Untranslated page", {"par_id2": "Only English here."}),
         },
         "ja": {
-            "text/shared/01/a.html": help_page("表の挿入", {"par_id2": "書式を選択します。",
-                                                          "par_id3": "%PRODUCTNAME opens the dialog."}),
+            "text/shared/01/a.html": help_page(
+                "表の挿入", {"par_id2": "書式を選択します。", "par_id3": "%PRODUCTNAME opens the dialog."}
+            ),
         },
         "zh-CN": {
-            "text/shared/01/a.html": help_page("插入表格", {"par_id2": "选择格式。",
-                                                          "par_id3": "打开对话框。"}),
+            "text/shared/01/a.html": help_page(
+                "插入表格", {"par_id2": "选择格式。", "par_id3": "打开对话框。"}
+            ),
         },
     }
     for folder, files in pages.items():
@@ -114,11 +122,15 @@ def test_help_alignment_drops_untranslated_segments(help_root: Path) -> None:
         (doc, "Choose Format & Style.", "Zvolte Formát & styl."),
         (doc, "LibreOffice opens the dialog.", "LibreOffice otevře dialog."),
     ]  # b.html is identical to English in cs: nothing from it
-    assert {(r.src, r.tgt) for r in pairs["en", "ja"]} == {("Insert Table", "表の挿入"),
-                                                          ("Choose Format & Style.", "書式を選択します。")}
+    assert {(r.src, r.tgt) for r in pairs["en", "ja"]} == {
+        ("Insert Table", "表の挿入"),
+        ("Choose Format & Style.", "書式を選択します。"),
+    }
     # zh-ja aligned through par_id, but only where Japanese is really translated
-    assert {(r.src, r.tgt) for r in pairs["zh", "ja"]} == {("插入表格", "表の挿入"),
-                                                          ("选择格式。", "書式を選択します。")}
+    assert {(r.src, r.tgt) for r in pairs["zh", "ja"]} == {
+        ("插入表格", "表の挿入"),
+        ("选择格式。", "書式を選択します。"),
+    }
     mono = bc.help_monolingual(pages)
     assert all("Only English" not in record.text for record in mono["cs"])
     assert any("Only English" in record.text for record in mono["en"])
@@ -130,8 +142,12 @@ def test_mo_reader_and_catalog_alignment(tmp_path: Path) -> None:
         "STR_X\x04~Layout": {"cs": "Rozvrž~ení", "uk": "~Макет", "ja": "レイアウト(~L)", "zh": "布局(~L)"},
         "STR_ARG\x04%1": {"cs": "%1", "uk": "%1", "ja": "%1", "zh": "%1"},
         "STR_SAME\x04PDF": {"cs": "PDF", "uk": "PDF", "ja": "PDF", "zh": "PDF"},
-        "STR_B\x04<b>Bold</b> &amp; more": {"cs": "<b>Tučné</b> a víc", "uk": "Bold &amp; more",
-                                             "ja": "太字など", "zh": "粗体等"},
+        "STR_B\x04<b>Bold</b> &amp; more": {
+            "cs": "<b>Tučné</b> a víc",
+            "uk": "Bold &amp; more",
+            "ja": "太字など",
+            "zh": "粗体等",
+        },
     }
     catalogs: dict[str, dict[str, dict[str, str]]] = {}
     for lang in ("cs", "uk", "ja", "zh"):
@@ -141,7 +157,9 @@ def test_mo_reader_and_catalog_alignment(tmp_path: Path) -> None:
     assert catalogs["cs"]["sw.mo"]["STR_X\x04~Layout"] == "Rozvrž~ení"
     pairs = {key: {(r.src, r.tgt) for r in records} for key, records in bc.catalog_pairs(catalogs).items()}
     assert pairs["en", "cs"] == {
-        ("Format", "Formát"), ("Layout", "Rozvržení"), ("Bold & more", "Tučné a víc"),
+        ("Format", "Formát"),
+        ("Layout", "Rozvržení"),
+        ("Bold & more", "Tučné a víc"),
     }
     assert pairs["en", "uk"] == {("Format", "Формат"), ("Layout", "Макет")}  # untranslated uk dropped
     assert pairs["en", "ja"] == {("Format", "書式"), ("Layout", "レイアウト"), ("Bold & more", "太字など")}

@@ -63,14 +63,27 @@ def _err(a, ref):
     return (a.double() - ref.double()).abs().max().item() if a.numel() else 0.0
 
 
-def _check_against_reference(backend, hidden, weight, targets, groups, g, upstream, z_loss=0.0, *,
-                             weighted=False, chunk_bytes=None):
+def _check_against_reference(
+    backend, hidden, weight, targets, groups, g, upstream, z_loss=0.0, *, weighted=False, chunk_bytes=None
+):
     dtype = hidden.dtype
-    ref = _run(mapping_loss_reference, hidden.double(), weight.double(), targets, groups, g, upstream,
-               z_loss=z_loss)
+    ref = _run(
+        mapping_loss_reference, hidden.double(), weight.double(), targets, groups, g, upstream, z_loss=z_loss
+    )
     plain = _run(_plain, hidden, weight, targets, groups, g, upstream, z_loss=z_loss)
-    got = _run(mapping_loss, hidden, weight, targets, groups, g, upstream, weighted, z_loss=z_loss,
-               backend=backend, chunk_bytes=chunk_bytes)
+    got = _run(
+        mapping_loss,
+        hidden,
+        weight,
+        targets,
+        groups,
+        g,
+        upstream,
+        weighted,
+        z_loss=z_loss,
+        backend=backend,
+        chunk_bytes=chunk_bytes,
+    )
     assert got[0].dtype == torch.float32 and got[1].dtype == torch.int64
     assert got[2].dtype == dtype and got[3].dtype == dtype
     assert torch.equal(got[1], ref[1])
@@ -98,16 +111,18 @@ def _check_against_reference(backend, hidden, weight, targets, groups, g, upstre
 )
 def test_matches_reference(backend, weighted, n, h, v, g, dtype, ignore, z_loss):
     hidden, weight, targets, groups, upstream = _inputs(n, h, v, g, dtype=dtype, ignore=ignore)
-    _check_against_reference(backend, hidden, weight, targets, groups, g, upstream, z_loss=z_loss,
-                             weighted=weighted)
+    _check_against_reference(
+        backend, hidden, weight, targets, groups, g, upstream, z_loss=z_loss, weighted=weighted
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_group_and_group_sums(backend):
     hidden, weight, targets, groups, upstream = _inputs(47, 31, 123, 3)
     groups[groups == 2] = 3  # group 2 of 5 is empty, group 4 too
-    loss_sum, count, _, _ = _check_against_reference(backend, hidden, weight, targets, groups, 5,
-                                                     torch.rand(5) + 0.5)
+    loss_sum, count, _, _ = _check_against_reference(
+        backend, hidden, weight, targets, groups, 5, torch.rand(5) + 0.5
+    )
     assert count[2] == 0 and count[4] == 0 and loss_sum[2] == 0 and loss_sum[4] == 0
     for k in range(5):
         alone = torch.where(groups == k, targets, torch.full_like(targets, -100))
@@ -119,8 +134,9 @@ def test_empty_group_and_group_sums(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_all_ignored(backend):
     hidden, weight, targets, groups, upstream = _inputs(20, 31, 123, 2, ignore=1.0)
-    loss_sum, count, gh, gw = _run(mapping_loss, hidden, weight, targets, groups, 2, upstream,
-                                   backend=backend, z_loss=1e-3)
+    loss_sum, count, gh, gw = _run(
+        mapping_loss, hidden, weight, targets, groups, 2, upstream, backend=backend, z_loss=1e-3
+    )
     assert torch.equal(count, torch.zeros(2, dtype=torch.long))
     assert torch.equal(loss_sum, torch.zeros(2))
     assert not gh.any() and not gw.any()
@@ -150,8 +166,18 @@ def test_tied_weight_gradients_add(backend):
 def test_chunk_edges(backend, weighted, dtype):
     """7 tokens per chunk at V=123: chunk edges cut groups and ignored runs but change no output."""
     hidden, weight, targets, groups, upstream = _inputs(47, 31, 123, 3, dtype=dtype, ignore=0.3, seed=5)
-    _check_against_reference(backend, hidden, weight, targets, groups, 3, upstream, z_loss=1e-3,
-                             weighted=weighted, chunk_bytes=4 * 123 * 7)
+    _check_against_reference(
+        backend,
+        hidden,
+        weight,
+        targets,
+        groups,
+        3,
+        upstream,
+        z_loss=1e-3,
+        weighted=weighted,
+        chunk_bytes=4 * 123 * 7,
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

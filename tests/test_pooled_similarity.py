@@ -287,8 +287,10 @@ def _span_cases() -> dict[str, tuple[tuple[torch.Tensor, torch.Tensor], tuple[to
         "edge": ((st[:4], en[:4]), (st[4:], en[4:])),
         "length1": ((one[:6], one[:6] + 1), (one[6:], one[6:] + 1)),
         "a_is_b": ((ms[:9], me[:9]), (ms[:9], me[:9])),
-        "nested": ((torch.tensor([0, 2, 2, 40]), torch.tensor([N, 9, 3, 41])),
-                   (torch.tensor([1, 2, 8, 0]), torch.tensor([N, 30, 9, 1]))),
+        "nested": (
+            (torch.tensor([0, 2, 2, 40]), torch.tensor([N, 9, 3, 41])),
+            (torch.tensor([1, 2, 8, 0]), torch.tensor([N, 30, 9, 1])),
+        ),
         "many": ((ms[:32], me[:32]), (ms[32:], me[32:])),
     }
 

