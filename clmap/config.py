@@ -1,11 +1,14 @@
 """The one configuration of a run: dataclasses, loaded from TOML and overridden from the command line.
 
 ``python -m clmap.train --config configs/tiny.toml --optim.lr=3e-4 --data.pairs=en-cs,cs-uk``.
-An unknown key or a value of the wrong type is an error that names the valid keys.
+An unknown key or a value of the wrong type is an error that names the valid keys. Every field carries
+a one-line doc (``option(default, doc)``, kept in the field's metadata); ``python -m clmap.train --help``
+lists them all, generated from these dataclasses by ``config_help``.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import sys
@@ -13,6 +16,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -20,127 +24,182 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+def option(default, doc: str):
+    """A config field and its one-line doc (what it does, unit, range); ``--help`` prints the doc."""
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
 @dataclass
 class ModelConfig:
     """A local Hugging Face causal LM (``path``) or a Llama-architecture model built from these fields."""
 
-    path: str = ""
-    hidden_size: int = 128
-    intermediate_size: int = 384
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    max_position: int = 2048
-    rope_theta: float = 10000.0
-    tie_embeddings: bool = True
-    attn_implementation: str = "auto"  # auto: flash_attention_2 if importable on CUDA, else sdpa
+    path: str = option(
+        "", "local Hugging Face causal-LM folder to continue from; empty: build the model below"
+    )
+    hidden_size: int = option(128, "width of the built model (ignored with model.path)")
+    intermediate_size: int = option(384, "MLP inner width of the built model")
+    num_layers: int = option(4, "decoder layers of the built model")
+    num_heads: int = option(4, "attention heads of the built model; must divide hidden_size")
+    num_kv_heads: int = option(2, "key/value heads (grouped-query attention); must divide num_heads")
+    max_position: int = option(2048, "longest sequence the built model supports, in tokens (≥ data.seq_len)")
+    rope_theta: float = option(10000.0, "RoPE base frequency of the built model")
+    tie_embeddings: bool = option(True, "share the input embedding and the output projection (built model)")
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = option(
+        "auto", "attention kernel; auto: flash_attention_2 if flash-attn is importable on CUDA, else sdpa"
+    )
 
 
 @dataclass
 class TokenizerConfig:
     """A local tokenizer folder (``path``) or a SentencePiece model trained on the training corpus."""
 
-    path: str = ""
-    vocab_size: int = 8000
-    tag_format: str = (
-        ""  # "" = <2xx> special pieces for a trained tokenizer, "\n[xx] " text for a pretrained one
+    path: str = option("", "local tokenizer folder; empty: model.path's tokenizer, else train SentencePiece")
+    vocab_size: int = option(8000, "vocabulary size of a trained SentencePiece tokenizer")
+    tag_format: str = option(
+        "", 'language tag, {lang} replaced; "": <2xx> special pieces (trained), "\\n[xx] " text (pretrained)'
     )
-    train_sentences: int = 200_000
+    train_sentences: int = option(
+        200_000, "sentences sampled from the training corpus to train SentencePiece"
+    )
 
 
 @dataclass
 class DataConfig:
     """Where text comes from and how samples are mixed, built into sequences and packed."""
 
-    corpus: str = "bundled"  # a folder laid out like clmap/assets/corpus, or "bundled"
-    languages: list[str] = field(default_factory=lambda: ["en", "cs", "zh", "ja", "uk"])
-    pairs: list[str] = field(default_factory=lambda: ["en-cs", "en-zh", "en-ja", "en-uk", "cs-uk", "zh-ja"])
-    mono_paths: dict[str, str] = field(default_factory=dict)  # lang -> file/folder, replaces the corpus' mono
-    parallel_paths: dict[str, str] = field(default_factory=dict)  # "a-b" -> file/folder
-    seq_len: int = 256
-    packing: bool = True
-    temperature: float = 3.0  # p(source) ∝ n^(1/T): T=1 proportional, larger flattens towards uniform
-    ntp_share: float = 0.5  # share of samples drawn from the monolingual (NTP) streams
-    cl_directions: str = "both"  # both | forward (a→b only, the one-direction ablation)
-    parallel_as_text: bool = False  # ablation: pairs as plain concatenated NTP text, no tags, no masking
-    max_segment_tokens: int = 120  # each side of a pair is cut to this many tokens
-    pack_window: int = 256  # samples planned together by the packer
-    dev_pairs: int = 64  # pairs per language pair for the periodic LAC / dev loss
+    corpus: str = option("bundled", 'a folder laid out like clmap/assets/corpus, or "bundled"')
+    languages: list[str] = option(["en", "cs", "zh", "ja", "uk"], "languages of the NTP streams (ISO codes)")
+    pairs: list[str] = option(
+        ["en-cs", "en-zh", "en-ja", "en-uk", "cs-uk", "zh-ja"], "language pairs a-b of the mapping task"
+    )
+    mono_paths: dict[str, str] = option(
+        {}, "lang → file or folder that replaces the corpus' monolingual train"
+    )
+    parallel_paths: dict[str, str] = option(
+        {}, '"a-b" → file or folder that replaces the corpus\' parallel train'
+    )
+    seq_len: int = option(256, "tokens per training row")
+    packing: bool = option(True, "pack several samples into one row (false: one sample per row, padded)")
+    temperature: float = option(
+        3.0, "source sampling p ∝ n^(1/T), T > 0: 1 proportional to size, larger flattens towards uniform"
+    )
+    ntp_share: float = option(0.5, "share of samples drawn from the monolingual (NTP) streams, in [0, 1]")
+    cl_directions: Literal["both", "forward"] = option(
+        "both", "mapping directions: both (a→b and b→a) or forward (a→b only, the one-direction ablation)"
+    )
+    parallel_as_text: bool = option(
+        False, "ablation: pairs as plain concatenated NTP text, no tags, no masking"
+    )
+    max_segment_tokens: int = option(120, "each side of a pair is cut to this many tokens")
+    pack_window: int = option(256, "samples planned together by the packer")
+    dev_pairs: int = option(64, "dev records per language and per pair for the periodic dev loss and LAC")
 
 
 @dataclass
 class ObjectiveConfig:
     """L = L_NTP + λ_CL·L_CL + λ_map·L_map (DESIGN.md, The objective)."""
 
-    lambda_cl: float = 1.0
-    lambda_map: float = 0.1
-    map_layer: int = -1  # -1: the middle decoder layer
-    map_loss: str = "cosine"  # cosine (1 − cos) | infonce (over the batch's pairs)
-    infonce_temperature: float = 0.05
-    z_loss: float = 0.0
+    lambda_cl: float = option(1.0, "λ_CL, weight of the cross-lingual (translation) token loss, ≥ 0")
+    lambda_map: float = option(
+        0.1, "λ_map, weight of the mapping loss between the pooled spans of a pair, ≥ 0"
+    )
+    map_layer: int = option(
+        -1, "hidden state mapped: 0 embeddings, i after decoder layer i, -1 the middle layer"
+    )
+    map_loss: Literal["cosine", "infonce"] = option(
+        "cosine", "mapping loss: cosine (1 − cos per pair) or infonce (over the batch's pairs)"
+    )
+    infonce_temperature: float = option(0.05, "softmax temperature of the infonce mapping loss, > 0")
+    z_loss: float = option(
+        0.0, "weight of the z-loss (squared log of the softmax normaliser) on every token loss; 0 off"
+    )
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 20
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0
+    """AdamW with linear warm-up then cosine decay."""
+
+    lr: float = option(1e-3, "peak learning rate, reached after warmup_steps")
+    min_lr_ratio: float = option(0.1, "final learning rate as a fraction of lr, in [0, 1]")
+    warmup_steps: int = option(20, "optimizer steps of linear warm-up from lr/warmup_steps to lr")
+    weight_decay: float = option(
+        0.1, "AdamW decoupled weight decay on matrices and embeddings (none on norms and biases)"
+    )
+    beta1: float = option(0.9, "AdamW β1, in [0, 1)")
+    beta2: float = option(0.95, "AdamW β2, in [0, 1)")
+    eps: float = option(1e-8, "AdamW ε")
+    grad_clip: float = option(1.0, "clip the global gradient norm to this; 0 disables")
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 200
-    global_batch: int = 16  # rows per optimizer step, all ranks together
-    micro_batch: int = 8  # rows per forward on one rank
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    mixed_precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
-    activation_checkpointing: bool = False
-    max_nonfinite_in_a_row: int = 5
-    backend: str = "auto"  # torch.distributed backend: auto (nccl on CUDA, gloo on CPU) | nccl | gloo
+    """Steps, batch sizes, precision and the process group."""
+
+    steps: int = option(200, "optimizer steps of the whole run")
+    global_batch: int = option(
+        16, "rows per optimizer step, all ranks together; a multiple of micro_batch × world size"
+    )
+    micro_batch: int = option(8, "rows per forward on one rank (gradient accumulation fills global_batch)")
+    seed: int = option(0, "seed of the model initialisation, the data stream and the tokenizer sample")
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "device; auto: cuda if available, else cpu")
+    mixed_precision: Literal["auto", "bf16", "fp32"] = option(
+        "auto", "compute precision (parameters stay fp32); auto: bf16 on CUDA, fp32 on CPU"
+    )
+    activation_checkpointing: bool = option(False, "recompute each decoder layer's activations in backward")
+    max_nonfinite_in_a_row: int = option(
+        5, "non-finite steps (skipped, not applied) tolerated in a row before the run stops"
+    )
+    backend: Literal["auto", "nccl", "gloo"] = option(
+        "auto", "torch.distributed backend; auto: nccl on CUDA, gloo on CPU"
+    )
 
 
 @dataclass
 class CheckpointConfig:
-    every: int = 100
-    keep: int = 2
-    resume: bool = True  # continue from run_dir's latest complete checkpoint if there is one
-    export_hf: bool = True
+    """Distributed checkpoints in run_dir/checkpoints and the final Hugging Face export."""
+
+    every: int = option(100, "save a checkpoint every this many steps (and always at the last step)")
+    keep: int = option(2, "newest complete checkpoints kept; older ones are deleted")
+    resume: bool = option(True, "continue from run_dir's latest complete checkpoint if there is one")
+    export_hf: bool = option(True, "at the end, write a Hugging Face model and tokenizer to run_dir/hf")
 
 
 @dataclass
 class MetricsConfig:
-    log_every: int = 1
-    tensorboard: bool = True
-    eval_every: int = 100  # dev loss per task + LAC on a small dev set; 0 disables
-    progress: bool = True
+    """What is logged to run_dir/metrics.jsonl (and TensorBoard), and how often."""
+
+    log_every: int = option(1, "log training metrics every this many steps (and at the last step)")
+    tensorboard: bool = option(True, "also write TensorBoard event files to run_dir/tensorboard")
+    eval_every: int = option(100, "dev loss per task + LAC on a small dev set every this many steps; 0 off")
+    progress: bool = option(True, "show a progress bar on rank 0")
 
 
 @dataclass
 class ProfileConfig:
-    enabled: bool = False
-    wait: int = 1
-    warmup: int = 1
-    active: int = 3
+    """A torch.profiler trace over a few steps, written to run_dir/profile."""
+
+    enabled: bool = option(False, "trace the first wait + warmup + active steps (also: --profile)")
+    wait: int = option(1, "steps skipped before the profiler warms up")
+    warmup: int = option(1, "steps the profiler runs without recording")
+    active: int = option(3, "steps recorded in the trace")
 
 
 @dataclass
 class Config:
-    run_dir: str = "runs/tiny"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    """Everything about one run; each section is a ``[table]`` of the TOML file."""
+
+    run_dir: str = option("runs/tiny", "folder of the run: config, metrics, checkpoints, tokenizer, export")
+    model: ModelConfig = option(ModelConfig(), "the model")
+    tokenizer: TokenizerConfig = option(TokenizerConfig(), "the tokenizer")
+    data: DataConfig = option(DataConfig(), "corpus, sampling and packing")
+    objective: ObjectiveConfig = option(ObjectiveConfig(), "the loss")
+    optim: OptimConfig = option(OptimConfig(), "optimizer and learning-rate schedule")
+    train: TrainConfig = option(TrainConfig(), "the training loop")
+    checkpoint: CheckpointConfig = option(CheckpointConfig(), "checkpoints and export")
+    metrics: MetricsConfig = option(MetricsConfig(), "logging and periodic evaluation")
+    profile: ProfileConfig = option(ProfileConfig(), "profiling")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -159,6 +218,11 @@ def _coerce(value, annotation, where: str):
     if origin in (typing.Union, types.UnionType):
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
         origin = typing.get_origin(annotation)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(str, allowed))}")
+        return value
     if origin is list:
         (item,) = typing.get_args(annotation)
         if isinstance(value, str):
@@ -258,25 +322,57 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def validate(config: Config) -> None:
-    """Cross-field checks that a type alone cannot express."""
-    choices = {
-        "data.cl_directions": (config.data.cl_directions, ("both", "forward")),
-        "objective.map_loss": (config.objective.map_loss, ("cosine", "infonce")),
-        "train.mixed_precision": (config.train.mixed_precision, ("auto", "bf16", "fp32")),
-        "train.device": (config.train.device, ("auto", "cpu", "cuda")),
-        "train.backend": (config.train.backend, ("auto", "gloo", "nccl")),
-    }
-    for name, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{name}: {value!r} is not one of {allowed}")
+    """Cross-field checks that a type alone cannot express (choices are checked by ``_coerce``)."""
     for pair in config.data.pairs:
         a, _, b = pair.partition("-")
         if not a or not b or a == b:
             raise ConfigError(f"data.pairs: {pair!r} is not of the form a-b with two languages")
-    if config.train.global_batch % config.train.micro_batch:
-        raise ConfigError(
-            f"train.global_batch ({config.train.global_batch}) must be a multiple of "
-            f"train.micro_batch ({config.train.micro_batch})"
-        )
+    check_batch(config.train, world_size=1)
     if not 0.0 <= config.data.ntp_share <= 1.0:
         raise ConfigError(f"data.ntp_share: {config.data.ntp_share} is not in [0, 1]")
+
+
+def check_batch(train: TrainConfig, world_size: int) -> None:
+    """global_batch splits into whole micro-batches on every rank; the trainer calls it again with the
+    world size, which is only known once the process group is up."""
+    if train.global_batch % (train.micro_batch * world_size):
+        raise ConfigError(
+            f"train.global_batch ({train.global_batch}) must be a multiple of train.micro_batch × world "
+            f"size ({train.micro_batch} × {world_size})"
+        )
+
+
+def _type_name(annotation) -> str:
+    if typing.get_origin(annotation) is Literal:
+        return "{" + ",".join(typing.get_args(annotation)) + "}"
+    return str(annotation) if typing.get_origin(annotation) else annotation.__name__
+
+
+def _shown(value) -> str:
+    """A default as it is written on the command line."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(value) or "(empty)"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "(empty)"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def config_help() -> str:
+    """Every ``--section.key`` with its type, default and doc, one block per section (for ``--help``)."""
+    lines = []
+
+    def describe(obj, prefix: str) -> None:
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                lines.extend(["", f"[{f.name}] {f.metadata.get('doc', '')}"])
+                describe(value, f"{prefix}{f.name}.")
+            else:
+                lines.append(f"  --{prefix}{f.name}  {_type_name(hints[f.name])}, default {_shown(value)}")
+                lines.append(f"      {f.metadata.get('doc', '(no doc)')}")
+
+    describe(Config(), "")
+    return "\n".join(lines)

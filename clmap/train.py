@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from clmap import BUNDLED_CORPUS
 from clmap.checkpoint import Checkpointer, export_hf
-from clmap.config import Config, load_config
+from clmap.config import Config, check_batch, config_help, load_config
 from clmap.data.examples import IGNORE_INDEX, GroupTable
 from clmap.data.readers import read_monolingual, read_parallel
 from clmap.data.stream import Row, TrainingStream, build_sources, collate, source_weights
@@ -242,11 +242,7 @@ def run(cfg: Config) -> Path:
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.json")
-    if cfg.train.global_batch % (cfg.train.micro_batch * dist_info.world_size):
-        raise ValueError(
-            f"train.global_batch={cfg.train.global_batch} is not a multiple of micro_batch × world size "
-            f"({cfg.train.micro_batch} × {dist_info.world_size})"
-        )
+    check_batch(cfg.train, dist_info.world_size)
 
     mono, parallel = load_texts(cfg, "train")
     tok = prepare_tokenizer(cfg, run_dir, dist_info, mono, parallel)
@@ -394,7 +390,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Any config field can be overridden as --section.key=value (see clmap/config.py).",
+        epilog="Config fields (defaults before --config), each overridable as --section.key=value:\n"
+        + config_help(),
     )
     parser.add_argument("--config", default=None, help="TOML preset, e.g. configs/tiny.toml")
     parser.add_argument("--profile", action="store_true", help="write a torch.profiler trace for a few steps")
