@@ -111,10 +111,11 @@ def plain_loop(case: dict) -> dict:
     """Train the plain baseline for ``steps`` optimizer steps and return the summary of the measured ones."""
     from clmap.config import load_config
     from clmap.data.examples import IGNORE_INDEX, GroupTable
+    from clmap.data.pipeline import load_texts, make_stream
     from clmap.data.tokenizer import load_tokenizer
     from clmap.metrics import flops_per_token, peak_flops, peak_memory_gib
     from clmap.model import build_model, count_parameters, decoder_layers
-    from clmap.train import build_optimizer, load_texts, make_stream
+    from clmap.train import build_optimizer
 
     cfg = load_config(case["config"], case["overrides"])
     use_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
@@ -183,8 +184,8 @@ def plain_loop(case: dict) -> dict:
 def prepare_tokenizer_dir(overrides: list[str], work: Path) -> Path:
     """Train the SentencePiece tokenizer once, outside the timed processes, and share it by path."""
     from clmap.config import load_config
+    from clmap.data.pipeline import load_texts, prepare_tokenizer
     from clmap.parallel import DistInfo
-    from clmap.train import load_texts, prepare_tokenizer
 
     cfg = load_config(TINY_TOML, overrides)
     if cfg.tokenizer.path or cfg.model.path:

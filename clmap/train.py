@@ -15,97 +15,19 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from clmap import BUNDLED_CORPUS
 from clmap.checkpoint import Checkpointer, export_hf
 from clmap.config import Config, check_batch, config_help, load_config
 from clmap.data.examples import IGNORE_INDEX, GroupTable
-from clmap.data.readers import read_monolingual, read_parallel
-from clmap.data.stream import Row, TrainingStream, build_sources, collate, source_weights
-from clmap.data.tokenizer import ClmapTokenizer, load_tokenizer, train_sentencepiece
+from clmap.data.pipeline import dev_rows, load_texts, make_stream, prepare_tokenizer
+from clmap.data.stream import Row, collate
 from clmap.metrics import MetricLogger, flops_per_token, peak_flops, peak_memory_gib
 from clmap.model import build_model, count_parameters, decoder_layers
 from clmap.objectives import MappingObjective, ObjectiveOutput, loss_coefficients, summarize_totals
-from clmap.parallel import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed, shard_model
-
-
-# -- data ---------------------------------------------------------------------------------------
-def corpus_file(cfg: Config, kind: str, name: str, split: str) -> Path:
-    root = BUNDLED_CORPUS if cfg.data.corpus == "bundled" else Path(cfg.data.corpus)
-    return root / kind / name / f"{split}.jsonl.gz"
-
-
-def load_texts(
-    cfg: Config, split: str
-) -> tuple[dict[str, list[str]], dict[str, tuple[list[str], list[str]]]]:
-    """Monolingual texts per language and parallel sides per pair of one split."""
-    mono, parallel = {}, {}
-    for lang in cfg.data.languages:
-        path = cfg.data.mono_paths.get(lang) if split == "train" else None
-        path = path or corpus_file(cfg, "mono", lang, split)
-        if split != "train" and not Path(path).exists():
-            continue
-        mono[lang] = read_monolingual(path, lang=lang).select_columns(["text"]).to_dict()["text"]
-    for pair in cfg.data.pairs:
-        a, b = pair.split("-")
-        path = cfg.data.parallel_paths.get(pair) if split == "train" else None
-        if path is None:
-            path = corpus_file(cfg, "parallel", pair, split)
-            if not path.exists() and corpus_file(cfg, "parallel", f"{b}-{a}", split).exists():
-                path = corpus_file(cfg, "parallel", f"{b}-{a}", split)
-            if split != "train" and not path.exists():
-                continue
-        # read_parallel orients every record as a→b (it swaps pairs stored the other way round).
-        columns = read_parallel(path, src_lang=a, tgt_lang=b).select_columns(["src", "tgt"]).to_dict()
-        parallel[pair] = (columns["src"], columns["tgt"])
-    if cfg.data.ntp_share == 0.0:
-        mono = {}
-    if cfg.data.ntp_share == 1.0:
-        parallel = {}
-    return mono, parallel
-
-
-def prepare_tokenizer(cfg: Config, run_dir: Path, dist_info: DistInfo, mono, parallel) -> ClmapTokenizer:
-    """The configured tokenizer, the model's own, or a SentencePiece model trained on the corpus (rank 0)."""
-    path = cfg.tokenizer.path or cfg.model.path
-    if path:
-        return load_tokenizer(path, tag_format=cfg.tokenizer.tag_format or None)
-    out = run_dir / "tokenizer"
-    if dist_info.is_main and not (out / "tokenizer.model").is_file():
-        texts = [t for texts in mono.values() for t in texts]
-        texts += [t for src, tgt in parallel.values() for t in (*src, *tgt)]
-        rng = np.random.default_rng(cfg.train.seed)
-        sample = [texts[i] for i in rng.permutation(len(texts))[: cfg.tokenizer.train_sentences]]
-        train_sentencepiece(sample, out, cfg.data.languages, vocab_size=cfg.tokenizer.vocab_size)
-    barrier()
-    return load_tokenizer(out)
-
-
-def make_stream(cfg: Config, tok, table, mono, parallel, seed: int) -> TrainingStream:
-    sources = build_sources(
-        tok,
-        mono,
-        parallel,
-        seq_len=cfg.data.seq_len,
-        max_segment_tokens=cfg.data.max_segment_tokens,
-        parallel_as_text=cfg.data.parallel_as_text,
-    )
-    weights = source_weights(sources, cfg.data.ntp_share, cfg.data.temperature)
-    return TrainingStream(
-        tok,
-        table,
-        sources,
-        weights,
-        seq_len=cfg.data.seq_len,
-        packing=cfg.data.packing,
-        window=cfg.data.pack_window,
-        directions=cfg.data.cl_directions,
-        seed=seed,
-    )
+from clmap.parallel import DistInfo, all_reduce_sum, cleanup, init_distributed, shard_model
 
 
 # -- optimisation -------------------------------------------------------------------------------
@@ -231,6 +153,58 @@ class _Preemption:
         return bool(flag.item())
 
 
+def resume(checkpointer: Checkpointer, cfg: Config, objective, optimizer, scheduler, main: bool):
+    """Load the latest complete checkpoint if resuming: (step, rows consumed, non-finite steps so far)."""
+    latest = checkpointer.latest() if cfg.checkpoint.resume else None
+    if latest is None:
+        return 0, 0, 0
+    state = checkpointer.load(latest, objective, optimizer, scheduler)
+    if main:
+        print(f"resumed from {latest} (step {state['step']})", flush=True)
+    return state["step"], state["rows"], state.get("nonfinite_total", 0)
+
+
+class StepMetrics:
+    """The metrics of one step: losses per task and group, lr, gradient norm, tokens/s, MFU, memory, and
+    the share of the step spent waiting for data. Holds what does not change between steps."""
+
+    def __init__(self, cfg: Config, table: GroupTable, pad_id: int, lm, num_params: int, dist_info: DistInfo):
+        self.cfg, self.table, self.pad_id, self.dist_info = cfg, table, pad_id, dist_info
+        self.peak = peak_flops(dist_info.device)
+        self.flops_per_token = flops_per_token(
+            num_params, len(decoder_layers(lm)), lm.config.hidden_size, cfg.data.seq_len
+        )
+
+    def __call__(
+        self,
+        sums: torch.Tensor,
+        rows: list[Row],
+        scheduler,
+        grad_norm: float,
+        applied: bool,
+        nonfinite_total: int,
+        data_time: float,
+        elapsed: float,
+    ) -> dict:
+        metrics = summarize_totals(self.table, sums, self.cfg.objective)
+        tokens = sum(sum(1 for p in r.input_ids if p != self.pad_id) for r in rows)
+        metrics.update(
+            {
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": grad_norm,
+                "tokens_per_s": tokens / elapsed,
+                "step_time_s": elapsed,
+                "data_time_share": data_time / elapsed,
+                "peak_memory_gib": peak_memory_gib(self.dist_info.device),
+                "nonfinite_total": nonfinite_total,
+                "skipped": 0.0 if applied else 1.0,
+            }
+        )
+        if self.peak:
+            metrics["mfu"] = tokens * self.flops_per_token / elapsed / (self.peak * self.dist_info.world_size)
+        return metrics
+
+
 def run(cfg: Config) -> Path:
     import datasets
 
@@ -248,18 +222,7 @@ def run(cfg: Config) -> Path:
     tok = prepare_tokenizer(cfg, run_dir, dist_info, mono, parallel)
     table = GroupTable(cfg.data.languages, cfg.data.pairs)
     stream = make_stream(cfg, tok, table, mono, parallel, cfg.train.seed)
-    dev_mono, dev_parallel = load_texts(cfg, "dev")
-    dev_rows: list[Row] = []
-    if cfg.metrics.eval_every and (dev_mono or dev_parallel):
-        dev_mono = {k: v[: cfg.data.dev_pairs] for k, v in dev_mono.items()}
-        dev_parallel = {
-            k: (s[: cfg.data.dev_pairs], t[: cfg.data.dev_pairs]) for k, (s, t) in dev_parallel.items()
-        }
-        dev_stream = make_stream(cfg, tok, table, dev_mono, dev_parallel, seed=1234)
-        dev_rows = dev_stream.every_record_rows()
-        dev_rows = dev_rows[
-            : max(dist_info.world_size, len(dev_rows) // dist_info.world_size * dist_info.world_size)
-        ]
+    dev = dev_rows(cfg, tok, table, dist_info.world_size)
 
     lm = build_model(cfg.model, tok, dist_info.device)
     num_params = count_parameters(lm)
@@ -269,19 +232,11 @@ def run(cfg: Config) -> Path:
     )
     optimizer, scheduler = build_optimizer(objective, cfg)
     checkpointer = Checkpointer(run_dir, dist_info, keep=cfg.checkpoint.keep)
-
-    start_step, rows_done, nonfinite_total = 0, 0, 0
-    latest = checkpointer.latest() if cfg.checkpoint.resume else None
-    if latest is not None:
-        state = checkpointer.load(latest, objective, optimizer, scheduler)
-        start_step, rows_done, nonfinite_total = state["step"], state["rows"], state.get("nonfinite_total", 0)
-        if main:
-            print(f"resumed from {latest} (step {start_step})", flush=True)
+    start_step, rows_done, nonfinite_total = resume(checkpointer, cfg, objective, optimizer, scheduler, main)
 
     logger = MetricLogger(run_dir, enabled=main, tensorboard=cfg.metrics.tensorboard)
     preemption = _Preemption()
-    peak = peak_flops(dist_info.device)
-    flops_tok = flops_per_token(num_params, len(decoder_layers(lm)), lm.config.hidden_size, cfg.data.seq_len)
+    step_metrics = StepMetrics(cfg, table, tok.pad_id, lm, num_params, dist_info)
     if main:
         print(
             f"model: {num_params / 1e6:.2f}M parameters, {len(table)} loss groups, world size "
@@ -302,9 +257,11 @@ def run(cfg: Config) -> Path:
     step = start_step
     with profiler as prof:
         while step < cfg.train.steps:
+            # data: the step's global batch; every rank draws the same rows and keeps its share
             t0 = time.perf_counter()
             rows = [next(rows_iter) for _ in range(cfg.train.global_batch)]
             t_data = time.perf_counter() - t0
+            # step: forward/backward over micro-batches, clip, update (skipped if non-finite)
             sums, grad_norm, applied = train_step(objective, optimizer, rows, cfg, table, dist_info)
             scheduler.step()
             step += 1
@@ -319,37 +276,23 @@ def run(cfg: Config) -> Path:
                     f"{nonfinite_in_a_row} non-finite losses in a row (limit train.max_nonfinite_in_a_row="
                     f"{cfg.train.max_nonfinite_in_a_row}); last good checkpoint: {checkpointer.latest()}"
                 )
+            # log: losses and throughput every log_every steps and at the end
             if step % cfg.metrics.log_every == 0 or step == cfg.train.steps:
-                metrics = summarize_totals(table, sums, cfg.objective)
-                tokens = sum(sum(1 for p in r.input_ids if p != tok.pad_id) for r in rows)
-                metrics.update(
-                    {
-                        "lr": scheduler.get_last_lr()[0],
-                        "grad_norm": grad_norm,
-                        "tokens_per_s": tokens / elapsed,
-                        "step_time_s": elapsed,
-                        "data_time_share": t_data / elapsed,
-                        "peak_memory_gib": peak_memory_gib(dist_info.device),
-                        "nonfinite_total": nonfinite_total,
-                        "skipped": 0.0 if applied else 1.0,
-                    }
+                metrics = step_metrics(
+                    sums, rows, scheduler, grad_norm, applied, nonfinite_total, t_data, elapsed
                 )
-                if peak:
-                    metrics["mfu"] = tokens * flops_tok / elapsed / (peak * dist_info.world_size)
-                if cfg.metrics.eval_every and dev_rows and step % cfg.metrics.eval_every == 0:
-                    metrics.update(dev_metrics(objective, dev_rows, cfg, table, dist_info))
+                # eval: dev loss per task and LAC every eval_every steps, logged with the step's metrics
+                if cfg.metrics.eval_every and dev and step % cfg.metrics.eval_every == 0:
+                    metrics.update(dev_metrics(objective, dev, cfg, table, dist_info))
                 logger.log(step, metrics)
                 bar.set_postfix(loss=f"{metrics['loss/total']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
             bar.update(1)
+            # checkpoint: every checkpoint.every steps, at the end, and when any rank got SIGTERM
             stop = preemption.agreed(dist_info.device)
             if step % cfg.checkpoint.every == 0 or step == cfg.train.steps or stop:
-                checkpointer.save(
-                    step,
-                    objective,
-                    optimizer,
-                    scheduler,
-                    {"rows": rows_done, "nonfinite_total": nonfinite_total},
-                )
+                extra = {"rows": rows_done, "nonfinite_total": nonfinite_total}
+                checkpointer.save(step, objective, optimizer, scheduler, extra)
+            # preemption: after that checkpoint, leave cleanly
             if stop:
                 if main:
                     print(f"\nSIGTERM: checkpoint saved at step {step}; exiting", flush=True)

@@ -10,11 +10,12 @@ from conftest import DIST_ENV, LANGS, PAIRS, tiny_overrides
 
 from clmap.config import load_config
 from clmap.data.examples import GroupTable
+from clmap.data.pipeline import load_texts, make_stream
 from clmap.data.tokenizer import load_tokenizer
 from clmap.model import build_model
 from clmap.objectives import MappingObjective, loss_coefficients, summarize, summarize_totals
 from clmap.parallel import cleanup, init_distributed, shard_model
-from clmap.train import build_optimizer, load_texts, make_stream, train_step
+from clmap.train import build_optimizer, train_step
 
 
 def test_loss_coefficients_follow_the_definition():

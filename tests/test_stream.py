@@ -8,9 +8,8 @@ import torch
 from conftest import LANGS, PAIRS
 
 from clmap.data.examples import IGNORE_INDEX, GroupTable, mapping_prompt, mapping_sequence, pair_unit
-from clmap.data.stream import build_sources, collate, source_weights
+from clmap.data.stream import TrainingStream, build_sources, collate, source_weights
 from clmap.data.tokenizer import load_tokenizer
-from clmap.train import TrainingStream
 
 
 @pytest.fixture(scope="module")

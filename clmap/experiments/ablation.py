@@ -139,8 +139,8 @@ def shared_tokenizer(args: argparse.Namespace) -> Path | None:
         return out.resolve()
     import numpy as np
 
+    from clmap.data.pipeline import load_texts
     from clmap.data.tokenizer import train_sentencepiece
-    from clmap.train import load_texts
 
     cfg.data.ntp_share = 0.5  # both kinds of text, whatever the variant
     mono, parallel = load_texts(cfg, "train")
