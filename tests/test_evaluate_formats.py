@@ -185,7 +185,14 @@ def test_choice_candidates_after_the_template_go_through_continuation_ids(checkp
         return real(tok, context, text)
 
     monkeypatch.setattr(clnlu, "continuation_ids", spy)
-    items = clnlu.translation_choice_items(lm, SEGMENTS, "en", "cs", "template", seed=0, n_items=2)
+    shot = ParallelSegment("dev", "Good morning.", "Dobré ráno.")
+    items = clnlu.translation_choice_items(lm, SEGMENTS, "en", "cs", "template", [shot], seed=0, n_items=2)
     assert len(calls) == 8 and all(context.endswith("\nCzech:") for context, _ in calls)
+    # the same solved example as MT precedes each question
+    assert all(context.startswith("English: Good morning.\nCzech: Dobré ráno.\n\n") for context, _ in calls)
     assert {text for _, text in calls} <= {s.tgt for s in SEGMENTS}
     assert all(item.prompt[0] == lm.tokenizer.bos_id for item in items)
+    assert all(
+        item.prompt[1:] == lm.tokenizer.encode(context)
+        for item, (context, _) in zip(items, calls[::4], strict=True)
+    )

@@ -113,7 +113,8 @@ def test_lac_curve_labels_each_hidden_state(checkpoints, tmp_path):
 
 def test_lac_layer_out_of_range_fails_before_any_task(checkpoints, tmp_path, capsys):
     argv = ["--checkpoint", str(checkpoints["run"]), "--out", str(tmp_path), "--tasks", "mt,lac"]
-    assert main([*argv, "--pairs", "en-cs", "--lac-layer", "3"]) == 2
+    argv += ["--pairs", "en-cs", "--limit", "1", "--max-new-tokens", "2"]  # quick even if MT did run
+    assert main([*argv, "--lac-layer", "3"]) == 2
     captured = capsys.readouterr()
     assert "--lac-layer=3 is outside -1..2: 0 = embeddings" in captured.err
     assert "[clmap.evaluate] mt" not in captured.err  # refused before MT ran
