@@ -275,9 +275,9 @@ def test_user_parallel_data_for_a_pair_the_bundled_corpus_lacks(checkpoints, dow
     assert main(argv) == 0
     report = read_report(out)
     data = {task: report["tasks"][task]["data"] for task in ("mt", "clnlu", "lac")}
-    assert data == {
-        "mt": {"mt": str(downloads["flores200"])},
-        "clnlu": {"choice": str(downloads["flores_plus"])},
+    assert data == {  # a download's root is scored on its devtest folder, and the report says so
+        "mt": {"mt": str(downloads["flores200"] / "devtest")},
+        "clnlu": {"choice": str(downloads["flores_plus"] / "devtest")},
         "lac": {"lac": str(downloads["floresp"] / "devtest")},
     }
     metrics = metrics_of(report)
@@ -292,7 +292,7 @@ def test_user_parallel_data_for_a_pair_the_bundled_corpus_lacks(checkpoints, dow
         == f"1-shot from {downloads['flores_plus'] / 'dev'}"
     )
     markdown = (out / "report.md").read_text(encoding="utf-8")
-    assert f"Data: choice = {downloads['flores_plus']}" in markdown
+    assert f"Data: choice = {downloads['flores_plus'] / 'devtest'}" in markdown
 
 
 def test_bundled_pairs_are_still_checked_for_tasks_without_data(checkpoints, downloads, tmp_path, capsys):

@@ -52,7 +52,8 @@ class DataSource:
 
     @staticmethod
     def local(path: str | Path) -> DataSource:
-        return DataSource(str(path), path=Path(path))
+        """A local file/folder; the label of a FLORES download's root names the devtest folder scored."""
+        return DataSource(str(flores_split_folder(path, FLORES_EVAL_SPLIT) or path), path=Path(path))
 
 
 def data_sources(path: str | Path | None, splits: Sequence[str]) -> list[DataSource]:
