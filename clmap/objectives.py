@@ -22,6 +22,24 @@ from clmap.kernels import cosine_matrix, mapping_loss, paired_cosine, pool_spans
 from clmap.model import decoder_layers
 
 
+def hidden_state_layer(layer: int, num_layers: int, name: str) -> int:
+    """Index into ``hidden_states`` of a layer setting (``objective.map_layer``, ``--lac-layer``).
+
+    The one convention for layer numbers: ``hidden_states[0]`` is the embedding output,
+    ``hidden_states[i]`` the output of decoder layer i, and ``hidden_states[num_layers]`` the output of
+    the last decoder layer after the model's final norm (transformers replaces the last entry with
+    ``last_hidden_state``). -1 picks the middle layer, ``num_layers // 2``.
+    """
+    if layer == -1:
+        return num_layers // 2
+    if not 0 <= layer <= num_layers:
+        raise ValueError(
+            f"{name}={layer} is outside -1..{num_layers}: 0 = embeddings, i = output of decoder layer i, "
+            f"{num_layers} = the last layer after the final norm, -1 = the middle layer ({num_layers // 2})"
+        )
+    return layer
+
+
 class ObjectiveOutput(NamedTuple):
     loss_sum: torch.Tensor  # [G] fp32 per-group sums of token losses
     count: torch.Tensor  # [G] non-ignored tokens per group
@@ -53,10 +71,7 @@ class MappingObjective(nn.Module):
         self.lm = lm
         self.table = table
         self.cfg = cfg
-        num_layers = len(decoder_layers(lm))
-        self.map_layer = cfg.map_layer if cfg.map_layer >= 0 else num_layers // 2
-        if not 0 <= self.map_layer <= num_layers:
-            raise ValueError(f"objective.map_layer={cfg.map_layer} outside 0..{num_layers}")
+        self.map_layer = hidden_state_layer(cfg.map_layer, len(decoder_layers(lm)), "objective.map_layer")
 
     def forward(
         self,

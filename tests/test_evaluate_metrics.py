@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from clmap.evaluate.alignment import language_alignment_coefficient, retrieval_precision_at_1
+from clmap.evaluate.alignment import (
+    _pairwise_sign_matrix,
+    language_alignment_coefficient,
+    retrieval_precision_at_1,
+)
 from clmap.evaluate.clnlu import ChoiceItem, choice_accuracy, translation_choice_candidates, wilson_interval
 from clmap.evaluate.clqa import exact_match, token_f1
 from clmap.evaluate.clsum import rouge_scores
@@ -32,12 +37,51 @@ def test_lac_reversed_is_minus_one():
     assert language_alignment_coefficient(S, n_boot=100)[0] == pytest.approx(-1.0)
 
 
-def test_lac_random_is_near_zero_and_interval_contains_estimate():
-    S = torch.randn(200, 200, generator=torch.Generator().manual_seed(1))
+def _bootstrap_by_loops(S: torch.Tensor, n_boot: int, seed: int) -> tuple[float, float]:
+    """The bootstrap interval written out: the same seeded draws of pair indices, each replicate's LAC over
+    all ordered pairs of drawn positions whose pairs differ (copies of one pair are no comparison)."""
+    n = S.shape[0]
+    draws = torch.randint(0, n, (n_boot, n), generator=torch.Generator().manual_seed(seed)).tolist()
+    s = S.double().tolist()
+
+    def sign(x: float) -> float:
+        return (x > 0) - (x < 0)
+
+    stats = []
+    for row in draws:
+        total, count = 0.0, 0
+        for i in row:
+            for j in row:
+                if i != j:
+                    total += 0.5 * (sign(s[i][i] - s[i][j]) + sign(s[i][i] - s[j][i]))
+                    count += 1
+        if count:
+            stats.append(total / count)
+    lo, hi = torch.quantile(
+        torch.tensor(stats, dtype=torch.float64), torch.tensor([0.025, 0.975], dtype=torch.float64)
+    )
+    return float(lo), float(hi)
+
+
+def test_lac_bootstrap_interval_equals_the_loop_definition():
+    S = torch.randn(12, 12, generator=torch.Generator().manual_seed(4)) + 0.4 * torch.eye(12)
+    _, lo, hi = language_alignment_coefficient(S, n_boot=60, seed=7)
+    ref_lo, ref_hi = _bootstrap_by_loops(S, n_boot=60, seed=7)
+    assert (lo, hi) == (pytest.approx(ref_lo, abs=1e-12), pytest.approx(ref_hi, abs=1e-12))
+
+
+def test_lac_bootstrap_width_matches_the_u_statistic_standard_error():
+    # LAC is a U-statistic of order 2 with kernel h(i, j) = (M_ij + M_ji) / 2; its standard error is
+    # 2·sd(h1)/√n with h1_i = mean_j h(i, j) (Hoeffding), so a 95 % interval is about ±1.96 of it.
+    n = 200
+    S = torch.randn(n, n, generator=torch.Generator().manual_seed(1)) + 0.3 * torch.eye(n)
     lac, lo, hi = language_alignment_coefficient(S, n_boot=300, seed=3)
-    assert abs(lac) < 0.1
-    assert lo <= lac <= hi
-    assert hi - lo < 0.5
+    M = _pairwise_sign_matrix(S)
+    h1 = ((M + M.T) / 2).sum(1) / (n - 1)
+    expected_width = 2 * 1.959964 * 2 * float(h1.std()) / math.sqrt(n)
+    assert float(h1.mean()) == pytest.approx(lac, abs=1e-12)
+    assert 0.85 < (hi - lo) / expected_width < 1.15
+    assert abs((lo + hi) / 2 - lac) < 0.15 * (hi - lo)
 
 
 def test_lac_matches_the_definition_by_loops():
@@ -150,13 +194,18 @@ def test_choice_accuracy_is_one_for_a_gold_preferring_scorer():
         return [[1.0 if k == item.gold else 0.0 for k in range(len(item.candidates))] for item in batch]
 
     result = choice_accuracy(items, oracle)
-    assert result["accuracy"] == 1.0 and result["n"] == 15
-    assert result["ci"][0] < 1.0 and result["ci"][1] == pytest.approx(1.0)
+    assert result["accuracy"] == 1.0 and result["n"] == 15 and result["correct"] == 15
+    # Wilson at p = 1: lower bound n / (n + z²), upper bound 1
+    assert result["ci"] == [pytest.approx(15 / (15 + 1.959964**2), abs=1e-9), pytest.approx(1.0)]
 
 
 def test_wilson_interval_hand_value():
     lo, hi = wilson_interval(8, 10)
     assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
+    # 50/200 by hand: centre (0.25 + z²/400)/(1 + z²/200) = 0.25471, half-width 0.05963
+    lo, hi = wilson_interval(50, 200)
+    assert lo == pytest.approx(0.19508, abs=1e-4) and hi == pytest.approx(0.31434, abs=1e-4)
+    assert wilson_interval(0, 20) == (0.0, pytest.approx(1.959964**2 / (20 + 1.959964**2), abs=1e-9))
 
 
 # -- CLQA ------------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from evaluator_fixtures import build_checkpoints
 
-from clmap.data.tokenizer import SPM_FILE, train_sentencepiece
 from clmap.evaluate.__main__ import main
 from clmap.evaluate.clnlu import belebele_items
 from clmap.evaluate.clqa import clqa_items
@@ -25,53 +25,10 @@ from clmap.evaluate.mt import evaluate_mt
 from clmap.evaluate.perplexity import evaluate_perplexity
 from clmap.evaluate.sources import EvalDataError, ParallelSegment
 
-LANGS = ["en", "cs", "uk", "zh", "ja"]
-FIXTURE_TEXT = [
-    "The cat sleeps on the mat. Open the file and click Save.",
-    "The sky is blue today. Select a cell.",
-    "Kočka spí na rohožce. Otevřete soubor a klepněte na Uložit.",
-    "Nebe je dnes modré. Vyberte buňku.",
-    "Кіт спить на килимку. Відкрийте файл і натисніть Зберегти.",
-    "Небо сьогодні блакитне. Виберіть клітинку.",
-    "猫在垫子上睡觉。打开文件并单击保存。",
-    "今天天空是蓝色的。选择一个单元格。",
-    "猫がマットの上で寝ています。ファイルを開いて保存をクリックします。",
-    "今日は空が青いです。セルを選択します。",
-]
-
-
-def _tiny_llama(vocab_size: int, seed: int, tok) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        vocab_size=vocab_size,
-        max_position_embeddings=512,
-        bos_token_id=tok.bos_id,
-        eos_token_id=tok.eos_id,
-        pad_token_id=tok.pad_id,
-    )
-    return LlamaForCausalLM(config)
-
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """A clmap run folder (RUN/hf with clmap's tokenizer) and a plain HF folder (bare SentencePiece model)."""
-    root = tmp_path_factory.mktemp("evaluate")
-    texts = FIXTURE_TEXT * 4
-    tok = train_sentencepiece(texts, root / "tok", LANGS, vocab_size=400)
-    run = root / "run"
-    model = _tiny_llama(tok.vocab_size, 0, tok)
-    model.save_pretrained(run / "hf")
-    tok.save(run / "hf")
-    plain = root / "plain"
-    _tiny_llama(tok.vocab_size, 1, tok).save_pretrained(plain)
-    (plain / SPM_FILE).write_bytes((root / "tok" / SPM_FILE).read_bytes())  # no clmap metadata: not "ours"
-    return {"run": run, "plain": plain, "root": root}
+    return build_checkpoints(tmp_path_factory.mktemp("evaluate"))
 
 
 @pytest.fixture(scope="module")
@@ -244,7 +201,7 @@ def test_cli_mt_from_a_flores_folder_with_a_plain_hf_model(checkpoints, task_dat
     assert main(argv) == 0
     report = json.loads((out / "report.json").read_text(encoding="utf-8"))
     assert report["tasks"]["mt"]["details"]["en→cs"]["n"] == 2
-    assert report["tasks"]["mt"]["details"]["en→cs"]["prompt"] == "few-shot template"
+    assert report["tasks"]["mt"]["details"]["en→cs"]["prompt"] == "text template, 1-shot"
 
 
 def test_cli_compare(checkpoints, tmp_path):
@@ -255,8 +212,20 @@ def test_cli_compare(checkpoints, tmp_path):
     assert main(["--compare", str(first), str(checkpoints["plain"]), "--out", str(out), *argv]) == 0
     comparison = json.loads((out / "comparison.json").read_text(encoding="utf-8"))
     assert comparison["baseline"] == "0:first" and len(comparison["runs"]) == 2
-    lac_row = next(r for r in comparison["rows"] if r["task"] == "lac" and r["metric"] == "lac")
-    assert isinstance(lac_row["outside_ci"]["1:plain"], bool)
+    base = json.loads((first / "report.json").read_text(encoding="utf-8"))
+    other = json.loads((out / "run1_plain" / "report.json").read_text(encoding="utf-8"))
+    rows = [r for r in comparison["rows"] if r["task"] == "lac" and r["metric"] == "lac"]
+    assert rows
+    for row in rows:  # the flag and the delta are those of the two reports' own numbers
+        mine = next(
+            m for m in base["tasks"]["lac"]["metrics"] if (m["key"], m["metric"]) == (row["key"], "lac")
+        )
+        theirs = next(
+            m for m in other["tasks"]["lac"]["metrics"] if (m["key"], m["metric"]) == (row["key"], "lac")
+        )
+        lo, hi = mine["ci"]
+        assert row["outside_ci"]["1:plain"] is (not lo <= theirs["value"] <= hi)
+        assert row["deltas"]["1:plain"] == pytest.approx(theirs["value"] - mine["value"])
     assert "Δ 1:plain" in (out / "comparison.md").read_text(encoding="utf-8")
     for task in ("ppl", "lac"):
         assert (out / f"compare_{task}.png").is_file()

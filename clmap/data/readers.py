@@ -416,22 +416,65 @@ def _read_tsv(file: Path, make: _ParallelRow, streaming: bool) -> AnyDataset:
     )
 
 
+_RECORD_EXT = (*_JSON_EXT, ".tsv", ".csv")  # files that hold pairs themselves, never one FLORES language
+
+
+def _flores_lang(file: Path) -> str | None:
+    """Language of one per-language file of a FLORES-style folder, from its name: ``eng_Latn.devtest``
+    (FLORES-200), ``devtest.eng_Latn`` (FLORES+ releases), ``eng_Latn.parquet`` (flores_plus), ``en.txt``."""
+    if not file.is_file() or file.name.startswith(".") or _ext(file) in _RECORD_EXT:
+        return None
+    parts = file.name.split(".")
+    for candidate in (parts[0], parts[-1] if len(parts) > 1 else ""):
+        if candidate and is_known_lang(candidate):
+            return normalize_lang(candidate, str(file))
+    return None
+
+
 def _flores_files(folder: Path) -> dict[str, list[Path]]:
     by_lang: dict[str, list[Path]] = {}
     for f in sorted(folder.iterdir()):
-        stem = f.name.split(".")[0]
-        if f.is_file() and not f.name.startswith(".") and is_known_lang(stem):
-            by_lang.setdefault(normalize_lang(stem, str(f)), []).append(f)
+        lang = _flores_lang(f)
+        if lang is not None:
+            by_lang.setdefault(lang, []).append(f)
     return by_lang
 
 
+def _is_flores_folder(folder: Path, kinds: Sequence[str]) -> bool:
+    """A folder whose files of a parallel type are all per-language files (or that has none of them)."""
+    return not any(_ext(f) in kinds and _flores_lang(f) is None for f in folder.iterdir() if f.is_file())
+
+
+def _flores_side(file: Path, streaming: bool, column: str) -> tuple[AnyDataset, int, list[str] | None]:
+    """(one language's sentences as column ``column``, their number, their ids when the file has them).
+
+    Plain files hold one sentence per line; flores_plus parquet files one row per sentence with the
+    sentence in ``text`` (and ``id``, ``iso_639_3``, ``iso_15924``, ``url``, ... beside it)."""
+    if _ext(file) != ".parquet":
+        return _load_text(file, streaming).rename_column("text", column), _count_lines(file), None
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(file)
+    names = meta.schema_arrow.names
+    if "text" not in names:
+        raise DataError(f"{file}: no column 'text' (expected a flores_plus parquet file; columns: {names})")
+    ids = (
+        [str(i) for i in pq.read_table(file, columns=["id"]).column("id").to_pylist()]
+        if "id" in names
+        else None
+    )
+    ds = _load_columns(file, streaming).select_columns(["text"]).rename_column("text", column)
+    return ds, meta.metadata.num_rows, ids
+
+
 def _read_flores(folder: Path, src_lang: str | None, tgt_lang: str | None, streaming: bool) -> AnyDataset:
-    """One file per language with aligned lines (``eng_Latn.devtest``, ``en.txt``): pick two of them."""
+    """One file per language with aligned lines or rows (``eng_Latn.devtest``, ``devtest.eng_Latn``,
+    ``eng_Latn.parquet``, ``en.txt``): pick two of them."""
     by_lang = _flores_files(folder)
     if not by_lang:
         raise DataError(
             f"{folder}: no per-language files found; expected FLORES-style names such as "
-            "eng_Latn.devtest or en.txt"
+            "eng_Latn.devtest, devtest.eng_Latn, eng_Latn.parquet or en.txt"
         )
     if src_lang is None or tgt_lang is None:
         given = src_lang or tgt_lang
@@ -456,16 +499,23 @@ def _read_flores(folder: Path, src_lang: str | None, tgt_lang: str | None, strea
                 f"(languages there: {sorted(by_lang)})"
             )
         files.append(found[0])
-    counts = [_count_lines(f) for f in files]
-    if counts[0] != counts[1]:
+    (src, n_src, src_ids), (tgt, n_tgt, tgt_ids) = (
+        _flores_side(files[0], streaming, "src"),
+        _flores_side(files[1], streaming, "tgt"),
+    )
+    if n_src != n_tgt:
         raise DataError(
-            f"FLORES files are not aligned: {files[0]} has {counts[0]} lines, "
-            f"{files[1]} has {counts[1]} lines; expected the same number of lines"
+            f"FLORES files are not aligned: {files[0]} has {n_src} lines, "
+            f"{files[1]} has {n_tgt} lines; expected the same number of lines"
         )
-    src = _load_text(files[0], streaming).rename_column("text", "src")
-    tgt = _load_text(files[1], streaming).rename_column("text", "tgt")
+    if src_ids is not None and tgt_ids is not None and src_ids != tgt_ids:
+        row = next(i for i, (a, b) in enumerate(zip(src_ids, tgt_ids, strict=True)) if a != b)
+        raise DataError(
+            f"FLORES files are not aligned: {files[0]}, row {row + 1} has id {src_ids[row]!r} but "
+            f"{files[1]}, row {row + 1} has id {tgt_ids[row]!r}; expected the same ids in the same order"
+        )
     both = concatenate_datasets([src, tgt], axis=1)
-    split = files[0].name.split(".", 1)[1] if "." in files[0].name else "txt"
+    split = next((p for p in files[0].name.split(".") if not is_known_lang(p)), "txt")
     return both.map(
         _parse_flores,
         with_indices=True,
@@ -492,7 +542,7 @@ def read_parallel(
         raise DataError(f"src_lang and tgt_lang are both '{want_a}'; expected two different languages")
     kinds = (*_JSON_EXT, ".tsv", ".parquet", ".csv")
     single = Path(path) if isinstance(path, (str, Path)) else None
-    if single is not None and single.is_dir() and not any(_ext(f) in kinds for f in single.iterdir()):
+    if single is not None and single.is_dir() and _is_flores_folder(single, kinds):
         parts = [(single, _read_flores(single, want_a, want_b, streaming))]
         return _finish(parts, streaming, "sentence pairs")
     make = _ParallelRow(want_a, want_b)

@@ -7,6 +7,7 @@ plots; ``python -m clmap.evaluate`` is its command line.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -16,9 +17,22 @@ from clmap.evaluate.sources import EvalDataError
 
 ALL_TASKS = ("mt", "clnlu", "clqa", "clsum", "ppl", "lac")
 DEFAULT_PAIRS = ("en-cs", "cs-uk", "zh-ja")
-DATA_KEYS = ("mt", "clnlu", "clqa", "clsum", "ppl")
+# --data keys: mt / choice (translation choice) / lac take a parallel file or FLORES folder; clnlu a
+# Belebele folder; clqa an XQuAD/MLQA folder; clsum a CrossSum file/folder; ppl monolingual text.
+DATA_KEYS = ("mt", "choice", "lac", "clnlu", "clqa", "clsum", "ppl")
+# How MT and translation choice prompt a model (clmap.evaluate.mt.choose_prompt_format).
+PROMPT_FORMATS = ("auto", "mapping", "template")
 
-__all__ = ["ALL_TASKS", "DEFAULT_PAIRS", "EvalDataError", "evaluate", "parse_pairs"]
+__all__ = [
+    "ALL_TASKS",
+    "DATA_KEYS",
+    "DEFAULT_PAIRS",
+    "PROMPT_FORMATS",
+    "EvalDataError",
+    "evaluate",
+    "parse_pairs",
+    "parse_splits",
+]
 
 
 def parse_pairs(pairs: str | Sequence[str]) -> list[tuple[str, str]]:
@@ -31,6 +45,16 @@ def parse_pairs(pairs: str | Sequence[str]) -> list[tuple[str, str]]:
             raise ValueError(f"language pair {item!r} is not of the form 'src-tgt' with two different codes")
         parsed.append((a, b))
     return parsed
+
+
+def parse_splits(split: str | Sequence[str]) -> list[str]:
+    """``"test,ood"`` → ["test", "ood"]: the bundled splits MT, translation choice, LAC and PPL score."""
+    items = split.split(",") if isinstance(split, str) else list(split)
+    splits = list(dict.fromkeys(s.strip() for s in items if s.strip()))
+    bad = [s for s in splits if not re.fullmatch(r"[A-Za-z0-9_]+", s)]
+    if not splits or bad:
+        raise ValueError(f"--split {split!r}: expected a comma list of split names such as test,ood")
+    return splits
 
 
 def _languages(pairs: Sequence[tuple[str, str]]) -> list[str]:
@@ -47,28 +71,46 @@ def evaluate(
     device: str = "cpu",
     batch_size: int = 8,
     num_beams: int = 1,
-    split: str = "test",
+    split: str | Sequence[str] = "test",
     max_new_tokens: int = 128,
     mt_template: str | None = None,
     few_shot: int = 1,
+    prompt_format: str = "auto",
     bertscore_model: str | None = None,
+    bertscore_layer: int | None = None,
     lac_layer: int | None = None,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict:
     """Run ``tasks`` on ``checkpoint`` for ``pairs``; returns the report (and writes it to ``out_dir``).
 
-    ``data`` maps a task to a local input (``mt``: FLORES folder / parallel JSONL; ``clnlu``: Belebele
-    folder; ``clqa``: XQuAD/MLQA folder; ``clsum``: CrossSum file/folder; ``ppl``: monolingual
-    file/folder); without one, MT, translation choice, perplexity and LAC use the bundled ``split``,
-    while Belebele, CLQA and CLSum (no bundled data) are skipped with a note.
+    ``data`` maps a task to a local input (``mt``, ``choice``, ``lac``: a parallel file or FLORES folder
+    holding any pair; ``clnlu``: Belebele folder; ``clqa``: XQuAD/MLQA folder; ``clsum``: CrossSum
+    file/folder; ``ppl``: monolingual file/folder). Without one, MT, translation choice, LAC and
+    perplexity read the bundled corpus, once per split of ``split`` (``"test,ood"`` scores in- and
+    out-of-domain side by side; a split a pair lacks is skipped with a note), while Belebele, CLQA and
+    CLSum (no bundled data) are skipped with a note. ``prompt_format`` (``auto``, ``mapping``,
+    ``template``) is how MT and translation choice prompt the model; ``auto`` follows what the run
+    trained (:func:`clmap.evaluate.mt.choose_prompt_format`). Every task result records the data it
+    used and, for MT and translation choice, the prompt format and why.
     """
     import torch
 
     from clmap.evaluate import alignment, clnlu, clqa, clsum, mt, perplexity
     from clmap.evaluate.lm import load_checkpoint
-    from clmap.evaluate.report import metric, write_report
-    from clmap.evaluate.sources import check_bundled_coverage, monolingual_texts, parallel_segments
+    from clmap.evaluate.report import metric, split_suffix, write_report
+    from clmap.evaluate.sources import (
+        FLORES_SHOT_SPLIT,
+        DataSource,
+        bundled_language_splits,
+        bundled_pair_splits,
+        check_bundled_coverage,
+        data_sources,
+        flores_split_folder,
+        monolingual_texts,
+        parallel_segments,
+    )
+    from clmap.objectives import hidden_state_layer
 
     tasks = list(ALL_TASKS if not tasks else tasks)
     unknown = [t for t in tasks if t not in ALL_TASKS]
@@ -79,58 +121,117 @@ def evaluate(
     if bad_keys:
         raise ValueError(f"--data keys {bad_keys} unknown; use {', '.join(DATA_KEYS)} (e.g. mt=PATH)")
     pair_list = parse_pairs(pairs)
-    needs_bundled_pairs = "clnlu" in tasks or "lac" in tasks or ("mt" in tasks and "mt" not in data)
+    splits = parse_splits(split)
+    prompt = mt.choose_prompt_format(checkpoint, prompt_format, mt_template)
+    parallel_tasks = {"mt": "mt", "clnlu": "choice", "lac": "lac"}  # task -> its --data key
+    pair_tasks = [key for task, key in parallel_tasks.items() if task in tasks and key not in data]
     check_bundled_coverage(
-        pair_list if needs_bundled_pairs else [],
+        pair_list if pair_tasks else [],
         _languages(pair_list) if "ppl" in tasks and "ppl" not in data else [],
+        pair_tasks,
     )
+    scorer_layer = None
+    if "clqa" in tasks and "clqa" in data and bertscore_model and clqa.bertscore_available():
+        scorer_layer = clqa.resolve_bertscore_layer(bertscore_model, bertscore_layer)
     torch.manual_seed(seed)
     lm = load_checkpoint(checkpoint, device=device)
+    if "lac" in tasks:
+        hidden_state_layer(-1 if lac_layer is None else lac_layer, lm.num_layers, "--lac-layer")
     report: dict = {
         "checkpoint": str(checkpoint),
         "settings": {
             "tasks": ",".join(tasks),
             "pairs": ",".join(f"{a}-{b}" for a, b in pair_list),
-            "split": split,
+            "split": ",".join(splits),
             "limit": limit,
             "num_beams": num_beams,
             "device": device,
-            "prompt": "clmap mapping format"
-            if lm.trained_by_clmap and not mt_template
-            else f"text template, {few_shot}-shot",
+            "prompt_format": prompt_format,
+            "prompt": f"{prompt.name} ({prompt.reason})",
+            "few_shot": few_shot if prompt.name == "template" else None,
         },
         "tasks": {},
     }
     directions = [d for a, b in pair_list for d in ((a, b), (b, a))]
 
-    def segments(src: str, tgt: str, path=None, which: str = split, n: int | None = limit):
-        return parallel_segments(src, tgt, split=which, path=path, limit=n)
+    def usable(source: DataSource, a: str, b: str, notes: list[str]) -> bool:
+        """A bundled split the pair lacks is skipped with a note (the ood split is not built for all)."""
+        if source.split is None:
+            return True
+        stored = bundled_pair_splits(a, b) or []
+        if source.split in stored:
+            return True
+        pair = next((f"{x}-{y}" for x, y in pair_list if {x, y} == {a, b}), f"{a}-{b}")
+        note = f"{pair}: the bundled corpus has no '{source.split}' split (has {', '.join(stored)}); skipped"
+        if note not in notes:
+            notes.append(note)
+        return False
+
+    def segments(a: str, b: str, source: DataSource, n: int | None = limit):
+        return parallel_segments(a, b, split=source.split or "test", path=source.path, limit=n)
+
+    def shots_for(a: str, b: str, path: Path | None) -> tuple[list, str]:
+        """Few-shot examples for the text template: the dev folder of a FLORES download, else the
+        bundled dev split; never from the scored data."""
+        if prompt.name != "template" or few_shot <= 0:
+            return [], "0-shot"
+        dev = flores_split_folder(path, FLORES_SHOT_SPLIT) if path is not None else None
+        if dev is not None:
+            return parallel_segments(a, b, path=dev, limit=few_shot), f"{few_shot}-shot from {dev}"
+        if "dev" in (bundled_pair_splits(a, b) or []):
+            return parallel_segments(a, b, split="dev", limit=few_shot), f"{few_shot}-shot from bundled dev"
+        return [], f"0-shot (no dev examples for {a}-{b})"
+
+    def prompt_record(shot_labels: list[str]) -> dict:
+        record = {"format": prompt.name, "reason": prompt.reason}
+        if prompt.name == "template":
+            record["shots"] = ", ".join(dict.fromkeys(shot_labels))
+        return record
 
     for task in tasks:
         print(f"[clmap.evaluate] {task} ...", file=sys.stderr)
-        result: dict = {"metrics": [], "notes": [], "details": {}}
+        result: dict = {"metrics": [], "notes": [], "details": {}, "data": {}}
         if task == "mt":
+            sources = data_sources(data.get("mt"), splits)
+            several = len(sources) > 1
+            result["data"]["mt"] = ", ".join(s.label for s in sources)
+            shot_labels = []
             for src, tgt in directions:
-                shots = []
-                if few_shot and (mt_template or not lm.trained_by_clmap):
-                    shots = segments(src, tgt, which="dev", n=few_shot) if "mt" not in data else []
-                scores = mt.evaluate_mt(
-                    lm,
-                    src,
-                    tgt,
-                    segments(src, tgt, data.get("mt")),
-                    shots=shots,
-                    template=mt_template,
-                    batch_size=batch_size,
-                    num_beams=num_beams,
-                    max_new_tokens=max_new_tokens,
-                )
                 key = f"{src}→{tgt}"
-                for name in ("bleu", "spbleu", "chrf++"):
-                    if name in scores:
-                        result["metrics"].append(metric(key, name, scores[name], n=scores["n"]))
-                result["metrics"].append(metric(key, "empty", scores["empty_generations"], n=scores["n"]))
-                result["details"][key] = scores
+                shots, label = shots_for(src, tgt, sources[0].path)
+                shot_labels.append(label)
+                scored = []
+                for source in sources:
+                    if not usable(source, src, tgt, result["notes"]):
+                        continue
+                    scores = mt.evaluate_mt(
+                        lm,
+                        src,
+                        tgt,
+                        segments(src, tgt, source),
+                        prompt_format=prompt.name,
+                        shots=shots,
+                        template=mt_template,
+                        batch_size=batch_size,
+                        num_beams=num_beams,
+                        max_new_tokens=max_new_tokens,
+                    )
+                    scores.update(split=source.split, data=source.label)
+                    result["details"][key + split_suffix(source.split, several)] = scores
+                    scored.append((source, scores))
+                for name, field in (
+                    ("bleu", "bleu"),
+                    ("spbleu", "spbleu"),
+                    ("chrf++", "chrf++"),
+                    ("empty", "empty_generations"),
+                ):
+                    for source, scores in scored:
+                        if field in scores:
+                            label_ = name + split_suffix(source.split, several)
+                            result["metrics"].append(
+                                metric(key, label_, scores[field], n=scores["n"], split=source.split)
+                            )
+            result["prompt"] = {"mt": prompt_record(shot_labels)}
             if not mt.flores200_spm_available():
                 result["notes"].append(
                     "spBLEU omitted: sacrebleu's flores200 SentencePiece model is not cached"
@@ -138,15 +239,36 @@ def evaluate(
             if any(tgt == "ja" for _, tgt in directions) and mt.bleu_tokenizer_for("ja") == "char":
                 result["notes"].append("ja BLEU uses character tokens (MeCab not installed)")
         elif task == "clnlu":
+            sources = data_sources(data.get("choice"), splits)
+            several = len(sources) > 1
+            result["data"]["choice"] = ", ".join(s.label for s in sources)
+            shot_labels = []
             for src, tgt in directions:
-                pool = segments(src, tgt, n=None)  # distractors from the whole split, items up to --limit
-                items = clnlu.translation_choice_items(lm, pool, src, tgt, seed=seed, n_items=limit)
-                acc = clnlu.choice_accuracy(items, clnlu.model_scorer(lm, batch_size, f"choice {src}->{tgt}"))
-                result["metrics"].append(
-                    metric(f"{src}→{tgt} choice", "accuracy", acc["accuracy"], acc["ci"], acc["n"])
-                )
-                result["details"][f"choice {src}→{tgt}"] = acc
+                key = f"{src}→{tgt} choice"
+                shots, label = shots_for(src, tgt, sources[0].path)
+                shot_labels.append(label)
+                for source in sources:
+                    if not usable(source, src, tgt, result["notes"]):
+                        continue
+                    pool = segments(src, tgt, source, n=None)  # distractors from the whole file/split
+                    items = clnlu.translation_choice_items(
+                        lm, pool, src, tgt, prompt.name, shots, seed=seed, n_items=limit, template=mt_template
+                    )
+                    desc = f"choice {src}->{tgt} {source.split or ''}".strip()
+                    acc = clnlu.choice_accuracy(items, clnlu.model_scorer(lm, batch_size, desc))
+                    acc.update(split=source.split, data=source.label)
+                    suffix = split_suffix(source.split, several)
+                    result["metrics"].append(
+                        metric(key, "accuracy" + suffix, acc["accuracy"], acc["ci"], acc["n"], source.split)
+                    )
+                    result["details"][key + suffix] = acc
+            result["prompt"] = {"choice": prompt_record(shot_labels)}
             if "clnlu" in data:
+                result["data"]["belebele"] = str(data["clnlu"])
+                result["prompt"]["belebele"] = {
+                    "format": "text",
+                    "reason": "Belebele's passage / question / answer prompt, for every model",
+                }
                 for a, b in pair_list:
                     items = clnlu.belebele_items(lm, data["clnlu"], a, b, limit=limit)
                     acc = clnlu.choice_accuracy(
@@ -163,10 +285,27 @@ def evaluate(
         elif task == "clqa":
             if "clqa" not in data:
                 result["notes"].append("skipped: pass --data clqa=FOLDER (XQuAD/MLQA JSON per language)")
+            else:
+                result["data"]["clqa"] = str(data["clqa"])
+            if scorer_layer is not None:
+                result["bertscore"] = {
+                    "model": str(bertscore_model),
+                    "layer": scorer_layer[0],
+                    "why": scorer_layer[1],
+                }
+                result["notes"].append(
+                    f"BERTScore-P: {bertscore_model}, layer {scorer_layer[0]} ({scorer_layer[1]})"
+                )
             for a, b in pair_list if "clqa" in data else []:
                 items = clqa.clqa_items(data["clqa"], a, b, limit=limit)
                 scores = clqa.evaluate_clqa(
-                    lm, items, a, b, batch_size=batch_size, bertscore_model=bertscore_model
+                    lm,
+                    items,
+                    a,
+                    b,
+                    batch_size=batch_size,
+                    bertscore_model=bertscore_model,
+                    bertscore_layer=scorer_layer[0] if scorer_layer else None,
                 )
                 key = f"C:{a} Q:{b}"
                 for name in ("f1", "em", "bertscore_p"):
@@ -179,6 +318,8 @@ def evaluate(
         elif task == "clsum":
             if "clsum" not in data:
                 result["notes"].append("skipped: pass --data clsum=PATH (CrossSum JSONL)")
+            else:
+                result["data"]["clsum"] = str(data["clsum"])
             for a, b in pair_list if "clsum" in data else []:
                 records = clsum.crosssum_records(data["clsum"], a, b, limit=limit)
                 scores = clsum.evaluate_clsum(lm, records, a, b, batch_size=batch_size)
@@ -188,41 +329,92 @@ def evaluate(
                     result["metrics"].append(metric(key, label, scores[name], n=scores["n"]))
                 result["details"][key] = scores
         elif task == "ppl":
+            sources = data_sources(data.get("ppl"), splits)
+            several = len(sources) > 1
+            result["data"]["ppl"] = ", ".join(s.label for s in sources)
             for lang in _languages(pair_list):
-                texts = monolingual_texts(lang, split=split, path=data.get("ppl"), limit=limit)
-                scores = perplexity.evaluate_perplexity(lm, texts, batch_size=batch_size, lang=lang)
-                result["metrics"].append(metric(lang, "ppl", scores["ppl"], n=scores["n"]))
-                result["metrics"].append(
-                    metric(lang, "bits_per_byte", scores["bits_per_byte"], n=scores["n"])
-                )
-                result["details"][lang] = scores
+                scored = []
+                for source in sources:
+                    if source.split is not None and source.split not in bundled_language_splits(lang):
+                        result["notes"].append(
+                            f"{lang}: no bundled monolingual '{source.split}' split; skipped"
+                        )
+                        continue
+                    texts = monolingual_texts(
+                        lang, split=source.split or "test", path=source.path, limit=limit
+                    )
+                    scores = perplexity.evaluate_perplexity(lm, texts, batch_size=batch_size, lang=lang)
+                    scores.update(split=source.split, data=source.label)
+                    result["details"][lang + split_suffix(source.split, several)] = scores
+                    scored.append((source, scores))
+                for name in ("ppl", "bits_per_byte"):
+                    for source, scores in scored:
+                        result["metrics"].append(
+                            metric(
+                                lang,
+                                name + split_suffix(source.split, several),
+                                scores[name],
+                                n=scores["n"],
+                                split=source.split,
+                            )
+                        )
             result["notes"].append(
                 "token PPL depends on the tokenizer; bits per UTF-8 byte compares across them"
             )
         elif task == "lac":
+            sources = data_sources(data.get("lac"), splits)
+            several = len(sources) > 1
+            result["data"]["lac"] = ", ".join(s.label for s in sources)
             for a, b in pair_list:
                 pair = f"{a}-{b}"
-                aligned = alignment.evaluate_alignment(
-                    lm, pair, segments(a, b), batch_size=batch_size, n_boot=n_boot, seed=seed, layer=lac_layer
-                )
-                row = aligned.layers[aligned.report_layer]
-                key = f"{pair} (layer {row.layer})"
-                result["metrics"] += [
-                    metric(key, "lac", row.lac, (row.lac_lo, row.lac_hi), aligned.n),
-                    metric(key, "parallel_cos", row.parallel_cosine, n=aligned.n),
-                    metric(key, f"p@1 {a}→{b}", row.p_at_1_ab, n=aligned.n),
-                    metric(key, f"p@1 {b}→{a}", row.p_at_1_ba, n=aligned.n),
-                ]
-                result["details"][pair] = asdict(aligned)
+                scored = []
+                for source in sources:
+                    if not usable(source, a, b, result["notes"]):
+                        continue
+                    aligned = alignment.evaluate_alignment(
+                        lm,
+                        pair,
+                        segments(a, b, source),
+                        batch_size=batch_size,
+                        n_boot=n_boot,
+                        seed=seed,
+                        layer=lac_layer,
+                        split=source.split,
+                        data=source.label,
+                    )
+                    result["details"][pair + split_suffix(source.split, several)] = asdict(aligned)
+                    scored.append((source, aligned))
+                for name in ("lac", "parallel_cos", f"p@1 {a}→{b}", f"p@1 {b}→{a}"):
+                    for source, aligned in scored:
+                        row = aligned.layers[aligned.report_layer]
+                        value = {
+                            "lac": row.lac,
+                            "parallel_cos": row.parallel_cosine,
+                            f"p@1 {a}→{b}": row.p_at_1_ab,
+                            f"p@1 {b}→{a}": row.p_at_1_ba,
+                        }[name]
+                        ci = (row.lac_lo, row.lac_hi) if name == "lac" else None
+                        result["metrics"].append(
+                            metric(
+                                f"{pair} ({row.label})",
+                                name + split_suffix(source.split, several),
+                                value,
+                                ci,
+                                aligned.n,
+                                source.split,
+                            )
+                        )
             result["notes"].append(
-                "LAC with a 95 % bootstrap interval over pairs; the per-layer curve is in "
-                "report.json and lac_per_layer.png"
+                "LAC with a 95 % bootstrap interval over pairs at the reported layer; the per-layer curve "
+                "is in report.json and lac_per_layer.png (0 = embeddings, i = output of decoder layer i, "
+                "the last = after the final norm)"
             )
         for entry in result["metrics"]:
-            if entry["metric"] == "empty" and entry["value"]:
+            if entry["metric"].split(" (")[0] == "empty" and entry["value"]:
                 count = f"{int(entry['value'])}/{entry['n']}"
                 result["notes"].append(
-                    f"{entry['key']}: {count} empty generations (counted, scored as empty)"
+                    f"{entry['key']}: {count} empty generations"
+                    f"{split_suffix(entry['split'], True)} (counted, scored as empty)"
                 )
         report["tasks"][task] = result
     if out_dir is not None:

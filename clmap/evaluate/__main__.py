@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from clmap.evaluate import ALL_TASKS, DATA_KEYS, DEFAULT_PAIRS, evaluate
+from clmap.evaluate import ALL_TASKS, DATA_KEYS, DEFAULT_PAIRS, PROMPT_FORMATS, evaluate
 from clmap.evaluate.lm import CheckpointError
 from clmap.evaluate.sources import EvalDataError
 
@@ -32,9 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="TASK=PATH",
-        help=f"local input per task ({', '.join(DATA_KEYS)}); repeatable; default: bundled splits",
+        help=f"local input per task ({', '.join(DATA_KEYS)}); repeatable; mt, choice (translation "
+        "choice) and lac take any parallel file or FLORES folder, with any pair; default: bundled splits",
     )
-    parser.add_argument("--split", default="test", help="bundled corpus split (test or dev)")
+    parser.add_argument(
+        "--split",
+        default="test",
+        help="bundled corpus split(s) for MT, choice, LAC and PPL: test, dev, ood or a comma list "
+        "(test,ood reports in- and out-of-domain side by side)",
+    )
     parser.add_argument("--out", default="eval_report", help="output folder")
     parser.add_argument("--limit", type=int, default=None, help="at most N examples per task and pair")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -44,14 +50,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mt-template",
         default=None,
-        help="text prompt template with {src_name} {tgt_name} {src}; default for non-clmap models",
+        help="text prompt template with {src_name} {tgt_name} {src} (implies --prompt-format template)",
+    )
+    parser.add_argument(
+        "--prompt-format",
+        default="auto",
+        choices=PROMPT_FORMATS,
+        help="MT / translation-choice prompt: mapping (<bos> x <2b>, as clmap trains), template "
+        "(few-shot text), auto (mapping only for runs that trained tagged pairs: run config "
+        "objective.lambda_cl > 0, data.ntp_share < 1, data.parallel_as_text false)",
     )
     parser.add_argument(
         "--few-shot", type=int, default=1, help="solved examples in the text template (dev split)"
     )
     parser.add_argument("--bertscore-model", default=None, help="local encoder folder for BERTScore (CLQA)")
     parser.add_argument(
-        "--lac-layer", type=int, default=None, help="layer reported for LAC (default: middle)"
+        "--bertscore-layer",
+        type=int,
+        default=None,
+        help="encoder layer for BERTScore (default: bert-score's tuned layer for that model)",
+    )
+    parser.add_argument(
+        "--lac-layer",
+        type=int,
+        default=None,
+        help="hidden state reported for LAC: 0 = embeddings, i = output of decoder layer i, "
+        "the last = after the final norm; default (-1): the middle layer",
     )
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for the LAC interval")
     parser.add_argument("--seed", type=int, default=0)
@@ -81,7 +105,9 @@ def _evaluate_kwargs(args: argparse.Namespace) -> dict:
         max_new_tokens=args.max_new_tokens,
         mt_template=args.mt_template,
         few_shot=args.few_shot,
+        prompt_format=args.prompt_format,
         bertscore_model=args.bertscore_model,
+        bertscore_layer=args.bertscore_layer,
         lac_layer=args.lac_layer,
         n_boot=args.n_boot,
         seed=args.seed,

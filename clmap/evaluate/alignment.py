@@ -79,9 +79,19 @@ def similarity_matrix(u: Tensor, v: Tensor) -> Tensor:
     return cosine_matrix(u, a_starts, a_starts + 1, v, b_starts, b_starts + 1)
 
 
+def layer_label(layer: int, num_layers: int) -> str:
+    """What ``hidden_states[layer]`` is (:func:`clmap.objectives.hidden_state_layer`'s convention)."""
+    if layer == 0:
+        return "embeddings"
+    if layer == num_layers:
+        return f"layer {layer} + final norm"
+    return f"layer {layer}"
+
+
 @dataclass
 class LayerAlignment:
     layer: int
+    label: str  # "embeddings", "layer i", "layer L + final norm" (the last entry is after the final norm)
     lac: float
     lac_lo: float
     lac_hi: float
@@ -95,6 +105,8 @@ class PairAlignment:
     pair: str
     n: int
     report_layer: int
+    split: str | None = None  # the bundled split scored, None for local data
+    data: str = ""  # where the pairs came from: "bundled test" or the path
     layers: list[LayerAlignment] = field(default_factory=list)
     heatmap: list[list[float]] = field(default_factory=list)  # S at report_layer, for the plot
 
@@ -107,18 +119,26 @@ def evaluate_alignment(
     n_boot: int = 1000,
     seed: int = 0,
     layer: int | None = None,
+    split: str | None = None,
+    data: str = "",
 ) -> PairAlignment:
-    """LAC with its interval, mean parallel cosine and P@1 for every layer; ``layer`` (default middle)
-    is the one reported in the summary table and drawn as the heat-map."""
+    """LAC with its interval, mean parallel cosine and P@1 for every layer; ``layer`` (default middle,
+    numbered as :func:`clmap.objectives.hidden_state_layer` says) is the one reported in the summary
+    table and drawn as the heat-map."""
+    from clmap.objectives import hidden_state_layer
+
+    report_layer = hidden_state_layer(-1 if layer is None else layer, lm.num_layers, "--lac-layer")
     u_layers = pooled_hidden_states(lm, [s.src for s in segments], batch_size, desc=f"LAC {pair} src")
     v_layers = pooled_hidden_states(lm, [s.tgt for s in segments], batch_size, desc=f"LAC {pair} tgt")
-    report_layer = lm.num_layers // 2 if layer is None else layer
-    result = PairAlignment(pair=pair, n=len(segments), report_layer=report_layer)
+    result = PairAlignment(pair=pair, n=len(segments), report_layer=report_layer, split=split, data=data)
     for index in range(u_layers.shape[0]):
         S = similarity_matrix(u_layers[index], v_layers[index]).cpu()
         lac, lo, hi = language_alignment_coefficient(S, n_boot=n_boot, seed=seed)
         p_ab, p_ba = retrieval_precision_at_1(S)
-        result.layers.append(LayerAlignment(index, lac, lo, hi, float(S.diagonal().mean()), p_ab, p_ba))
+        label = layer_label(index, u_layers.shape[0] - 1)
+        result.layers.append(
+            LayerAlignment(index, label, lac, lo, hi, float(S.diagonal().mean()), p_ab, p_ba)
+        )
         if index == report_layer:
             result.heatmap = S.tolist()
     return result

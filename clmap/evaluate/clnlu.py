@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from clmap.evaluate.lm import LoadedModel, score_continuations
+from clmap.evaluate.lm import LoadedModel, continuation_ids, score_continuations
 from clmap.evaluate.sources import (
     LANGUAGE_NAMES,
     EvalDataError,
@@ -36,11 +36,15 @@ BELEBELE_FIELDS = (
 
 @dataclass
 class ChoiceItem:
-    """One multiple-choice question: a prompt (ids) and candidate texts, ``gold`` indexes the answer."""
+    """One multiple-choice question: a prompt (ids) and candidate texts, ``gold`` indexes the answer.
+
+    ``candidate_ids`` are the candidates' tokens as they follow the prompt
+    (:func:`clmap.evaluate.lm.continuation_ids`); without them each text is encoded on its own."""
 
     prompt: list[int]
     candidates: list[str]
     gold: int
+    candidate_ids: list[list[int]] | None = None
 
 
 # A scorer returns one score per candidate of each item (higher = preferred).
@@ -58,15 +62,17 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
 
 
 def model_scorer(lm: LoadedModel, batch_size: int = 8, desc: str = "choices") -> Scorer:
-    """Length-normalised log-likelihood of each candidate given its item's prompt."""
+    """Log-likelihood of each candidate given its item's prompt, per UTF-8 byte of the candidate text
+    (the space that joins it to a text prompt is scored but not counted, the same for every tokenizer)."""
     tok = lm.tokenizer
 
     def score(items: Sequence[ChoiceItem]) -> list[list[float]]:
         contexts, continuations, lengths = [], [], []
         for item in items:
-            for text in item.candidates:
+            ids = item.candidate_ids or [tok.encode(text) for text in item.candidates]
+            for text, candidate in zip(item.candidates, ids, strict=True):
                 contexts.append(item.prompt)
-                continuations.append(tok.encode(text))
+                continuations.append(candidate)
                 lengths.append(max(1, len(text.encode("utf-8"))))
         scored = score_continuations(lm, contexts, continuations, batch_size=batch_size, desc=desc)
         flat = [logp / length for (logp, _), length in zip(scored, lengths, strict=False)]
@@ -142,47 +148,70 @@ def translation_choice_items(
     segments: Sequence[ParallelSegment],
     src_lang: str,
     tgt_lang: str,
+    prompt_format: str = "template",
+    shots: Sequence[ParallelSegment] = (),
     seed: int = 0,
     n_items: int | None = None,
+    template: str | None = None,
 ) -> list[ChoiceItem]:
-    """Prompt = the MT prompt (clmap format or text template), candidates = 4 target segments."""
+    """Prompt = the MT prompt in ``prompt_format`` (with the same few-shot examples as MT), candidates =
+    4 target segments; after a text template each candidate follows the prompt with a space."""
     from clmap.evaluate.mt import mt_prompts
 
     choices = translation_choice_candidates(segments, seed=seed, n_items=n_items)
-    prompts, _ = mt_prompts(lm, [s.src for s in segments[: len(choices)]], src_lang, tgt_lang)
-    return [
-        ChoiceItem(prompt=prompt, candidates=candidates, gold=gold)
-        for prompt, (candidates, gold) in zip(prompts, choices, strict=True)
-    ]
+    sources = [s.src for s in segments[: len(choices)]]
+    prompts, texts = mt_prompts(lm, sources, src_lang, tgt_lang, prompt_format, shots, template)
+    items = []
+    for index, (prompt, (candidates, gold)) in enumerate(zip(prompts, choices, strict=True)):
+        context = texts[index] if texts is not None else None
+        ids = [continuation_ids(lm.tokenizer, context, c) for c in candidates]
+        items.append(ChoiceItem(prompt=prompt, candidates=candidates, gold=gold, candidate_ids=ids))
+    return items
 
 
 # -- Belebele --------------------------------------------------------------------------------------
 
 
-def belebele_items(
-    lm: LoadedModel, data: str | Path, passage_lang: str, question_lang: str, limit: int | None = None
-) -> list[ChoiceItem]:
-    """Join the passage file and the question file (by ``link`` + ``question_number``, else line order)."""
-    passage_path = language_file(data, passage_lang, (".jsonl",))
-    question_path = language_file(data, question_lang, (".jsonl",))
-    passages = read_jsonl_records(passage_path, ("flores_passage",))
-    questions = read_jsonl_records(question_path, BELEBELE_FIELDS[1:])
+def _belebele_key(record: dict) -> tuple:
+    """A question's identity: ``link`` (+ ``split`` where the file has it) + ``question_number``."""
+    return (str(record.get("link")), str(record.get("split", "")), str(record.get("question_number")))
+
+
+def _join_belebele(
+    passages: list[dict], questions: list[dict], passage_path: Path, question_path: Path
+) -> list[dict]:
+    """The passage record of each question. Belebele's language files list the same questions in the
+    same order, which is used when the keys agree line by line; otherwise the keys must be unique."""
     if len(passages) != len(questions):
         raise EvalDataError(
             f"{passage_path} has {len(passages)} records but {question_path} {len(questions)}"
         )
+    if not all("link" in r for r in passages + questions):
+        return passages
+    if [_belebele_key(r) for r in passages] == [_belebele_key(r) for r in questions]:
+        return passages
+    by_key = {_belebele_key(r): r for r in passages}
+    if len(by_key) != len(passages):
+        raise EvalDataError(
+            f"{passage_path} and {question_path} list their questions in different orders and "
+            "link + question_number does not identify a question; use files of the same Belebele release"
+        )
+    missing = [number for number, r in enumerate(questions, 1) if _belebele_key(r) not in by_key]
+    if missing:
+        raise EvalDataError(f"{question_path}: record {missing[0]} has a link not found in {passage_path}")
+    return [by_key[_belebele_key(r)] for r in questions]
 
-    def key(record: dict) -> tuple | None:
-        return (record["link"], record.get("question_number")) if "link" in record else None
 
-    if all(key(r) is not None for r in passages + questions):
-        by_key = {key(r): r for r in passages}
-        missing = [number for number, r in enumerate(questions, 1) if key(r) not in by_key]
-        if missing:
-            raise EvalDataError(
-                f"{question_path}: record {missing[0]} has a link not found in {passage_path}"
-            )
-        passages = [by_key[key(r)] for r in questions]
+def belebele_items(
+    lm: LoadedModel, data: str | Path, passage_lang: str, question_lang: str, limit: int | None = None
+) -> list[ChoiceItem]:
+    """Passage from the ``passage_lang`` file, question and options from the ``question_lang`` file
+    (``eng_Latn.jsonl`` ..., in ``data`` or its ``data/`` sub-folder as in the dataset repository)."""
+    passage_path = language_file(data, passage_lang, (".jsonl",))
+    question_path = language_file(data, question_lang, (".jsonl",))
+    passages = read_jsonl_records(passage_path, ("flores_passage",))
+    questions = read_jsonl_records(question_path, BELEBELE_FIELDS[1:])
+    passages = _join_belebele(passages, questions, passage_path, question_path)
     if limit is not None:
         passages, questions = passages[:limit], questions[:limit]
     tok = lm.tokenizer
@@ -200,10 +229,13 @@ def belebele_items(
             f"{LANGUAGE_NAMES.get(passage_lang, passage_lang)} passage: {p['flores_passage']}\n"
             f"Question: {q['question']}\nAnswer:"
         )
-        # SentencePiece adds its own word-boundary prefix; byte-level HF tokenizers need the space.
-        space = " " if tok.kind == "hf" else ""
-        options = [space + str(q[f"mc_answer{k}"]) for k in range(1, 5)]
-        items.append(ChoiceItem(prompt=[tok.bos_id] + tok.encode(text), candidates=options, gold=gold))
+        options = [str(q[f"mc_answer{k}"]) for k in range(1, 5)]
+        ids = [continuation_ids(tok, text, option) for option in options]
+        items.append(
+            ChoiceItem(
+                prompt=[tok.bos_id] + tok.encode(text), candidates=options, gold=gold, candidate_ids=ids
+            )
+        )
     if not items:
         raise EvalDataError(f"{question_path}: no Belebele records")
     return items

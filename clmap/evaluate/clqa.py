@@ -100,13 +100,34 @@ def read_squad(path: Path) -> dict[str, QAItem]:
     return items
 
 
+def mlqa_file(data: str | Path, context_lang: str, question_lang: str) -> Path | None:
+    """MLQA's own cross-lingual file ``test-context-{c}-question-{q}.json`` in ``data`` or ``data/test``
+    (the layout of ``MLQA_V1/``); None when ``data`` is not an MLQA folder."""
+    folder = Path(data)
+    name = f"test-context-{context_lang}-question-{question_lang}.json"
+    for where in (folder, folder / "test"):
+        if (where / name).is_file():
+            return where / name
+    return None
+
+
 def clqa_items(
     data: str | Path, context_lang: str, question_lang: str, limit: int | None = None
 ) -> list[QAItem]:
-    """Context + answers from the context-language file, question from the question-language file,
-    joined by question id (XQuAD/MLQA share ids across languages)."""
-    context_path = language_file(data, context_lang, (".json",))
-    question_path = language_file(data, question_lang, (".json",))
+    """Context + answers in ``context_lang``, question in ``question_lang``.
+
+    MLQA ships each combination as one file (``test-context-en-question-de.json``); XQuAD ships one file
+    per language (``xquad.en.json``, SQuAD v1.1 layout) with the same question ids in every language,
+    so context and answers come from the context-language file and the question from the other,
+    joined by id."""
+    mlqa = mlqa_file(data, context_lang, question_lang) if Path(data).is_dir() else None
+    if mlqa is not None:
+        items = list(read_squad(mlqa).values())
+        if not items:
+            raise EvalDataError(f"{mlqa}: no questions")
+        return items[:limit] if limit is not None else items
+    context_path = language_file(data, context_lang, (".json",), prefixes=("xquad.", ""))
+    question_path = language_file(data, question_lang, (".json",), prefixes=("xquad.", ""))
     contexts, questions = read_squad(context_path), read_squad(question_path)
     items = []
     for qid, item in contexts.items():
@@ -117,24 +138,75 @@ def clqa_items(
     return items[:limit] if limit is not None else items
 
 
+def bertscore_available() -> bool:
+    try:
+        import bert_score  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def encoder_names(model_path: str | Path) -> list[str]:
+    """Names a local encoder folder may have in bert-score's tables: its config's ``_name_or_path``,
+    ``org/name`` of a hub cache folder (``models--org--name/snapshots/...``), its own (parent/)name."""
+    path = Path(model_path)
+    names = []
+    config = path / "config.json"
+    if config.is_file():
+        recorded = json.loads(config.read_text(encoding="utf-8")).get("_name_or_path") or ""
+        names += [recorded, "/".join(Path(recorded).parts[-2:]), Path(recorded).name]
+    for part in path.parts:
+        if part.startswith("models--"):
+            repo = part.removeprefix("models--").replace("--", "/")
+            names += [repo, repo.rsplit("/", 1)[-1]]
+    names += [f"{path.parent.name}/{path.name}", path.name]
+    return [n for n in dict.fromkeys(names) if n]
+
+
+def resolve_bertscore_layer(model_path: str | Path, layer: int | None = None) -> tuple[int, str]:
+    """(layer, why): ``layer`` when given, else bert-score's own tuned layer for the encoder (its
+    ``model2layers`` table, the layer published BERTScore numbers use). An encoder the table does not
+    know needs an explicit layer: its last layer would not compare with anything published."""
+    config_path = Path(model_path) / "config.json"
+    if not config_path.is_file():
+        raise EvalDataError(
+            f"{model_path}: not a local encoder folder (no config.json) for --bertscore-model"
+        )
+    depth = json.loads(config_path.read_text(encoding="utf-8")).get("num_hidden_layers")
+    if layer is None:
+        from bert_score.utils import model2layers
+
+        known = next((n for n in encoder_names(model_path) if n in model2layers), None)
+        if known is None:
+            raise EvalDataError(
+                f"{model_path}: bert-score has no tuned layer for this encoder (looked up "
+                f"{', '.join(encoder_names(model_path))}); pass --bertscore-layer N"
+            )
+        layer, why = int(model2layers[known]), f"bert-score's tuned layer for {known}"
+    else:
+        why = "--bertscore-layer"
+    if depth is not None and not 0 <= layer <= int(depth):
+        raise EvalDataError(f"--bertscore-layer {layer} is outside 0..{depth} for {model_path}")
+    return layer, why
+
+
 def bertscore_precision(
     predictions: Sequence[str],
     references: Sequence[str],
     model_path: str | None,
     lang: str,
-    num_layers: int | None = None,
+    num_layers: int | None,
     device: str = "cpu",
 ) -> tuple[float | None, str | None]:
     """(mean BERTScore-P, None) or (None, why it was omitted). Never downloads an encoder."""
     if not model_path:
         return None, "BERTScore omitted: no --bertscore-model PATH (a local encoder folder) was given"
-    try:
-        import bert_score
-    except ImportError:
+    if not bertscore_available():
         return None, "BERTScore omitted: the bert-score package is not installed (pip install 'clmap[clqa]')"
+    import bert_score
+
     if num_layers is None:
-        config = json.loads((Path(model_path) / "config.json").read_text())
-        num_layers = int(config.get("num_hidden_layers", 12))
+        num_layers, _ = resolve_bertscore_layer(model_path)
     precision, _, _ = bert_score.score(
         list(predictions),
         list(references),
@@ -155,8 +227,10 @@ def evaluate_clqa(
     batch_size: int = 8,
     max_new_tokens: int = 32,
     bertscore_model: str | None = None,
+    bertscore_layer: int | None = None,
 ) -> dict:
-    """Generate an answer per item (first line of the continuation) and score it."""
+    """Generate an answer per item (first line of the continuation) and score it; BERTScore-P uses
+    encoder layer ``bertscore_layer`` (resolved by :func:`resolve_bertscore_layer` when None)."""
     tok = lm.tokenizer
     ctx_name = LANGUAGE_NAMES.get(context_lang, context_lang)
     prompts = [
@@ -189,6 +263,7 @@ def evaluate_clqa(
         [item.answers[0] if item.answers else "" for item in items],
         bertscore_model,
         context_lang,
+        num_layers=bertscore_layer,
         device=str(lm.device),
     )
     if precision is not None:

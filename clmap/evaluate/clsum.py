@@ -47,12 +47,26 @@ def rouge_scores(predictions: Sequence[str], references: Sequence[str], lang: st
     return {name: 100 * total / max(1, len(predictions)) for name, total in totals.items()}
 
 
+# CrossSum names its files by lower-case English language names (english-japanese_test.jsonl).
+_CROSSSUM_NAMES = {"zh": "chinese_simplified", "sr": "serbian_cyrillic"}
+
+
+def crosssum_name(lang: str) -> str:
+    """CrossSum's name of a language (``ja`` -> ``japanese``, ``zh`` -> ``chinese_simplified``)."""
+    return _CROSSSUM_NAMES.get(lang, LANGUAGE_NAMES.get(lang, lang).lower().replace(" ", "_"))
+
+
 def crosssum_records(data: str | Path, src_lang: str, tgt_lang: str, limit: int | None = None) -> list[dict]:
-    """Records of a CrossSum JSONL file, or of ``{src}-{tgt}[_test].jsonl`` inside a folder."""
+    """Records (``text`` in ``src_lang``, ``summary`` in ``tgt_lang``) of a CrossSum JSONL file, or, in a
+    folder (or its ``data/``), of the release's ``english-japanese_test.jsonl`` or ``en-ja[_test].jsonl``."""
     path = Path(data)
     if path.is_dir():
-        names = [f"{src_lang}-{tgt_lang}.jsonl", f"{src_lang}-{tgt_lang}_test.jsonl"]
-        found = [path / n for n in names if (path / n).is_file()]
+        names = [
+            f"{crosssum_name(src_lang)}-{crosssum_name(tgt_lang)}_test.jsonl",
+            f"{src_lang}-{tgt_lang}_test.jsonl",
+            f"{src_lang}-{tgt_lang}.jsonl",
+        ]
+        found = [where / n for where in (path, path / "data") for n in names if (where / n).is_file()]
         if not found:
             raise EvalDataError(
                 f"{path}: no CrossSum file for {src_lang}-{tgt_lang} (tried {', '.join(names)})"

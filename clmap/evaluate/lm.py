@@ -6,6 +6,7 @@ batching, device placement and the prompt format are decided once.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,6 @@ class LoadedModel:
     tokenizer: ClmapTokenizer
     device: torch.device
     path: Path
-    trained_by_clmap: bool  # the tokenizer carries clmap's metadata, so the mapping prompt format applies
     max_length: int
 
     @property
@@ -57,6 +57,39 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     )
 
 
+def training_config(path: str | Path) -> tuple[dict | None, Path | None]:
+    """(clmap config, its file) of the run a checkpoint comes from: ``RUN/config.json`` for ``RUN`` or
+    ``RUN/hf``; (None, None) for a model clmap did not train (its config.json is the model's own)."""
+    path = Path(path)
+    for candidate in (path / "config.json", path.parent / "config.json"):
+        if not candidate.is_file():
+            continue
+        try:
+            config = json.loads(candidate.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            continue
+        if isinstance(config, dict) and isinstance(config.get("objective"), dict) and "data" in config:
+            return config, candidate
+    return None, None
+
+
+def continuation_ids(tok: ClmapTokenizer, context_text: str | None, continuation: str) -> list[int]:
+    """Ids of ``continuation`` as the model sees it after ``context_text``.
+
+    After a text prompt ("...\nCzech:") the answer follows a space, and its natural tokens are those of
+    ``context + " " + continuation`` past the context's own tokens (lm-evaluation-harness' rule): a
+    byte-level BPE keeps the space in the first piece ("ĠKo"), SentencePiece its word boundary.
+    Without a context (the mapping format, after a language tag) it is encoded on its own, as trained.
+    """
+    if context_text is None:
+        return tok.encode(continuation)
+    context = tok.encode(context_text)
+    whole = tok.encode(f"{context_text} {continuation}")
+    if whole[: len(context)] == context and len(whole) > len(context):
+        return whole[len(context) :]
+    return tok.encode(f" {continuation}")  # the boundary merged across: the answer with its space alone
+
+
 def load_checkpoint(path: str | Path, device: str = "cpu", dtype: torch.dtype | None = None) -> LoadedModel:
     """Load model + tokenizer for evaluation (eval mode, sdpa attention)."""
     from transformers import AutoModelForCausalLM
@@ -80,7 +113,6 @@ def load_checkpoint(path: str | Path, device: str = "cpu", dtype: torch.dtype | 
         tokenizer=tokenizer,
         device=torch_device,
         path=Path(path),
-        trained_by_clmap=(tokenizer_dir / META_FILE).is_file(),
         max_length=max_length,
     )
 
@@ -185,7 +217,10 @@ def pooled_hidden_states(
 ) -> torch.Tensor:
     """[layers+1, len(texts), H] fp32: each text encoded alone as ``<bos> text``, mean over its text tokens.
 
-    Index 0 is the embedding output, index l the output of decoder layer l. Pooling is
+    Index 0 is the embedding output, index l the output of decoder layer l, and the last index (the
+    last decoder layer) is taken after the model's final norm: transformers returns
+    ``hidden_states[-1]`` = ``last_hidden_state``. :func:`clmap.objectives.hidden_state_layer` holds
+    this convention for ``--lac-layer`` and ``objective.map_layer`` alike. Pooling is
     ``clmap.kernels.pool_spans`` over the flattened batch (the spans skip bos and padding).
     """
     from clmap.kernels import pool_spans

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from clmap.data.examples import mapping_prompt
-from clmap.evaluate.lm import LoadedModel, generate
+from clmap.evaluate import PROMPT_FORMATS
+from clmap.evaluate.lm import LoadedModel, generate, training_config
 from clmap.evaluate.sources import LANGUAGE_NAMES, ParallelSegment
 
 DEFAULT_TEMPLATE = "{src_name}: {src}\n{tgt_name}:"
@@ -78,28 +81,72 @@ def first_line(text: str) -> str:
     return text.strip().split("\n", 1)[0]
 
 
+@dataclass(frozen=True)
+class PromptFormat:
+    """How MT and translation choice prompt a model, and why (report.json records both)."""
+
+    name: str  # "mapping": <bos> x <2b>, the format clmap trains; "template": few-shot text
+    reason: str
+
+
+def choose_prompt_format(
+    checkpoint: str | Path, requested: str = "auto", template: str | None = None
+) -> PromptFormat:
+    """The prompt format a checkpoint is scored with.
+
+    ``auto`` follows what the run trained, read from the clmap run folder's config.json: the mapping
+    format only when translation pairs were trained with language tags (``objective.lambda_cl > 0``,
+    ``data.ntp_share < 1``, ``data.parallel_as_text = false``); a base model (no clmap config), an
+    NTP-only or a pairs-as-text run never saw a tag, so it gets the few-shot text template. A custom
+    ``template`` implies the template format.
+    """
+    if requested not in PROMPT_FORMATS:
+        raise ValueError(f"prompt format {requested!r} unknown; choose from {', '.join(PROMPT_FORMATS)}")
+    if requested == "mapping" and template is not None:
+        raise ValueError("--mt-template is a text template; it cannot be used with --prompt-format mapping")
+    if requested != "auto":
+        return PromptFormat(requested, f"forced by --prompt-format {requested}")
+    if template is not None:
+        return PromptFormat("template", "--mt-template given")
+    config, where = training_config(checkpoint)
+    if config is None:
+        return PromptFormat("template", "no clmap run config.json: not trained by clmap (base model)")
+    objective, data = config.get("objective", {}), config.get("data", {})
+    facts = (
+        f"objective.lambda_cl={objective.get('lambda_cl')}, data.ntp_share={data.get('ntp_share')}, "
+        f"data.parallel_as_text={str(data.get('parallel_as_text')).lower()} in {where}"
+    )
+    trained_tags = (
+        float(objective.get("lambda_cl", 0.0)) > 0
+        and float(data.get("ntp_share", 1.0)) < 1
+        and not data.get("parallel_as_text", False)
+    )
+    if trained_tags:
+        return PromptFormat("mapping", f"run trained tagged pairs ({facts})")
+    return PromptFormat("template", f"run never trained a language tag ({facts})")
+
+
 def mt_prompts(
     lm: LoadedModel,
     sources: Sequence[str],
     src_lang: str,
     tgt_lang: str,
+    prompt_format: str,
     shots: Sequence[ParallelSegment] = (),
     template: str | None = None,
-) -> tuple[list[list[int]], bool]:
-    """(prompt ids, uses the text template) for each source sentence.
+) -> tuple[list[list[int]], list[str] | None]:
+    """(prompt ids, prompt texts) for each source sentence; texts are None for the mapping format.
 
-    clmap checkpoints get their training format ``<bos> x <2b>``; other models (or an explicit
-    ``template``) get the few-shot text template.
+    ``mapping``: the training format ``<bos> x <2b>``; ``template``: ``<bos>`` + the few-shot text
+    (a continuation follows it after one space, see :func:`clmap.evaluate.lm.continuation_ids`).
     """
     tok = lm.tokenizer
-    if lm.trained_by_clmap and template is None:
-        return [mapping_prompt(tok, src, tgt_lang) for src in sources], False
-    template = template or DEFAULT_TEMPLATE
-    prompts = [
-        [tok.bos_id] + tok.encode(few_shot_prompt(src, src_lang, tgt_lang, shots, template))
-        for src in sources
-    ]
-    return prompts, True
+    if prompt_format == "mapping":
+        return [mapping_prompt(tok, src, tgt_lang) for src in sources], None
+    if prompt_format != "template":
+        raise ValueError(f"prompt format {prompt_format!r} is neither 'mapping' nor 'template'")
+    texts = [few_shot_prompt(src, src_lang, tgt_lang, shots, template or DEFAULT_TEMPLATE) for src in sources]
+    return [[tok.bos_id] + tok.encode(text) for text in texts], texts
 
 
 def evaluate_mt(
@@ -107,6 +154,7 @@ def evaluate_mt(
     src_lang: str,
     tgt_lang: str,
     segments: Sequence[ParallelSegment],
+    prompt_format: str = "template",
     shots: Sequence[ParallelSegment] = (),
     template: str | None = None,
     batch_size: int = 8,
@@ -114,7 +162,10 @@ def evaluate_mt(
     max_new_tokens: int = 128,
 ) -> dict:
     """Translate ``segments`` src→tgt and score them; empty outputs are counted, not hidden."""
-    prompts, templated = mt_prompts(lm, [s.src for s in segments], src_lang, tgt_lang, shots, template)
+    prompts, texts = mt_prompts(
+        lm, [s.src for s in segments], src_lang, tgt_lang, prompt_format, shots, template
+    )
+    templated = texts is not None
     hypotheses = generate(
         lm,
         prompts,
@@ -128,7 +179,7 @@ def evaluate_mt(
     scores.update(
         n=len(segments),
         empty_generations=sum(1 for h in hypotheses if not h.strip()),
-        prompt="few-shot template" if templated else "clmap mapping format",
+        prompt=f"text template, {len(shots)}-shot" if templated else "clmap mapping format",
         examples=[
             {"src": s.src, "ref": s.tgt, "hyp": h} for s, h in zip(segments[:5], hypotheses[:5], strict=True)
         ],

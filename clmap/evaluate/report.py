@@ -1,14 +1,19 @@
 """report.json (everything), report.md (one table per task), PNG plots, and the comparison of runs.
 
-Every task result carries a flat list of metrics ``{key, metric, value, ci, n}`` (key = direction,
-pair or language). The markdown tables, the comparison and its bar charts all read that one list,
-so a new metric shows up everywhere without touching this module.
+Every task result carries a flat list of metrics ``{key, metric, value, ci, n, split}`` (key =
+direction, pair or language; split = the bundled split scored, None for local data). When a task is
+scored on several splits, each metric name carries its split (``bleu (test)``, ``bleu (ood)``), so
+(task, key, metric) stays unique and the markdown table shows the splits in adjacent columns. The
+markdown tables, the comparison and its bar charts all read that one list, so a new metric shows up
+everywhere without touching this module. A task result may also say which ``data`` it used and which
+``prompt`` format it was scored with.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +28,12 @@ TASK_TITLES = {
 
 
 def metric(
-    key: str, name: str, value: float, ci: Sequence[float] | None = None, n: int | None = None
+    key: str,
+    name: str,
+    value: float,
+    ci: Sequence[float] | None = None,
+    n: int | None = None,
+    split: str | None = None,
 ) -> dict:
     return {
         "key": key,
@@ -31,7 +41,18 @@ def metric(
         "value": float(value),
         "ci": list(ci) if ci is not None else None,
         "n": n,
+        "split": split,
     }
+
+
+def split_suffix(split: str | None, several: bool) -> str:
+    """What a metric name or detail key gains when its task is scored on several splits."""
+    return f" ({split})" if several and split else ""
+
+
+def file_stem(text: str) -> str:
+    """A detail key as a file name part: ``en-cs (ood)`` -> ``en-cs_ood``."""
+    return re.sub(r"[^\w.-]+", "_", text).strip("_")
 
 
 def _fmt(value: float | None) -> str:
@@ -62,6 +83,13 @@ def render_markdown(report: dict) -> str:
         lines += ["Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None), ""]
     for task, result in report.get("tasks", {}).items():
         lines += [f"## {TASK_TITLES.get(task, task)}", ""]
+        if result.get("data"):
+            lines.append("Data: " + "; ".join(f"{k} = {v}" for k, v in result["data"].items()) + "  ")
+        for name, prompt in result.get("prompt", {}).items():
+            shots = f"; {prompt['shots']}" if prompt.get("shots") else ""
+            lines.append(f"Prompt ({name}): {prompt['format']} ({prompt['reason']}){shots}  ")
+        if result.get("data") or result.get("prompt"):
+            lines.append("")
         metrics = result.get("metrics", [])
         if metrics:
             names = list(dict.fromkeys(m["metric"] for m in metrics))
@@ -91,11 +119,14 @@ def _pyplot():
 
 
 def plot_lac_per_layer(alignment: dict, path: Path) -> Path:
-    """LAC (with its bootstrap band) per layer, one line per language pair."""
+    """LAC (with its bootstrap band) per layer, one line per language pair (and split); the last point
+    is the last decoder layer after the final norm, labelled so."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
+    ticks: dict[int, str] = {}
     for pair, detail in alignment.items():
         layers = [row["layer"] for row in detail["layers"]]
+        ticks.update({row["layer"]: _tick(row) for row in detail["layers"]})
         ax.plot(layers, [row["lac"] for row in detail["layers"]], marker="o", label=pair)
         ax.fill_between(
             layers,
@@ -104,8 +135,9 @@ def plot_lac_per_layer(alignment: dict, path: Path) -> Path:
             alpha=0.2,
         )
     ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xticks(sorted(ticks), [ticks[t] for t in sorted(ticks)])
     ax.set(
-        xlabel="layer (0 = embeddings)",
+        xlabel="hidden state (0 = embeddings, i = decoder layer i, last + final norm)",
         ylabel="LAC",
         ylim=(-1.05, 1.05),
         title="Language alignment per layer",
@@ -115,6 +147,11 @@ def plot_lac_per_layer(alignment: dict, path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _tick(row: dict) -> str:
+    label = row.get("label", str(row["layer"]))
+    return {"embeddings": "emb"}.get(label, label.removeprefix("layer ").replace(" + final norm", "+norm"))
 
 
 def plot_heatmap(matrix: list[list[float]], pair: str, layer: int, path: Path) -> Path:
@@ -163,10 +200,10 @@ def write_report(report: dict, out_dir: str | Path) -> dict:
     alignment = tasks.get("lac", {}).get("details", {})
     if alignment:
         plots.append(str(plot_lac_per_layer(alignment, out_dir / "lac_per_layer.png")))
-        for pair, detail in alignment.items():
+        for key, detail in alignment.items():
             if detail.get("heatmap"):
-                path = out_dir / f"similarity_{pair}.png"
-                plots.append(str(plot_heatmap(detail["heatmap"], pair, detail["report_layer"], path)))
+                path = out_dir / f"similarity_{file_stem(key)}.png"
+                plots.append(str(plot_heatmap(detail["heatmap"], key, detail["report_layer"], path)))
     ppl = [m for m in tasks.get("ppl", {}).get("metrics", []) if m["metric"] == "bits_per_byte"]
     if ppl:
         groups = {m["key"]: {"bits/byte": m["value"]} for m in ppl}

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from clmap.data.languages import FLORES_CODES, LANGUAGES
+
 
 class EvalDataError(ValueError):
     """Input data the evaluator cannot use; the message names the file, record and field."""
@@ -36,6 +38,52 @@ def _data_errors() -> tuple[type[BaseException], ...]:
         return (FileNotFoundError, KeyError)
 
 
+@dataclass(frozen=True)
+class DataSource:
+    """Where one task's items come from: a bundled corpus split, or a local file/folder."""
+
+    label: str  # what report.json records: "bundled test" or the path
+    split: str | None = None  # the bundled split; None for local data
+    path: Path | None = None
+
+    @staticmethod
+    def bundled(split: str) -> DataSource:
+        return DataSource(f"bundled {split}", split=split)
+
+    @staticmethod
+    def local(path: str | Path) -> DataSource:
+        """A local file/folder; the label of a FLORES download's root names the devtest folder scored."""
+        return DataSource(str(flores_split_folder(path, FLORES_EVAL_SPLIT) or path), path=Path(path))
+
+
+def data_sources(path: str | Path | None, splits: Sequence[str]) -> list[DataSource]:
+    """The local path when the user gave one (used once, whatever the splits), else one source per split."""
+    return [DataSource.local(path)] if path is not None else [DataSource.bundled(s) for s in splits]
+
+
+# A FLORES-200 / FLORES+ download keeps each split in a sub-folder: flores200_dataset/{dev,devtest}/,
+# floresp-v2.0-rc.3/{dev,devtest}/, flores_plus/{dev,devtest}/. The evaluator scores on devtest and
+# takes few-shot examples from dev.
+FLORES_EVAL_SPLIT, FLORES_SHOT_SPLIT = "devtest", "dev"
+
+
+def flores_split_folder(path: str | Path, which: str) -> Path | None:
+    """``path/which`` when ``path`` is the root of a FLORES download, else None."""
+    path = Path(path)
+    folder = path / which
+    return folder if path.is_dir() and folder.is_dir() else None
+
+
+def bundled_pair_splits(src_lang: str, tgt_lang: str) -> list[str] | None:
+    """Splits stored for a pair in the bundled corpus (either order); None when the pair is not there."""
+    readers = _readers()
+    stored = [p for p in (f"{src_lang}-{tgt_lang}", f"{tgt_lang}-{src_lang}") if p in readers.bundled_pairs()]
+    if not stored:
+        return None
+    folder = readers.BUNDLED_CORPUS / "parallel" / stored[0]
+    return sorted(f.name.split(".")[0] for f in folder.glob("*.jsonl.gz"))
+
+
 def parallel_segments(
     src_lang: str,
     tgt_lang: str,
@@ -43,8 +91,13 @@ def parallel_segments(
     path: str | Path | None = None,
     limit: int | None = None,
 ) -> list[ParallelSegment]:
-    """Aligned (src, tgt) segments for a direction: ``path`` if given, else the bundled split."""
+    """Aligned (src, tgt) segments for a direction: ``path`` if given, else the bundled split.
+
+    ``path`` is anything ``clmap.data.readers.read_parallel`` reads (JSONL/TSV/Parquet/CSV, a FLORES
+    folder), or the root of a FLORES download, whose devtest folder is used."""
     readers = _readers()
+    if path is not None:
+        path = flores_split_folder(path, FLORES_EVAL_SPLIT) or Path(path)
     try:
         if path is not None:
             dataset = readers.read_parallel(path, src_lang=src_lang, tgt_lang=tgt_lang)
@@ -87,15 +140,26 @@ def monolingual_texts(
     return texts
 
 
-def check_bundled_coverage(pairs: list[tuple[str, str]], languages: list[str]) -> None:
-    """Fail before any model work when a requested pair or language is not in the bundled corpus."""
+def bundled_language_splits(lang: str) -> list[str]:
+    """Splits stored for a language in the bundled monolingual corpus ([] when the language is not there)."""
+    readers = _readers()
+    folder = readers.BUNDLED_CORPUS / "mono" / lang
+    return sorted(f.name.split(".")[0] for f in folder.glob("*.jsonl.gz")) if folder.is_dir() else []
+
+
+def check_bundled_coverage(
+    pairs: list[tuple[str, str]], languages: list[str], pair_tasks: Sequence[str] = ("mt",)
+) -> None:
+    """Fail before any model work when a pair or language that ``pair_tasks`` (or perplexity) read from
+    the bundled corpus is not in it; local data (``--data TASK=PATH``) may hold any pair."""
     readers = _readers()
     stored = set(readers.bundled_pairs())
     missing = [f"{a}-{b}" for a, b in pairs if f"{a}-{b}" not in stored and f"{b}-{a}" not in stored]
     if missing:
+        hint = " or ".join(f"--data {task}=PATH" for task in pair_tasks)
         raise EvalDataError(
             f"no bundled parallel data for {', '.join(missing)} (available: {', '.join(sorted(stored))}); "
-            "pass --data TASK=PATH for other pairs"
+            f"{', '.join(pair_tasks)} would read it: pass {hint} (a parallel file or FLORES folder)"
         )
     available = set(readers.bundled_languages())
     missing = [lang for lang in languages if lang not in available]
@@ -106,47 +170,31 @@ def check_bundled_coverage(pairs: list[tuple[str, str]], languages: list[str]) -
         )
 
 
-# Belebele / FLORES-200 file names use these codes; the evaluator speaks ISO 639-1.
-FLORES_CODES = {
-    "en": "eng_Latn",
-    "cs": "ces_Latn",
-    "uk": "ukr_Cyrl",
-    "zh": "zho_Hans",
-    "ja": "jpn_Jpan",
-    "de": "deu_Latn",
-    "fr": "fra_Latn",
-    "es": "spa_Latn",
-    "ru": "rus_Cyrl",
-    "pl": "pol_Latn",
-}
-LANGUAGE_NAMES = {
-    "en": "English",
-    "cs": "Czech",
-    "uk": "Ukrainian",
-    "zh": "Chinese",
-    "ja": "Japanese",
-    "de": "German",
-    "fr": "French",
-    "es": "Spanish",
-    "ru": "Russian",
-    "pl": "Polish",
-}
+# Report prompts name languages in English ("Czech"); the one table is clmap.data.languages.
+LANGUAGE_NAMES = LANGUAGES
 
 
-def language_file(folder: str | Path, lang: str, suffixes: tuple[str, ...]) -> Path:
-    """The file of ``lang`` in a per-language folder (``cs.jsonl``, ``ces_Latn.jsonl``, ``xquad.cs.json``)."""
+def flores_codes(lang: str) -> list[str]:
+    """FLORES-200 spellings of a clmap language code (``cs`` -> ``["ces_Latn"]``), for file lookup."""
+    return [flores for flores, code in FLORES_CODES.items() if code == lang]
+
+
+def language_file(
+    folder: str | Path, lang: str, suffixes: tuple[str, ...], prefixes: tuple[str, ...] = ("",)
+) -> Path:
+    """The file of ``lang`` in a per-language folder: ``{prefix}{code}{suffix}`` with the ISO code or a
+    FLORES-200 code (``cs.jsonl``, ``ces_Latn.jsonl``, ``xquad.cs.json``), in ``folder`` or its ``data/``
+    sub-folder (the layout of the Belebele dataset repository)."""
     folder = Path(folder)
     if folder.is_file():
         return folder
-    stems = [lang, FLORES_CODES.get(lang, lang)]
-    for stem in stems:
-        for suffix in suffixes:
-            for name in (f"{stem}{suffix}", f"xquad.{stem}{suffix}", f"test-{stem}{suffix}"):
-                if (folder / name).is_file():
-                    return folder / name
-    raise EvalDataError(
-        f"{folder}: no file for language {lang!r} (tried {', '.join(s + suffixes[0] for s in stems)})"
-    )
+    stems = [lang, *flores_codes(lang)]
+    names = [f"{prefix}{stem}{suffix}" for stem in stems for prefix in prefixes for suffix in suffixes]
+    for where in (folder, folder / "data"):
+        for name in names:
+            if (where / name).is_file():
+                return where / name
+    raise EvalDataError(f"{folder}: no file for language {lang!r} (tried {', '.join(names)})")
 
 
 def read_jsonl_records(path: Path, fields: Sequence[str], limit: int | None = None) -> list[dict]:
