@@ -5,7 +5,8 @@
 Rule of the tests (FlashAttention / Cut Cross-Entropy): the kernel's max abs error against the fp64
 reference may not exceed that of plain PyTorch at the same input dtype plus a slack times
 max(1, |ref|); printed (and written) relative to the reference's largest magnitude. A few odd shapes
-(not multiples of the block sizes, half the targets ignored), fp32 and bf16, forward and gradients.
+(not multiples of the block sizes, half the targets ignored), fp32 and bf16, forward and gradients; in
+bf16 also the mapping loss with ``accum_dtype=torch.bfloat16`` (``mapping_loss.bf16acc.*``).
 Exits 1 if any check fails; rows go to results/gpu_check.csv.
 On the CPU (``--device cpu``) the Triton kernels run under TRITON_INTERPRET=1.
 """
@@ -71,8 +72,10 @@ def check_mapping_loss(n: int, h: int, v: int, dtype: torch.dtype, device: str) 
     base = run(plain, h_d, w_d)
     got = run(lambda a, b: mapping_loss(a, b, targets, groups, groups_n, backend="triton").loss_sum, h_d, w_d)
 
-    def weighted(h_in, w_in):  # the trainer's call: gradients in the forward walk, here over >= 5 chunks
+    def weighted(h_in, w_in, accum_dtype=torch.float32):
+        """The trainer's call: gradients in the forward walk, here over >= 5 chunks of logits."""
         h_in, w_in = h_in.detach().clone().requires_grad_(), w_in.detach().clone().requires_grad_()
+        logit_bytes = accum_dtype.itemsize
         out = mapping_loss(
             h_in,
             w_in,
@@ -81,17 +84,22 @@ def check_mapping_loss(n: int, h: int, v: int, dtype: torch.dtype, device: str) 
             groups_n,
             backend="triton",
             group_weights=upstream,
-            chunk_bytes=max(4 * v, n * v * 4 // 5),
+            chunk_bytes=max(logit_bytes * v, n * v * logit_bytes // 5),
+            accum_dtype=accum_dtype,
         )
-        return (out.loss_sum, *torch.autograd.grad(out.weighted, [h_in, w_in]))
+        return (out.loss_sum, *torch.autograd.grad(out.weighted_loss, [h_in, w_in]))
 
-    got_weighted = weighted(h_d, w_d)
     rows = []
     for name, a, p, r in zip(("loss_sum", "grad_hidden", "grad_weight"), got, base, ref, strict=True):
         rows.append(_row(f"mapping_loss.{name}", f"{n}x{h}x{v}", dtype, *_errs(a, p, r)))
-    pairs = zip(("grad_hidden", "grad_weight"), got_weighted[1:], base[1:], ref[1:], strict=True)
-    for name, a, p, r in pairs:
-        rows.append(_row(f"mapping_loss.weighted.{name}", f"{n}x{h}x{v}", dtype, *_errs(a, p, r)))
+    variants = [("weighted", torch.float32, 1)]
+    if dtype == torch.bfloat16:  # bf16 logits chunks and weight-gradient accumulator (accum_dtype)
+        variants.append(("bf16acc", torch.bfloat16, 0))
+    for label, accum_dtype, first in variants:
+        got_weighted = weighted(h_d, w_d, accum_dtype)
+        names = ("loss_sum", "grad_hidden", "grad_weight")[first:]
+        for name, a, p, r in zip(names, got_weighted[first:], base[first:], ref[first:], strict=True):
+            rows.append(_row(f"mapping_loss.{label}.{name}", f"{n}x{h}x{v}", dtype, *_errs(a, p, r)))
     return rows
 
 

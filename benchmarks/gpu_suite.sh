@@ -152,7 +152,7 @@ else
     # The target shape first, with every peer and clmap's variants (mode, logits chunk size);
     # then N at V=32000 and V at N=16384 (H=4096) for the plots, both passes, every peer present.
     MAPPING_TARGET_ARGS=(--device cuda --shapes "16384,4096,128256" --passes fwd+bwd,fwd --profile
-        --impls naive,torch_lce,liger,liger_fp32,cce,clmap,clmap_deferred,clmap@256,clmap@512,clmap@2048)
+        --impls naive,torch_lce,liger,liger_fp32,cce,clmap,clmap_bf16acc,clmap_deferred,clmap@256,clmap@512,clmap@2048)
     MAPPING_ARGS=(--device cuda --shapes "4096,4096,32000;16384,4096,32000"
         --impls naive,torch_lce,liger,liger_fp32,cce,clmap,clmap_deferred)
     POOLED_ARGS=(--device cuda --no-reference)

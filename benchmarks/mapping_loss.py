@@ -1,13 +1,15 @@
 """Fused mapping loss vs its peers: time (median/p20/p80) and peak extra memory, forward and forward+backward.
 
-``python -m benchmarks.mapping_loss [--device cpu|cuda] [--quick]``; rows go to results/mapping_loss.csv.
-Peers: naive PyTorch (full logits + F.cross_entropy), ``F.linear_cross_entropy`` with chunking options
-(if this torch has it), Liger-Kernel FLCE (its default bf16 weight-gradient accumulation, and
-``liger_fp32`` with ``accum_dtype=float32`` like clmap's) and Apple Cut Cross-Entropy (CUDA, if
-importable). clmap rows: ``clmap`` is the trainer's call (``group_weights``: gradients in the forward
-walk), ``clmap_deferred`` differentiates ``loss_sum`` (a second walk in backward), ``clmap_torch`` is the
-chunked torch path (the CPU default) on the same device, and ``clmap@MB`` sets the logits chunk size.
-On CPU every case runs in a fresh process (``--case JSON``) so peak-RSS numbers are comparable.
+``python -m benchmarks.mapping_loss [--device cpu|cuda] [--quick] [--dtype fp32|bf16|fp16]``; rows go to
+results/mapping_loss.csv. Peers: naive PyTorch (full logits + F.cross_entropy), ``F.linear_cross_entropy``
+with chunking options (if this torch has it), Liger-Kernel FLCE (its default bf16 weight-gradient
+accumulation, and ``liger_fp32`` with ``accum_dtype=float32`` like clmap's default) and Apple Cut
+Cross-Entropy (CUDA, if importable). clmap rows: ``clmap`` is the trainer's call (``group_weights``:
+gradients in the forward walk, fp32 logits chunks and weight-gradient accumulator), ``clmap_bf16acc`` the
+same with ``accum_dtype=torch.bfloat16`` (bf16 chunks and accumulator: bf16 inputs only),
+``clmap_deferred`` differentiates ``loss_sum`` (a second walk in backward), ``clmap_torch`` is the chunked
+torch path (the CPU default) on the same device, and ``clmap@MB`` / ``clmap_bf16acc@MB`` set the logits
+chunk size. On CPU every case runs in a fresh process (``--case JSON``) so peak-RSS numbers are comparable.
 """
 
 from __future__ import annotations
@@ -23,7 +25,17 @@ import torch.nn.functional as F
 
 from benchmarks.common import append_csv, cpu_peak_extra_mb, environment_tags, run_case_subprocess, time_fn
 
-IMPLS = ("naive", "torch_lce", "liger", "liger_fp32", "cce", "clmap", "clmap_deferred", "clmap_torch")
+IMPLS = (
+    "naive",
+    "torch_lce",
+    "liger",
+    "liger_fp32",
+    "cce",
+    "clmap",
+    "clmap_bf16acc",
+    "clmap_deferred",
+    "clmap_torch",
+)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CPU_SWEEP = [(4096, 512, 32000), (16384, 512, 32000)]
 CPU_QUICK = [(2048, 256, 8000)]
@@ -62,21 +74,35 @@ def _loss_fn(impl: str) -> Callable | None:
         kw = {"chunk_bytes": int(chunk_mb) * 2**20} if chunk_mb else {}
         if name == "clmap_deferred":
             return lambda h, w, t: mapping_loss(h, w, t, **kw).loss_sum.sum()
-        if name in ("clmap", "clmap_torch"):
+        if name in ("clmap", "clmap_bf16acc", "clmap_torch"):
             if name == "clmap_torch":  # clmap's chunked torch path (the CPU default) on the same device
                 kw["backend"] = "torch"
+            if name == "clmap_bf16acc":  # bf16 logits chunks and weight-gradient accumulator
+                kw["accum_dtype"] = torch.bfloat16
             # the trainer's call: gradients computed in the forward walk
             return lambda h, w, t: (
-                mapping_loss(h, w, t, group_weights=torch.ones(1, device=h.device), **kw).weighted
+                mapping_loss(h, w, t, group_weights=torch.ones(1, device=h.device), **kw).weighted_loss
             )
     raise ValueError(f"unknown implementation {impl!r}")
+
+
+def _randn(rows: int, cols: int, std: float, dtype: torch.dtype, gen: torch.Generator, device: str):
+    """N(0, std^2) as ``dtype``. On CPU drawn by row blocks: a whole fp32 temporary would raise the
+    process's peak RSS above what the inputs keep, hiding that much of the measured call's memory."""
+    if device != "cpu":
+        return (torch.randn(rows, cols, generator=gen, device=device) * std).to(dtype)
+    out = torch.empty(rows, cols, dtype=dtype)
+    step = max(1, 2**20 // max(cols, 1))
+    for s in range(0, rows, step):
+        out[s : s + step] = torch.randn(min(step, rows - s), cols, generator=gen).mul_(std)
+    return out
 
 
 def _inputs(n: int, h: int, v: int, dtype: torch.dtype, device: str, ignore: float):
     """Hidden ~ N(0, 1), weight ~ N(0, 1/H), uniform targets; drawn on the device (seeded)."""
     gen = torch.Generator(device=device).manual_seed(0)
-    hidden = torch.randn(n, h, generator=gen, device=device).to(dtype).requires_grad_()
-    weight = (torch.randn(v, h, generator=gen, device=device) / h**0.5).to(dtype).requires_grad_()
+    hidden = _randn(n, h, 1.0, dtype, gen, device).requires_grad_()
+    weight = _randn(v, h, h**-0.5, dtype, gen, device).requires_grad_()
     targets = torch.randint(0, v, (n,), generator=gen, device=device)
     targets[torch.rand(n, generator=gen, device=device) < ignore] = -100
     return hidden, weight, targets
@@ -139,9 +165,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--impls",
         default=",".join(IMPLS),
-        help="subset of: " + ",".join(IMPLS) + " and clmap@MB (MB of logits per chunk)",
+        help="subset of: " + ",".join(IMPLS) + " and clmap@MB, clmap_bf16acc@MB (MB of logits per chunk)",
     )
     parser.add_argument("--passes", default="fwd+bwd,fwd", help="comma-separated: fwd+bwd, fwd")
+    parser.add_argument(
+        "--dtype", choices=tuple(DTYPES), help="input dtype (default: fp32 on CPU, bf16 on CUDA)"
+    )
     parser.add_argument("--rep", type=int, default=3, help="timed repetitions per case on CPU")
     parser.add_argument(
         "--profile",
@@ -157,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
         shapes, dtype = (CPU_QUICK if args.quick else CPU_SWEEP), "fp32"
     else:
         shapes, dtype = (CUDA_QUICK if args.quick else CUDA_SWEEP), "bf16"
+    dtype = args.dtype or dtype
     if args.shapes:
         shapes = [tuple(int(x) for x in shape.split(",")) for shape in args.shapes.split(";")]
     impls = [i for i in args.impls.split(",") if _loss_fn(i) is not None]
@@ -218,22 +248,23 @@ def _profile_clmap(n: int, h: int, v: int, dtype: torch.dtype, device: str) -> N
 
 
 def _print_ratios(rows: list[dict]) -> None:
-    """clmap's time vs the fastest chunked peer and its memory vs the naive path, per shape and pass."""
+    """clmap's time (both accumulation dtypes) vs the chunked peers and its memory vs naive and CCE."""
     by_key: dict[tuple, dict[str, dict]] = {}
     for row in rows:
         by_key.setdefault((row["N"], row["H"], row["V"], row["pass"]), {})[row["impl"]] = row
     for (n, h, v, pass_), impls in by_key.items():
-        if "clmap" not in impls:
-            continue
-        mine = impls["clmap"]
-        parts = []
-        for peer in ("naive", "cce"):
-            if peer in impls and impls[peer]["peak_extra_mb"] > 0:
-                parts.append(f"memory/{peer} {mine['peak_extra_mb'] / impls[peer]['peak_extra_mb']:.3f}")
-        for peer in ("torch_lce", "liger", "liger_fp32", "cce"):
-            if peer in impls:
-                parts.append(f"time/{peer} {mine['median_ms'] / impls[peer]['median_ms']:.3f}")
-        print(f"clmap N={n} H={h} V={v} {pass_}: " + ", ".join(parts))
+        for ours in ("clmap", "clmap_bf16acc"):
+            if ours not in impls:
+                continue
+            mine = impls[ours]
+            parts = []
+            for peer in ("naive", "cce"):
+                if peer in impls and impls[peer]["peak_extra_mb"] > 0:
+                    parts.append(f"memory/{peer} {mine['peak_extra_mb'] / impls[peer]['peak_extra_mb']:.3f}")
+            for peer in ("torch_lce", "liger", "liger_fp32", "cce"):
+                if peer in impls:
+                    parts.append(f"time/{peer} {mine['median_ms'] / impls[peer]['median_ms']:.3f}")
+            print(f"{ours} N={n} H={h} V={v} {pass_}: " + ", ".join(parts))
 
 
 if __name__ == "__main__":

@@ -108,7 +108,12 @@ class MappingObjective(nn.Module):
         zero = hidden.new_zeros((), dtype=torch.float32)
         if not want_map:
             return ObjectiveOutput(
-                loss.loss_sum, loss.count, zero, zero.detach(), zero.detach(), weighted_loss=loss.weighted
+                loss.loss_sum,
+                loss.count,
+                zero,
+                zero.detach(),
+                zero.detach(),
+                weighted_loss=loss.weighted_loss,
             )
         layer = out.hidden_states[self.map_layer].flatten(0, 1)
         a_starts, a_ends = span_starts[pair_a], span_ends[pair_a]
@@ -138,7 +143,7 @@ class MappingObjective(nn.Module):
             pairs,
             cos.detach().sum(),
             *pooled,
-            weighted_loss=loss.weighted,
+            weighted_loss=loss.weighted_loss,
         )
 
 

@@ -1,14 +1,16 @@
 """Pooled embedding similarity: varlen span mean-pooling of ``hidden[N, H]`` and cosine similarities.
 
 Used by L_map = 1 - cos(u_x, u_y) in training (differentiable w.r.t. ``hidden``) and by LAC / bitext
-retrieval in evaluation (under ``no_grad``). See DESIGN.md, "Kernels" item 2.
+retrieval in evaluation (under ``no_grad``). See docs/design.md, "Kernels".
 
 Spans are given as ``starts``/``ends`` (int64 row indices into ``hidden``, end exclusive, end > start);
 there is no padding. Pooling accumulates in fp32 and every output is float32 (float64 when ``hidden``
 is float64, which only the torch and reference paths accept: that is how tests build their oracle).
 Normalisation is ``u / max(|u|, eps)`` (``torch.nn.functional.normalize``), so cos = û_a · û_b.
 
-Three implementations, picked by :func:`clmap.kernels.dispatch.choose_backend`:
+This file reads top to bottom: checks, the readable reference, the torch path, the private autograd
+Functions of the Triton path, the public functions. Three implementations, picked by
+:func:`clmap.kernels.dispatch.choose_backend`:
 
 - ``triton``: fused kernels, no host sync, no concatenation of span lists. ``paired_cosine`` is one
   autograd Function: forward = one launch (pool both spans of each pair, normalise, cosine; plus a
@@ -16,8 +18,8 @@ Three implementations, picked by :func:`clmap.kernels.dispatch.choose_backend`:
   of the per-span gradients over the sorted span start/end events, then one kernel writing every row
   of grad_hidden [N, H] once, in hidden's dtype). ``pool_spans``/``cosine_matrix`` use the pool +
   normalise Function (backward: one more small launch for the per-span gradient). Overlapping spans
-  are exact and the backward is deterministic (no atomics); ``BACKWARD = "atomic"`` selects the older
-  fp32 atomic scatter kernel instead. See pooled_similarity_triton.
+  are exact and the backward is deterministic (no atomics). The kernels are in
+  ``pooled_similarity_forward_triton`` and ``pooled_similarity_backward_triton``.
 - ``torch``: vectorised, one ``embedding_bag(mode="mean")`` over (row, span) pairs: memory O(N x H) at
   most whatever the spans overlap; autograd does the backward (overlaps are summed).
 - ``reference``: a Python loop over spans, for readability and as the test oracle.
@@ -163,17 +165,11 @@ def _pool_spans_torch(hidden: Tensor, starts: Tensor, ends: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------------------
 
 
-#: Backward of the Triton path: "prefix" (default: sorted span events, an fp64 prefix-sum table and one
-#: kernel writing every gradient row once; deterministic, no atomics, no host sync) or "atomic" (the
-#: Triton scatter kernel with fp32 atomics). Both handle overlapping spans exactly.
-BACKWARD = "prefix"
-
-
 def _needs_grad(hidden: Tensor) -> bool:
     return torch.is_grad_enabled() and hidden.requires_grad
 
 
-class PairedCosineFunction(torch.autograd.Function):
+class _PairedCosine(torch.autograd.Function):
     """(hidden, a_starts, a_ends, b_starts, b_ends, eps, need_grad) -> cos [P] fp32, all fused.
 
     Forward: one launch pools both spans of each pair, normalises and forms the cosine (a second tiny
@@ -193,10 +189,11 @@ class PairedCosineFunction(torch.autograd.Function):
         eps: float,
         need_grad: bool,
     ) -> Tensor:
-        from clmap.kernels import pooled_similarity_triton as tk
+        from clmap.kernels.pooled_similarity_forward_triton import paired_forward
+        from clmap.kernels.pooled_similarity_spans import make_spans
 
-        spans = tk.make_spans(a_starts, a_ends, b_starts, b_ends)
-        cos, pooled, norm, events = tk.paired_forward(hidden, spans, eps, rank=need_grad)
+        spans = make_spans(a_starts, a_ends, b_starts, b_ends)
+        cos, pooled, norm, events = paired_forward(hidden, spans, eps, rank=need_grad)
         if need_grad:
             ctx.save_for_backward(pooled, norm, cos, *(events or ()), *spans[:4])
             ctx.has_events = events is not None
@@ -206,19 +203,20 @@ class PairedCosineFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_cos: Tensor):
-        from clmap.kernels import pooled_similarity_triton as tk
+        from clmap.kernels.pooled_similarity_backward_triton import paired_backward
+        from clmap.kernels.pooled_similarity_spans import Spans
 
         saved = ctx.saved_tensors
         pooled, norm, cos = saved[:3]
         events = saved[3:5] if ctx.has_events else None
-        spans = tk.Spans(*saved[-4:], ctx.n_a, ctx.n_spans)
-        grad_hidden = tk.paired_backward(
+        spans = Spans(*saved[-4:], ctx.n_a, ctx.n_spans)
+        grad_hidden = paired_backward(
             grad_cos, pooled, norm, cos, spans, events, ctx.num_rows, ctx.eps, ctx.hidden_dtype
         )
         return grad_hidden, None, None, None, None, None, None
 
 
-class PoolNormalizeFunction(torch.autograd.Function):
+class _PoolNormalize(torch.autograd.Function):
     """(hidden, a_starts, a_ends, b_starts|None, b_ends|None, eps, need_grad)
     -> (pooled [S,H] fp32, unit_a [n_a,H] fp32, unit_b [S-n_a,H] fp32); backward through all three.
 
@@ -237,14 +235,14 @@ class PoolNormalizeFunction(torch.autograd.Function):
         eps: float,
         need_grad: bool,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        from clmap.kernels import pooled_similarity_triton as tk
+        from clmap.kernels.pooled_similarity_forward_triton import pool_forward
+        from clmap.kernels.pooled_similarity_spans import make_spans
 
-        spans = tk.make_spans(a_starts, a_ends, b_starts, b_ends)
-        mode = BACKWARD
-        pooled, unit, norm, events = tk.pool_forward(hidden, spans, eps, rank=need_grad and mode != "atomic")
+        spans = make_spans(a_starts, a_ends, b_starts, b_ends)
+        pooled, unit, norm, events = pool_forward(hidden, spans, eps, rank=need_grad)
         if need_grad:
             ctx.save_for_backward(unit, norm, *(events or ()), *spans[:4])
-            ctx.has_events, ctx.mode = events is not None, mode
+            ctx.has_events = events is not None
             ctx.n_a, ctx.n_spans = spans.n_a, spans.n_spans
             ctx.eps, ctx.num_rows, ctx.hidden_dtype = eps, hidden.shape[0], hidden.dtype
         ctx.set_materialize_grads(False)
@@ -252,41 +250,25 @@ class PoolNormalizeFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_pooled: Tensor | None, grad_unit_a: Tensor | None, grad_unit_b: Tensor | None):
-        from clmap.kernels import pooled_similarity_triton as tk
+        from clmap.kernels.pooled_similarity_backward_triton import pool_backward
+        from clmap.kernels.pooled_similarity_spans import Spans
 
         saved = ctx.saved_tensors
         unit, norm = saved[:2]
         events = saved[2:4] if ctx.has_events else None
-        spans = tk.Spans(*saved[-4:], ctx.n_a, ctx.n_spans)
-        if ctx.mode != "atomic":
-            grad_hidden = tk.pool_backward_events(
-                grad_pooled,
-                grad_unit_a,
-                grad_unit_b,
-                unit,
-                norm,
-                spans,
-                events,
-                ctx.num_rows,
-                ctx.eps,
-                ctx.hidden_dtype,
-            )
-        else:
-            grad_unit = None
-            if grad_unit_a is not None or grad_unit_b is not None:
-                grad_unit = torch.cat(
-                    [
-                        g if g is not None else unit.new_zeros(n, unit.shape[1])
-                        for g, n in ((grad_unit_a, spans.n_a), (grad_unit_b, spans.n_spans - spans.n_a))
-                    ]
-                )
-            starts, ends = spans.a_starts.long(), spans.a_ends.long()
-            if spans.n_spans > spans.n_a:
-                starts = torch.cat([starts, spans.b_starts.long()])
-                ends = torch.cat([ends, spans.b_ends.long()])
-            grad_hidden = tk.pool_normalize_backward(
-                grad_pooled, grad_unit, unit, norm, starts, ends, ctx.num_rows, ctx.eps
-            ).to(ctx.hidden_dtype)
+        spans = Spans(*saved[-4:], ctx.n_a, ctx.n_spans)
+        grad_hidden = pool_backward(
+            grad_pooled,
+            grad_unit_a,
+            grad_unit_b,
+            unit,
+            norm,
+            spans,
+            events,
+            ctx.num_rows,
+            ctx.eps,
+            ctx.hidden_dtype,
+        )
         return grad_hidden, None, None, None, None, None, None
 
 
@@ -307,7 +289,7 @@ def _pool_normalize(
     """(pooled [S, H], unit vectors of the a-spans, unit vectors of the b-spans or None) by ``backend``."""
     if backend == "triton":
         _check_triton_dtype(hidden)
-        pooled, unit_a, unit_b = PoolNormalizeFunction.apply(
+        pooled, unit_a, unit_b = _PoolNormalize.apply(
             hidden, starts, ends, b_starts, b_ends, eps, _needs_grad(hidden)
         )
         return pooled, unit_a, (unit_b if b_starts is not None else None)
@@ -361,11 +343,9 @@ def paired_cosine(
     choice = choose_backend(hidden, backend)
     if choice == "reference":
         return paired_cosine_reference(hidden, a_starts, a_ends, b_starts, b_ends, eps=eps)
-    if choice == "triton" and BACKWARD != "atomic":
+    if choice == "triton":
         _check_triton_dtype(hidden)
-        return PairedCosineFunction.apply(
-            hidden, a_starts, a_ends, b_starts, b_ends, eps, _needs_grad(hidden)
-        )
+        return _PairedCosine.apply(hidden, a_starts, a_ends, b_starts, b_ends, eps, _needs_grad(hidden))
     _, u, v = _pool_normalize(hidden, a_starts, a_ends, eps, choice, b_starts, b_ends)
     return (u * v).sum(dim=-1)
 

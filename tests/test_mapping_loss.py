@@ -40,7 +40,7 @@ def _run(fn, hidden, weight, targets, groups, g, upstream, weighted=False, **kw)
     if weighted:
         out = fn(hidden, weight, targets, groups, g, group_weights=upstream, **kw)
         assert not out.loss_sum.requires_grad
-        total = out.weighted
+        total = out.weighted_loss
     else:
         out = fn(hidden, weight, targets, groups, g, **kw)
         total = (out.loss_sum * upstream.to(out.loss_sum.dtype)).sum()
@@ -64,7 +64,18 @@ def _err(a, ref):
 
 
 def _check_against_reference(
-    backend, hidden, weight, targets, groups, g, upstream, z_loss=0.0, *, weighted=False, chunk_bytes=None
+    backend,
+    hidden,
+    weight,
+    targets,
+    groups,
+    g,
+    upstream,
+    z_loss=0.0,
+    *,
+    weighted=False,
+    chunk_bytes=None,
+    accum_dtype=torch.float32,
 ):
     dtype = hidden.dtype
     ref = _run(
@@ -83,6 +94,7 @@ def _check_against_reference(
         z_loss=z_loss,
         backend=backend,
         chunk_bytes=chunk_bytes,
+        accum_dtype=accum_dtype,
     )
     assert got[0].dtype == torch.float32 and got[1].dtype == torch.int64
     assert got[2].dtype == dtype and got[3].dtype == dtype
@@ -187,9 +199,9 @@ def test_weighted_mode_contract(backend):
     hidden, weight, targets, groups, upstream = _inputs(30, 16, 50, 3, ignore=0.0)
     h = hidden.clone().requires_grad_()
     out = mapping_loss(h, weight, targets, groups, 3, group_weights=upstream, backend=backend)
-    torch.testing.assert_close(out.weighted, (upstream * out.loss_sum).sum())
-    (grad_once,) = torch.autograd.grad(out.weighted, [h], retain_graph=True)
-    (grad_thrice,) = torch.autograd.grad(3.0 * out.weighted, [h])
+    torch.testing.assert_close(out.weighted_loss, (upstream * out.loss_sum).sum())
+    (grad_once,) = torch.autograd.grad(out.weighted_loss, [h], retain_graph=True)
+    (grad_thrice,) = torch.autograd.grad(3.0 * out.weighted_loss, [h])
     torch.testing.assert_close(grad_thrice, 3.0 * grad_once)
     ref_h = hidden.clone().requires_grad_()
     ref = mapping_loss_reference(ref_h, weight, targets, groups, 3)
@@ -197,7 +209,7 @@ def test_weighted_mode_contract(backend):
     torch.testing.assert_close(grad_once, ref_grad, rtol=1e-4, atol=1e-6)
     with torch.no_grad():
         plain = mapping_loss(h, weight, targets, groups, 3, group_weights=upstream, backend=backend)
-    torch.testing.assert_close(plain.weighted, out.weighted)
+    torch.testing.assert_close(plain.weighted_loss, out.weighted_loss)
     with pytest.raises(ValueError, match="group_weights"):
         mapping_loss(h, weight, targets, groups, 3, group_weights=upstream[:2], backend=backend)
 
@@ -223,3 +235,91 @@ def test_default_dispatch_on_cpu(monkeypatch):
     ref = mapping_loss_reference(hidden, weight, targets, groups, 2)
     torch.testing.assert_close(out.loss_sum, ref.loss_sum, rtol=1e-5, atol=1e-5)
     assert torch.equal(out.count, ref.count)
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["deferred", "weighted"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize(
+    "n,h,v,ignore,z_loss,chunk_rows",
+    [(47, 31, 123, 0.3, 1e-4, None), (47, 31, 123, 0.3, 1e-3, 16), (8, 16, 32771, 0.3, 0.0, None)],
+    ids=["one-chunk", "three-chunks", "large-vocab"],
+)
+def test_low_precision_accumulation(backend, weighted, dtype, n, h, v, ignore, z_loss, chunk_rows):
+    """``accum_dtype`` = the inputs' dtype (logits chunks and weight-gradient accumulator in bf16/fp16):
+    the same rule against the fp64 reference. Each chunk rounds the accumulator once, so its error grows
+    with the number of chunks; at a few chunks it stays within plain PyTorch's own error + slack."""
+    hidden, weight, targets, groups, upstream = _inputs(n, h, v, 3, dtype=dtype, ignore=ignore, seed=2)
+    _check_against_reference(
+        backend,
+        hidden,
+        weight,
+        targets,
+        groups,
+        3,
+        upstream,
+        z_loss=z_loss,
+        weighted=weighted,
+        chunk_bytes=None if chunk_rows is None else 2 * v * chunk_rows,
+        accum_dtype=dtype,
+    )
+
+
+def _buffer_dtypes(monkeypatch, accum, backend, weighted, v=50, chunk_rows=8):
+    """(dtypes of the logits chunks, dtypes of the weight-gradient accumulators) of one fwd+bwd."""
+    chunks = importlib.import_module("clmap.kernels.mapping_loss_chunks")
+    hidden, weight, targets, groups, upstream = _inputs(40, 16, v, 3, dtype=torch.bfloat16, ignore=0.0)
+    real_mm, real_pass = chunks._mm, ml.chunk_pass
+    logits, grad_weights = [], []
+
+    def spy_mm(a, b, out_dtype):
+        out = real_mm(a, b, out_dtype)
+        if out.shape[1] == v:
+            logits.append(out.dtype)
+        return out
+
+    def spy_pass(*args, **kw):
+        out = real_pass(*args, **kw)
+        if out[3] is not None:
+            grad_weights.append(out[3].dtype)
+        return out
+
+    monkeypatch.setattr(chunks, "_mm", spy_mm)
+    monkeypatch.setattr(ml, "chunk_pass", spy_pass)
+    chunk_bytes = accum.itemsize * v * chunk_rows
+    kw = dict(backend=backend, chunk_bytes=chunk_bytes, accum_dtype=accum)
+    _run(mapping_loss, hidden, weight, targets, groups, 3, upstream, weighted, **kw)
+    monkeypatch.undo()
+    return logits, grad_weights
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["deferred", "weighted"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_low_precision_accumulation_holds_bf16(monkeypatch, backend, weighted):
+    """The memory claim: with bf16 accumulation every logits chunk and the weight-gradient accumulator are
+    bf16 (no fp32 V x H buffer); the fp32 default keeps both in fp32."""
+    walks = 1 if weighted else 2  # the deferred mode walks the 5 chunks again in backward
+    for accum in (torch.bfloat16, torch.float32):
+        logits, grad_weights = _buffer_dtypes(monkeypatch, accum, backend, weighted)
+        assert logits == [accum] * 5 * walks and grad_weights == [accum]
+
+
+def test_low_precision_accumulation_contract():
+    """accum_dtype must be fp32 or the inputs' dtype; in the weighted mode the upstream gradient scales the
+    bf16 weight gradient (in place), and a second backward is refused instead of returning a wrong one."""
+    hidden, weight, targets, groups, upstream = _inputs(20, 16, 50, 3, ignore=0.0)
+    with pytest.raises(ValueError, match="accum_dtype=torch.bfloat16 must be torch.float32 or the dtype"):
+        mapping_loss(hidden, weight, targets, groups, 3, accum_dtype=torch.bfloat16)
+    w = weight.to(torch.bfloat16).requires_grad_()
+
+    def weighted_loss():
+        return mapping_loss(
+            hidden.bfloat16(), w, targets, groups, 3, group_weights=upstream, accum_dtype=torch.bfloat16
+        ).weighted_loss
+
+    (grad_once,) = torch.autograd.grad(weighted_loss(), [w])
+    loss = weighted_loss()
+    (grad_thrice,) = torch.autograd.grad(3.0 * loss, [w], retain_graph=True)
+    torch.testing.assert_close(grad_thrice.float(), 3.0 * grad_once.float(), rtol=2**-7, atol=0)
+    with pytest.raises(RuntimeError, match="backpropagate through weighted_loss once"):
+        torch.autograd.grad(loss, [w])
