@@ -12,7 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import LANGS, PAIRS
-from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    masking_utils,
+)
 from transformers import modeling_flash_attention_utils as fa_utils
 
 from clmap.config import ObjectiveConfig
@@ -36,6 +43,7 @@ class FakeFlash:
     def __init__(self):
         self.varlen_calls: list[dict] = []
         self.dense_calls = 0
+        self.position_ids_inspections = {"per_forward": 0, "per_layer": 0}  # transformers finding boundaries
 
     @staticmethod
     def _attend(q, k, v, softmax_scale, causal, window_size):
@@ -111,8 +119,21 @@ def fake_flash(monkeypatch):
     def lazy_imports(implementation, attention_wrapper=None, allow_all_kernels=False):
         return fake.dense, fake.varlen, None, fa_utils._pad_input, fa_utils._unpad_input
 
+    def counted(fn, key):
+        def wrapper(*args, **kwargs):
+            fake.position_ids_inspections[key] += 1
+            return fn(*args, **kwargs)
+
+        return wrapper
+
     monkeypatch.setattr(fa_utils, "_lazy_imports", lazy_imports)
     monkeypatch.setattr(fa_utils, "_loaded_implementation", None)
+    monkeypatch.setattr(fa_utils, "_is_packed_sequence", counted(fa_utils._is_packed_sequence, "per_layer"))
+    monkeypatch.setattr(
+        masking_utils,
+        "find_packed_sequence_indices",
+        counted(masking_utils.find_packed_sequence_indices, "per_forward"),
+    )
     return fake
 
 
@@ -233,6 +254,10 @@ def test_packed_sequences_equal_each_sequence_alone(impl, micro_batch, fake_flas
     rows = random_rows(micro_batch, seed=micro_batch)
     assert sum(len(r.seq_lens) for r in rows) >= 2 * micro_batch  # several sequences per row
     packed = packed_logits(model, rows)
+    # The boundaries came from the rows: transformers never looked for them in position_ids in a layer (a
+    # device sync each); only flash_attention_2's mask preparation still does, once per forward.
+    inspections = fake_flash.position_ids_inspections
+    assert inspections == {"per_forward": int(impl == "flash_attention_2"), "per_layer": 0}, inspections
     if impl == "flash_attention_2":  # every layer ran varlen over the flattened micro-batch, nothing else
         assert len(fake_flash.varlen_calls) == model.config.num_hidden_layers and fake_flash.dense_calls == 0
     logit_err, loss_err, scale = leak(packed, alone_logits(model, rows))
