@@ -91,7 +91,8 @@ def count_parameters(model: torch.nn.Module, exclude_embeddings: bool = False) -
 #                      ``max_length_q/k`` (transformers' FlashAttentionKwargs) make every layer call
 #                      flash_attn_varlen_func. No mask is materialised, no FLOP is spent across sequences,
 #                      any micro-batch size works (transformers' own detection from position_ids only works
-#                      at batch size 1, and reads them in every layer: one device sync per layer).
+#                      at batch size 1, and reads them in every layer: one device sync per layer). Its mask
+#                      preparation still reads position_ids once per forward (a result FA2 then ignores).
 #   sdpa, eager        mask: a 4-D block-causal mask [B, 1, S, S] built on the device from the offsets (bool
 #                      for sdpa: True attends; additive 0 / dtype-min for eager, as transformers makes them).
 #                      transformers passes a 4-D mask through untouched, so it never inspects position_ids
