@@ -1,6 +1,6 @@
-"""Quick correctness check of the Triton kernels against their fp64 references on a real GPU.
+"""Quick correctness check of the Triton kernels against their fp64 references on a real GPU, and of packing.
 
-    python -m benchmarks.gpu_check [--device cuda|cpu]
+    python -m benchmarks.gpu_check [--device cuda|cpu] [--checks kernels,packing] [--packing-size check|tiny]
 
 Rule of the tests (FlashAttention / Cut Cross-Entropy): the kernel's max abs error against the fp64
 reference may not exceed that of plain PyTorch at the same input dtype plus a slack times
@@ -9,11 +9,23 @@ max(1, |ref|); printed (and written) relative to the reference's largest magnitu
 bf16 also the mapping loss with ``accum_dtype=torch.bfloat16`` (``mapping_loss.bf16acc.*``).
 Exits 1 if any check fails; rows go to results/gpu_check.csv.
 On the CPU (``--device cpu``) the Triton kernels run under TRITON_INTERPRET=1.
+
+``packing``: for each attention implementation the trainer can select here (flash_attention_2 if flash-attn
+is importable on CUDA, sdpa, and eager on the CPU) and micro-batches of 2 and 4 packed rows, the logits of
+every packed sequence (the trainer's mechanism: ``clmap.model.packed_attention_inputs`` on ``collate``'s
+boundaries) against the same sequence run alone in fp32, by the same rule as the kernels (alone at the
+check's dtype is "plain torch"). The row also records the error of a deliberately unmasked forward
+(``leak_rel_err``; it must exceed the tolerance, or the check could not fail) and the forward + backward
+time of the mechanism (``packed_ms``) and of rows that carry only restarting position_ids and leave the
+boundaries to transformers (``position_ids_ms``; exact for sdpa/eager, leaking for flash_attention_2 at
+micro-batch > 1).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib.util
 import os
 import sys
 
@@ -28,6 +40,12 @@ MAPPING_SHAPES = {
     "cpu": [(37, 16, 101)],
 }
 POOLED_SHAPES = {"cuda": [(5000, 512, 64), (20011, 1024, 301)], "cpu": [(50, 16, 6)]}
+# Packing check models: (hidden, layers, heads, kv heads, vocab, row length); "tiny" is configs/tiny.toml's.
+PACKING_SIZES = {
+    "cuda": (512, 4, 8, 4, 4096, 2048),
+    "cpu": (32, 2, 4, 2, 101, 64),
+    "tiny": (128, 4, 4, 2, 8000, 256),
+}
 
 
 def _errs(a: torch.Tensor, plain: torch.Tensor, ref: torch.Tensor) -> tuple[float, float, float]:
@@ -160,21 +178,140 @@ def _row(
     }
 
 
+def _packing_rows(micro_batch: int, seq_len: int, vocab: int, seed: int):
+    """Rows of several sequences (seq_len/16 .. seq_len/3 tokens); odd rows end in a padding tail."""
+    from clmap.data.stream import Row
+
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for r in range(micro_batch):
+        lens, room = [], seq_len - (r % 2) * (seq_len // 10)
+        while room > 0:
+            n = min(room, int(torch.randint(max(2, seq_len // 16), seq_len // 3, (1,), generator=gen)))
+            lens.append(n)
+            room -= n
+        pad = seq_len - sum(lens)
+        positions = [p for n in lens for p in range(n)] + list(range(pad))
+        ids = torch.randint(3, vocab, (seq_len,), generator=gen).tolist()
+        rows.append(Row(ids, [-100] * seq_len, positions, [0] * seq_len, [], [], lens))
+    return rows
+
+
+def check_packing(impl: str, micro_batch: int, dtype: torch.dtype, device: str, size: str) -> dict:
+    """One row: packed sequences vs each alone, the leak of an unmasked forward, and the cost."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from benchmarks.common import time_fn
+    from clmap.data.stream import collate
+    from clmap.model import packed_attention_inputs
+
+    hidden, layers, heads, kv_heads, vocab, seq_len = PACKING_SIZES[size]
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=3 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=seq_len,
+        attn_implementation="sdpa",
+    )
+    reference_model = LlamaForCausalLM(config).to(device).eval()  # fp32 sdpa: the reference
+    model = copy.deepcopy(reference_model).to(dtype)
+    model.config._attn_implementation = impl
+    rows = _packing_rows(micro_batch, seq_len, vocab, seed=micro_batch)
+    batch = collate(rows, device)
+    ids, positions = batch["input_ids"], batch["position_ids"]
+
+    def packed(layout: str) -> torch.Tensor:
+        if layout == "clmap":
+            embeds = model.get_input_embeddings()(ids)
+            inputs = packed_attention_inputs(
+                impl, embeds, positions, batch["cu_seq_lens"], batch["max_seq_len"], model.config
+            )
+            logits = model(**inputs, use_cache=False).logits
+        elif layout == "position_ids":  # boundaries left to transformers' detection
+            logits = model(input_ids=ids, position_ids=positions, use_cache=False).logits
+        else:  # no boundaries at all: one long row, plain positions (must be caught leaking)
+            logits = model(input_ids=ids.reshape(1, -1), use_cache=False).logits
+        return logits.reshape(ids.numel(), -1)
+
+    sequences = []  # (flat offset, length) of every packed sequence
+    for r, row in enumerate(rows):
+        starts = torch.tensor([0, *row.seq_lens[:-1]]).cumsum(0).tolist()
+        sequences += [(r * seq_len + start, n) for start, n in zip(starts, row.seq_lens, strict=True)]
+    flat = ids.flatten()
+    with torch.no_grad():
+        ref = [reference_model(input_ids=flat[o : o + n][None]).logits[0].double() for o, n in sequences]
+        plain = [model(input_ids=flat[o : o + n][None]).logits[0].double() for o, n in sequences]
+        got, unmasked = (
+            [x[o : o + n].double() for o, n in sequences] for x in (packed("clmap"), packed("unmasked"))
+        )
+
+    def err(per_sequence: list[torch.Tensor]) -> float:
+        return max((x - r).abs().max().item() for x, r in zip(per_sequence, ref, strict=True))
+
+    scale = max(r.abs().max().item() for r in ref)
+    row = _row(f"packing.{impl}", f"{micro_batch}x{seq_len}", dtype, err(got), err(plain), scale)
+    leak = err(unmasked) / max(scale, 1e-30)
+    row["leak_rel_err"] = f"{leak:.3e}"
+    row["ok"] = row["ok"] and leak > float(row["tolerance"])
+
+    def step(layout: str):
+        def run():
+            model.zero_grad(set_to_none=True)
+            packed(layout).float().mean().backward()
+
+        return run
+
+    model.train()
+    reps = {"cuda": {}, "cpu": {"warmup": 1, "rep": 5}}[device]
+    for layout, key in (("clmap", "packed_ms"), ("position_ids", "position_ids_ms")):
+        row[key] = f"{time_fn(step(layout), device=device, **reps).median_ms:.3f}"
+    print(
+        f"     packing.{impl} {micro_batch}x{seq_len}: unmasked leak {leak:.3e}, forward+backward "
+        f"{row['packed_ms']} ms (position_ids only: {row['position_ids_ms']} ms)",
+        flush=True,
+    )
+    return row
+
+
+def packing_backends(device: str) -> list[str]:
+    """What the trainer can select on this device: sdpa always, flash_attention_2 with flash-attn on CUDA,
+    eager checked on the CPU (on CUDA it is the slow debugging path)."""
+    if device == "cpu":
+        return ["sdpa", "eager"]
+    return (["flash_attention_2"] if importlib.util.find_spec("flash_attn") else []) + ["sdpa"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument("--device", choices=("cuda", "cpu"), default=default)
+    parser.add_argument("--checks", default="kernels,packing", help="comma-separated: kernels, packing")
+    parser.add_argument(
+        "--packing-size", choices=("check", "tiny"), default="check", help="tiny: configs/tiny.toml's model"
+    )
     args = parser.parse_args(argv)
+    checks = set(args.checks.split(","))
     if args.device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are defined: before importing them
     from benchmarks.common import append_csv, environment_tags
 
     rows = []
-    for dtype in (torch.float32, torch.bfloat16):
-        for shape in MAPPING_SHAPES[args.device]:
-            rows += check_mapping_loss(*shape, dtype, args.device)
-        for shape in POOLED_SHAPES[args.device]:
-            rows += check_pooled(*shape, dtype, args.device)
+    if "kernels" in checks:
+        for dtype in (torch.float32, torch.bfloat16):
+            for shape in MAPPING_SHAPES[args.device]:
+                rows += check_mapping_loss(*shape, dtype, args.device)
+            for shape in POOLED_SHAPES[args.device]:
+                rows += check_pooled(*shape, dtype, args.device)
+    if "packing" in checks:
+        size = args.device if args.packing_size == "check" else "tiny"
+        dtype = torch.bfloat16 if args.device == "cuda" else torch.float32  # the trainer's compute dtype
+        for impl in packing_backends(args.device):
+            for micro_batch in (2, 4):
+                rows.append(check_packing(impl, micro_batch, dtype, args.device, size))
     tags = environment_tags(args.device)
     append_csv("gpu_check", [{**tags, **r} for r in rows])
     failed = [r for r in rows if not r["ok"]]

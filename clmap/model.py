@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from pathlib import Path
 
 import torch
@@ -15,14 +16,18 @@ from clmap.data.tokenizer import ClmapTokenizer
 def attention_implementation(cfg: ModelConfig, device: torch.device) -> str:
     """flash_attention_2 when flash-attn is importable on CUDA, else PyTorch SDPA.
 
-    Both take packed rows: with restarting ``position_ids`` and no attention mask, transformers
-    builds per-sequence attention (cu_seqlens for flash-attn, a block-causal mask for SDPA).
+    Either way packed rows stay exact: see :func:`packed_attention_inputs` for how each implementation is
+    told where the sequences of a row start and end.
     """
+    has_flash = device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
+    if cfg.attn_implementation == "flash_attention_2" and not has_flash:
+        raise ValueError(
+            "model.attn_implementation=flash_attention_2 needs the flash-attn package and a CUDA device "
+            f"(device here: {device.type}); use sdpa or auto"
+        )
     if cfg.attn_implementation != "auto":
         return cfg.attn_implementation
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+    return "flash_attention_2" if has_flash else "sdpa"
 
 
 def build_model(cfg: ModelConfig, tok: ClmapTokenizer, device: torch.device) -> PreTrainedModel:
@@ -75,3 +80,126 @@ def count_parameters(model: torch.nn.Module, exclude_embeddings: bool = False) -
     if exclude_embeddings and isinstance(model, PreTrainedModel):
         total -= model.get_input_embeddings().weight.numel()
     return total
+
+
+# -- packed rows ----------------------------------------------------------------------------------
+# A training row holds several sequences (and a padding tail) back to back; none may attend to another.
+# The boundaries are known on the host when the rows are collated (``collate``'s ``cu_seq_lens``, the
+# offsets of every sequence over the flattened [B·S] token axis, the padding tail of a row being a sequence
+# of its own), so each implementation is told them explicitly:
+#   flash_attention_2  varlen: the micro-batch is flattened into one [1, B·S] row and ``cu_seq_lens_q/k`` +
+#                      ``max_length_q/k`` (transformers' FlashAttentionKwargs) make every layer call
+#                      flash_attn_varlen_func. No mask is materialised, no FLOP is spent across sequences,
+#                      any micro-batch size works (transformers' own detection from position_ids only works
+#                      at batch size 1, and reads them in every layer: one device sync per layer). Its mask
+#                      preparation still reads position_ids once per forward (a result FA2 then ignores).
+#   sdpa, eager        mask: a 4-D block-causal mask [B, 1, S, S] built on the device from the offsets (bool
+#                      for sdpa: True attends; additive 0 / dtype-min for eager, as transformers makes them).
+#                      transformers passes a 4-D mask through untouched, so it never inspects position_ids
+#                      (its packed-sequence detection costs a device sync per forward). SDPA has no varlen
+#                      form: a mask is the only exact way, and flattening would only grow it to (B·S)².
+# Anything else (another implementation, a model whose attention cannot take the offsets, sliding-window
+# layers mixed with full ones under a mask) is refused before training starts: never a silent leak.
+PACKED_ATTENTION: dict[str, str] = {"flash_attention_2": "varlen", "sdpa": "mask", "eager": "mask"}
+
+
+class PackingError(ValueError):
+    """A model / attention implementation with which packed sequences could attend to each other."""
+
+
+def check_packed_attention(model: PreTrainedModel) -> str:
+    """The model's attention implementation if packing can be made exact with it, else PackingError."""
+    impl = model.config._attn_implementation
+    if impl not in PACKED_ATTENTION:
+        raise PackingError(
+            f"model.attn_implementation: {impl!r} cannot keep packed sequences apart in clmap; "
+            f"use one of {', '.join(PACKED_ATTENTION)}"
+        )
+    unknown = set(_layer_types(model.config)) - {"full_attention", "sliding_attention"}
+    if unknown:
+        raise PackingError(
+            f"{type(model).__name__}: layers of type {', '.join(sorted(unknown))} are not supported with "
+            "packed rows (only full and sliding-window attention)"
+        )
+    if PACKED_ATTENTION[impl] == "varlen":
+        # The offsets reach attention through **kwargs of the decoder, of each block and of its attention.
+        layer = decoder_layers(model)[0]
+        for name, module in (
+            ("decoder", model.get_decoder()),
+            ("decoder layer", layer),
+            ("attention", getattr(layer, "self_attn", None)),
+        ):
+            if module is None or not _takes_var_keywords(module.forward):
+                raise PackingError(
+                    f"model.attn_implementation=flash_attention_2: the {name} of {type(model).__name__} "
+                    "does not pass keyword arguments on to attention, so packed sequences cannot be given "
+                    "their boundaries (cu_seq_lens); use sdpa"
+                )
+    return impl
+
+
+def packed_attention_inputs(
+    impl: str,
+    inputs_embeds: torch.Tensor,
+    position_ids: torch.Tensor,
+    cu_seq_lens: torch.Tensor,
+    max_seq_len: int,
+    config,
+) -> dict:
+    """Decoder keyword arguments that confine attention to each packed sequence (see the notes above).
+
+    ``inputs_embeds`` [B, S, H] and ``position_ids`` [B, S] (restarting at every sequence); ``cu_seq_lens``
+    int32 [n + 1], the sequences' offsets over the flat B·S tokens; ``max_seq_len`` the longest one. Token t
+    of the flat axis stays token t of the decoder's output in both layouts.
+    """
+    if PACKED_ATTENTION[impl] == "varlen":
+        return {
+            "inputs_embeds": inputs_embeds.flatten(0, 1)[None],
+            "position_ids": position_ids.reshape(1, -1),
+            "cu_seq_lens_q": cu_seq_lens,
+            "cu_seq_lens_k": cu_seq_lens,
+            "max_length_q": max_seq_len,
+            "max_length_k": max_seq_len,
+        }
+    batch, seq = position_ids.shape
+    device = inputs_embeds.device
+    tokens = torch.arange(batch * seq, device=device, dtype=cu_seq_lens.dtype)
+    sequence = torch.searchsorted(cu_seq_lens, tokens, right=True).view(batch, seq)
+    q = torch.arange(seq, device=device)
+    allowed = (sequence[:, :, None] == sequence[:, None, :]) & (q[:, None] >= q[None, :])
+    window = _mask_window(config, seq)
+    if window is not None:
+        allowed &= (q[:, None] - q[None, :]) < window
+    allowed = allowed[:, None]
+    if impl == "eager":  # eager attention adds its mask to the scores
+        zero = torch.zeros((), dtype=inputs_embeds.dtype, device=device)
+        allowed = torch.where(allowed, zero, torch.finfo(inputs_embeds.dtype).min)
+    return {"inputs_embeds": inputs_embeds, "position_ids": position_ids, "attention_mask": allowed}
+
+
+def _layer_types(config) -> list[str]:
+    """Attention type per layer; Mistral-style configs only carry ``sliding_window`` (then every layer)."""
+    types = getattr(config, "layer_types", None)
+    if types:
+        return list(types)
+    sliding = getattr(config, "sliding_window", None) is not None
+    return ["sliding_attention" if sliding else "full_attention"] * config.num_hidden_layers
+
+
+def _mask_window(config, seq_len: int) -> int | None:
+    """The sliding window one mask must apply to all layers, or None when no layer's window is shorter than a
+    row; a window that only some layers use would need one mask per kind of layer: refused."""
+    window = getattr(config, "sliding_window", None)
+    if window is None or window >= seq_len or "sliding_attention" not in _layer_types(config):
+        return None
+    if "full_attention" in _layer_types(config):
+        raise PackingError(
+            f"{config.model_type}: sliding-window layers (window {window} < row length {seq_len}) mixed with "
+            "full-attention layers cannot share one packing mask; use model.attn_implementation="
+            "flash_attention_2 or data.seq_len ≤ the window"
+        )
+    return window
+
+
+def _takes_var_keywords(fn) -> bool:
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel
 from clmap.config import ObjectiveConfig
 from clmap.data.examples import IGNORE_INDEX, GroupTable
 from clmap.kernels import cosine_matrix, mapping_loss, paired_cosine, pool_spans
-from clmap.model import decoder_layers
+from clmap.model import check_packed_attention, decoder_layers, packed_attention_inputs
 
 
 def hidden_state_layer(layer: int, num_layers: int, name: str) -> int:
@@ -71,12 +71,15 @@ class MappingObjective(nn.Module):
         self.lm = lm
         self.table = table
         self.cfg = cfg
+        self.attn_implementation = check_packed_attention(lm)  # refuses before training if packing would leak
         self.map_layer = hidden_state_layer(cfg.map_layer, len(decoder_layers(lm)), "objective.map_layer")
 
     def forward(
         self,
         input_ids: torch.Tensor,
         position_ids: torch.Tensor,
+        cu_seq_lens: torch.Tensor,
+        max_seq_len: int,
         targets: torch.Tensor,
         groups: torch.Tensor,
         span_starts: torch.Tensor,
@@ -89,11 +92,19 @@ class MappingObjective(nn.Module):
         """Per-group loss sums/counts and the mapping term; ``return_pooled`` also returns the pooled
         source encodings of each pair (the dev-set LAC reads them: no second forward). ``group_weights``
         (the step's loss coefficients, :func:`loss_coefficients`) let the fused loss compute its
-        gradients during the forward: ``weighted_loss`` is then the differentiable LM part of L."""
+        gradients during the forward: ``weighted_loss`` is then the differentiable LM part of L.
+        ``cu_seq_lens`` / ``max_seq_len`` (from :func:`~clmap.data.stream.collate`) are where the packed
+        sequences start and end: no token attends across them, whatever the attention implementation."""
         want_map = (self.cfg.lambda_map > 0 or return_pooled) and pair_a.numel() > 0
-        out = self.lm.get_decoder()(
-            input_ids=input_ids, position_ids=position_ids, use_cache=False, output_hidden_states=want_map
+        inputs = packed_attention_inputs(
+            self.attn_implementation,
+            self.lm.get_input_embeddings()(input_ids),
+            position_ids,
+            cu_seq_lens,
+            max_seq_len,
+            self.lm.config,
         )
+        out = self.lm.get_decoder()(**inputs, use_cache=False, output_hidden_states=want_map)
         hidden = out.last_hidden_state
         loss = mapping_loss(
             hidden.flatten(0, 1),

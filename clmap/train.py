@@ -168,8 +168,8 @@ class StepMetrics:
     """The metrics of one step: losses per task and group, lr, gradient norm, tokens/s, MFU, memory, and
     the share of the step spent waiting for data. Holds what does not change between steps."""
 
-    def __init__(self, cfg: Config, table: GroupTable, pad_id: int, lm, num_params: int, dist_info: DistInfo):
-        self.cfg, self.table, self.pad_id, self.dist_info = cfg, table, pad_id, dist_info
+    def __init__(self, cfg: Config, table: GroupTable, lm, num_params: int, dist_info: DistInfo):
+        self.cfg, self.table, self.dist_info = cfg, table, dist_info
         self.peak = peak_flops(dist_info.device)
         self.flops_per_token = flops_per_token(
             num_params, len(decoder_layers(lm)), lm.config.hidden_size, cfg.data.seq_len
@@ -187,7 +187,7 @@ class StepMetrics:
         elapsed: float,
     ) -> dict:
         metrics = summarize_totals(self.table, sums, self.cfg.objective)
-        tokens = sum(sum(1 for p in r.input_ids if p != self.pad_id) for r in rows)
+        tokens = sum(r.num_tokens for r in rows)  # from the row layout: a pad id can equal a real token's
         metrics.update(
             {
                 "lr": scheduler.get_last_lr()[0],
@@ -236,7 +236,7 @@ def run(cfg: Config) -> Path:
 
     logger = MetricLogger(run_dir, enabled=main, tensorboard=cfg.metrics.tensorboard)
     preemption = _Preemption()
-    step_metrics = StepMetrics(cfg, table, tok.pad_id, lm, num_params, dist_info)
+    step_metrics = StepMetrics(cfg, table, lm, num_params, dist_info)
     if main:
         print(
             f"model: {num_params / 1e6:.2f}M parameters, {len(table)} loss groups, world size "

@@ -1,4 +1,7 @@
-"""Mapping examples, blending, packing and the resumable stream; packed rows never attend across sequences."""
+"""Mapping examples, document pieces, pair filtering, blending, packing and the resumable stream.
+
+That packed sequences never attend to each other is tested per attention implementation in test_packing.py.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,15 @@ import pytest
 import torch
 from conftest import LANGS, PAIRS
 
-from clmap.data.examples import IGNORE_INDEX, GroupTable, mapping_prompt, mapping_sequence, pair_unit
-from clmap.data.stream import TrainingStream, build_sources, collate, source_weights
+from clmap.data.examples import (
+    IGNORE_INDEX,
+    GroupTable,
+    mapping_prompt,
+    mapping_sequence,
+    ntp_sequence,
+    pair_unit,
+)
+from clmap.data.stream import Row, TrainingStream, build_sources, collate, source_weights
 from clmap.data.tokenizer import load_tokenizer
 
 
@@ -72,18 +82,59 @@ def test_pair_unit_is_bidirectional_and_linked(tok):
     assert len(one_way.sequences) == 1 and one_way.pairs == []
 
 
-def test_rows_are_packed_with_restarting_positions(tok):
-    stream, table, *_ = _stream(tok)
-    rows = [row for _, row in zip(range(40), stream.rows(), strict=False)]
+def _sequences(row):
+    """(start, length) of each packed sequence of a row, from its own layout."""
+    starts = np.cumsum([0, *row.seq_lens[:-1]]).tolist()
+    return list(zip(starts, row.seq_lens, strict=True))
+
+
+def test_packed_rows_hold_each_unit_once_in_its_layout(tok):
+    """Every sequence of a window lands in exactly one row, whole, with its own targets, group and source span
+    (relative to where it starts) and positions 0, 1, ...; no row holds more than seq_len real tokens; the
+    padding tail is pad ids without loss; rows are mostly full."""
+    stream, *_ = _stream(tok)
+    source_ids, samples = stream._blend(stream.window)
+    units = [
+        stream._unit(int(i), stream._record(int(i), int(j))) for i, j in zip(source_ids, samples, strict=True)
+    ]
+    expected = sorted(
+        (tuple(seq.input_ids), tuple(seq.targets), seq.group, seq.source_span)
+        for unit in units
+        for seq in unit.sequences
+    )
+    rows = stream.window_rows(0)
+    seen = []
     for row in rows:
-        assert len(row.input_ids) == len(row.targets) == len(row.position_ids) == 96
-        starts = [i for i, p in enumerate(row.position_ids) if p == 0]
-        assert starts[0] == 0
-        for s in starts:  # every sequence starts with bos (pad runs start with pad)
-            assert row.input_ids[s] in (tok.bos_id, tok.pad_id)
-        for start, end in row.spans:
-            assert 0 < start < end <= 96
-    assert np.mean([sum(t != IGNORE_INDEX for t in r.targets) / 96 for r in rows]) > 0.4  # packed, not padded
+        assert row.num_tokens <= 96 and row.num_tokens == sum(row.seq_lens)
+        for start, n in _sequences(row):
+            assert row.position_ids[start : start + n] == list(range(n))
+            (group,) = set(row.groups[start : start + n])
+            spans = [(a - start, b - start) for a, b in row.spans if start <= a < start + n]
+            assert len(spans) <= 1 and all(b <= n for _, b in spans)
+            layout = (tuple(row.input_ids[start : start + n]), tuple(row.targets[start : start + n]), group)
+            seen.append((*layout, spans[0] if spans else None))
+        pad = range(row.num_tokens, 96)
+        assert all(row.targets[i] == IGNORE_INDEX and row.input_ids[i] == tok.pad_id for i in pad)
+        assert row.position_ids[row.num_tokens :] == list(range(len(pad)))
+    assert sorted(seen) == expected  # each sequence once, none cut, none lost, nothing shifted
+    assert np.mean([r.num_tokens / 96 for r in rows]) > 0.8  # packed, not padded
+
+
+def test_collate_gives_every_segment_boundary_once(tok):
+    """cu_seq_lens: each sequence and each padding tail, row after row, over the flat B·T axis (int32)."""
+    stream, *_ = _stream(tok)
+    rows = stream.window_rows(0)[:4]
+    batch = collate(rows)
+    expected = [0]
+    for row in rows:
+        for n in row.seq_lens + ([96 - row.num_tokens] if row.num_tokens < 96 else []):
+            expected.append(expected[-1] + n)
+    assert batch["cu_seq_lens"].dtype == torch.int32 and batch["cu_seq_lens"].tolist() == expected
+    assert batch["max_seq_len"] == max(np.diff(expected)) and isinstance(batch["max_seq_len"], int)
+    # the positions restart exactly at those boundaries
+    starts = set(expected[:-1])
+    flat_positions = batch["position_ids"].flatten().tolist()
+    assert {i for i, p in enumerate(flat_positions) if p == 0} == starts
 
 
 def test_stream_resumes_from_any_row(tok):
@@ -108,7 +159,7 @@ def test_blend_follows_temperature_weights(tok):
 def test_padded_mode_one_unit_per_row(tok):
     stream, *_ = _stream(tok, packing=False)
     for row in stream.window_rows(0):
-        assert sum(1 for p in row.position_ids if p == 0) <= 3  # a pair (2 sequences) + the pad run
+        assert len(row.seq_lens) == (2 if row.pairs else 1)  # one unit: an NTP text or both sides of a pair
 
 
 def test_collate_flat_span_offsets(tok):
@@ -126,36 +177,68 @@ def test_collate_flat_span_offsets(tok):
             k += 1
 
 
-def test_packed_sequences_do_not_attend_to_each_other(tok):
-    """transformers builds per-sequence attention from restarting position_ids (sdpa, no mask, no cache)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=tok.vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            attn_implementation="sdpa",
-        )
-    ).eval()
-    first = torch.randint(4, tok.vocab_size, (1, 9))
-    second = torch.randint(4, tok.vocab_size, (1, 7))
-    packed = torch.cat([first, second], dim=1)
-    positions = torch.cat([torch.arange(9), torch.arange(7)])[None]
-    with torch.no_grad():
-        together = model(input_ids=packed, position_ids=positions, use_cache=False).logits  # as in training
-        alone = model(input_ids=second).logits
-    torch.testing.assert_close(together[:, 9:], alone, atol=1e-5, rtol=1e-5)
-
-
-def test_long_pairs_are_capped_to_fit_both_directions_in_a_row(tok):
-    long = "slovo " * 300
-    sources = build_sources(tok, {}, {"en-cs": ([long] * 3, [long] * 3)}, seq_len=40, max_segment_tokens=1000)
+def test_long_documents_end_in_eos_only_at_their_real_end(tok):
+    """A document longer than a row becomes pieces: the first has loss from its first token, a continuation
+    starts with bos but no loss on the token after it, and only the last piece ends in eos."""
+    text = " ".join(f"word{i}" for i in range(200))
+    ids = tok.encode(text)
+    sources = build_sources(tok, {"en": [text, "short one"]}, {}, seq_len=40, max_segment_tokens=16)
+    pieces = sources[0].records
+    assert [p.ids for p in pieces[:-1]] == [ids[i : i + 38] for i in range(0, len(ids), 38)]
+    assert [p.doc_start for p in pieces] == [True] + [False] * (len(pieces) - 3) + [False, True]
+    assert [p.doc_end for p in pieces] == [False] * (len(pieces) - 2) + [True, True]
     table = GroupTable(LANGS, PAIRS)
-    stream = TrainingStream(tok, table, sources, np.ones(1), seq_len=40, window=4)
+    stream = TrainingStream(tok, table, sources, np.ones(1), seq_len=40, window=len(pieces))
+    for piece in pieces:
+        seq = stream._unit(0, piece).sequences[0]
+        assert seq.input_ids[0] == tok.bos_id
+        assert (seq.input_ids[-1] == tok.eos_id) == piece.doc_end
+        assert seq.input_ids[1 : 1 + len(piece.ids)] == piece.ids
+        assert (seq.targets[0] == IGNORE_INDEX) == (not piece.doc_start)
+        assert seq.targets[-1] == IGNORE_INDEX
+    rows = stream.window_rows(0)
+    eos_count = sum(r.input_ids[: r.num_tokens].count(tok.eos_id) for r in rows)
+    assert eos_count == 2  # one per document
+
+
+def test_ntp_sequence_continuation_layout(tok):
+    whole = ntp_sequence(tok, [10, 11, 12], group=0)
+    assert whole.input_ids == [tok.bos_id, 10, 11, 12, tok.eos_id]
+    assert whole.targets == [10, 11, 12, tok.eos_id, IGNORE_INDEX]
+    middle = ntp_sequence(tok, [10, 11, 12], group=0, doc_start=False, doc_end=False)
+    assert middle.input_ids == [tok.bos_id, 10, 11, 12]
+    assert middle.targets == [IGNORE_INDEX, 11, 12, IGNORE_INDEX]
+
+
+def test_pairs_that_do_not_fit_are_dropped_and_counted(tok, capsys):
+    """A pair with a side over the cap is left out whole (a truncated pair is no longer parallel)."""
+    long, short = "slovo " * 300, "slovo"
+    src = [short, long, short, "dva", short]
+    tgt = [short, short, long, "two", short]
+    sources = build_sources(tok, {}, {"en-cs": (src, tgt)}, seq_len=40, max_segment_tokens=1000)
+    (source,) = sources
+    side_cap = (40 - 4 - 2 * len(tok.lang_tag("cs"))) // 4
+    assert source.dropped == 2
+    assert source.records == [(tok.encode(src[i]), tok.encode(tgt[i])) for i in (0, 3, 4)]
+    assert all(len(s) <= side_cap and len(t) <= side_cap for s, t in source.records)
+    out = capsys.readouterr().out
+    assert f"over {side_cap} tokens" in out and "cl:en-cs 2/5" in out
+    stream = TrainingStream(tok, GroupTable(LANGS, PAIRS), sources, np.ones(1), seq_len=40, window=4)
     for row in stream.window_rows(0):
-        assert len(row.input_ids) == 40 and len(row.spans) == 2
+        assert row.num_tokens <= 40 and len(row.spans) == 2 * len(row.pairs)
+    with pytest.raises(ValueError, match="cl:en-cs \\(all 1 pairs dropped"):
+        build_sources(tok, {}, {"en-cs": ([long], [short])}, seq_len=40, max_segment_tokens=1000)
+
+
+def test_real_tokens_are_counted_from_the_layout_not_the_pad_id(tok):
+    """pad == eos (Llama-3): counting tokens that differ from the pad id would drop every eos."""
+    row = Row(
+        input_ids=[1, 5, 2, 1, 6, 7, 2, 2, 2],  # two sequences ending in eos (2), then padding with pad id 2
+        targets=[5, 2, -100, 6, 7, 2, -100, -100, -100],
+        position_ids=[0, 1, 2, 0, 1, 2, 3, 0, 1],
+        groups=[0] * 9,
+        spans=[],
+        pairs=[],
+        seq_lens=[3, 4],
+    )
+    assert row.num_tokens == 7 and row.segments() == [3, 4, 2]

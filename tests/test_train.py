@@ -19,8 +19,14 @@ from clmap.metrics import read_metrics
 LOSS_KEYS = ["loss/total", "loss/ntp", "loss/cl_forward", "loss/cl_backward", "loss/map"]
 
 
-def _losses(run_dir):
-    return {r["step"]: {k: r[k] for k in LOSS_KEYS} for r in read_metrics(run_dir / "metrics.jsonl")}
+def _losses(run_dir, keys=LOSS_KEYS):
+    return {r["step"]: {k: r[k] for k in keys} for r in read_metrics(run_dir / "metrics.jsonl")}
+
+
+def _weights(run_dir) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(run_dir / "hf" / "model.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -39,19 +45,62 @@ def test_single_process_run_logs_every_task_and_exports(single_run):
     assert 0.0 <= first["map/mean_cos"] <= 1.0
     assert last["loss/total"] < first["loss/total"]  # it learns
     assert "dev/loss/total" in records[2] and "dev/loss/cl" in records[5]
-    for pair in ("en-cs", "cs-uk"):
-        assert -1.0 <= records[5][f"dev/lac/{pair}"] <= 1.0
     assert (single_run / "hf" / "model.safetensors").is_file()
     assert (single_run / "checkpoints" / "latest").read_text().strip() == "step_00000006"
 
 
 def test_two_process_fsdp_matches_single_process(single_run, small_corpus, small_tokenizer, tmp_path):
+    """Same losses, same gradient norms (Adam and clipping would hide a gradient off by a constant factor, the
+    norm does not) and the same weights at the end."""
     run_train(tiny_overrides(small_corpus, small_tokenizer, tmp_path), nproc=2)
-    one, two = _losses(single_run), _losses(tmp_path)
+    keys = LOSS_KEYS + ["grad_norm"]
+    one, two = _losses(single_run, keys), _losses(tmp_path, keys)
     assert one.keys() == two.keys()
     for step in one:
-        for key in LOSS_KEYS:
+        for key in keys:
             assert two[step][key] == pytest.approx(one[step][key], rel=2e-4, abs=1e-5), (step, key)
+    final_one, final_two = _weights(single_run), _weights(tmp_path)
+    # the 2-process export also writes the tied lm_head (a gathered copy, equal to the embeddings)
+    assert set(final_two) - set(final_one) <= {"lm_head.weight"}
+    if "lm_head.weight" in final_two:
+        assert torch.equal(final_two["lm_head.weight"], final_two["model.embed_tokens.weight"])
+    for name, weight in final_one.items():
+        torch.testing.assert_close(final_two[name], weight, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_dev_lac_equals_lac_of_each_sentence_encoded_alone(single_run, small_corpus, small_tokenizer):
+    """The dev LAC logged at the last step (pooled from packed dev rows, final weights) equals LAC computed
+    from the exported model with each dev sentence encoded alone as <bos> text: pooling, spans, packing
+    and the pair grouping all have to be right."""
+    from transformers import AutoModelForCausalLM
+
+    from clmap.data.pipeline import load_texts
+    from clmap.data.stream import build_sources
+    from clmap.data.tokenizer import load_tokenizer
+    from clmap.evaluate.alignment import language_alignment_coefficient, similarity_matrix
+
+    cfg = load_config(None, tiny_overrides(small_corpus, small_tokenizer, single_run))
+    logged = read_metrics(single_run / "metrics.jsonl")[-1]
+    model = AutoModelForCausalLM.from_pretrained(single_run / "hf", local_files_only=True).eval()
+    tok = load_tokenizer(single_run / "hf")
+    layer = model.config.num_hidden_layers // 2  # objective.map_layer = -1: the middle layer
+    _, parallel = load_texts(cfg, "dev")
+    parallel = {k: (a[: cfg.data.dev_pairs], b[: cfg.data.dev_pairs]) for k, (a, b) in parallel.items()}
+    sources = build_sources(
+        tok, {}, parallel, seq_len=cfg.data.seq_len, max_segment_tokens=cfg.data.max_segment_tokens
+    )
+
+    def encode(ids: list[int]) -> torch.Tensor:
+        with torch.no_grad():
+            hidden = model.model(input_ids=torch.tensor([[tok.bos_id, *ids]]), output_hidden_states=True)
+        return hidden.hidden_states[layer][0, 1:].mean(0)
+
+    for source in sources:
+        pair = source.name.removeprefix("cl:")
+        u = torch.stack([encode(src) for src, _ in source.records])
+        v = torch.stack([encode(tgt) for _, tgt in source.records])
+        lac, _, _ = language_alignment_coefficient(similarity_matrix(u, v), n_boot=0)
+        assert logged[f"dev/lac/{pair}"] == pytest.approx(lac, abs=1e-9), pair
 
 
 def test_sigkill_then_resume_continues_the_same_curve(single_run, small_corpus, small_tokenizer, tmp_path):
@@ -148,3 +197,41 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(small_corpus, small_tokeni
     step = int(latest.split("_")[1])
     assert 2 <= step < 400
     assert read_metrics(tmp_path / "metrics.jsonl")[-1]["step"] == step
+
+
+def test_tokens_per_second_counts_real_tokens_when_pad_equals_eos():
+    """Llama-3 pads with eos: a count by pad id would drop every real eos; the row layout does not."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from clmap.data.examples import GroupTable
+    from clmap.data.stream import Row
+    from clmap.objectives import ObjectiveOutput
+    from clmap.parallel import DistInfo
+    from clmap.train import StepMetrics
+
+    cfg = load_config(None, [])
+    table = GroupTable(["en"], [])
+    lm = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2
+        )
+    )
+    step_metrics = StepMetrics(cfg, table, lm, 1000, DistInfo(0, 1, 0, torch.device("cpu")))
+    eos = pad = 2
+    row = Row(
+        input_ids=[1, 5, eos, 1, 6, 7, eos, pad, pad],
+        targets=[5, eos, -100, 6, 7, eos, -100, -100, -100],
+        position_ids=[0, 1, 2, 0, 1, 2, 3, 0, 1],
+        groups=[0] * 9,
+        spans=[],
+        pairs=[],
+        seq_lens=[3, 4],
+    )
+
+    class Scheduler:
+        def get_last_lr(self):
+            return [1e-3]
+
+    sums = ObjectiveOutput.zero_totals(len(table), torch.device("cpu"))
+    metrics = step_metrics(sums, [row, row], Scheduler(), 0.0, True, 0, 0.0, 2.0)
+    assert metrics["tokens_per_s"] == 7.0  # 2 rows × 7 real tokens over 2 s

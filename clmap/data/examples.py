@@ -61,10 +61,22 @@ class GroupTable:
         return self.index[name]
 
 
-def ntp_sequence(tok: ClmapTokenizer, ids: list[int], group: int) -> Sequence:
-    """``<bos> text <eos>`` with loss on every next token."""
-    input_ids = [tok.bos_id, *ids, tok.eos_id]
-    return Sequence(input_ids, input_ids[1:] + [IGNORE_INDEX], group)
+def ntp_sequence(
+    tok: ClmapTokenizer, ids: list[int], group: int, *, doc_start: bool = True, doc_end: bool = True
+) -> Sequence:
+    """``<bos> text <eos>`` with loss on every next token.
+
+    A document longer than a row is cut into pieces (``build_sources``): only the piece that holds its real
+    end gets ``<eos>``, so the model never learns to stop mid-document. A continuation (``doc_start=False``)
+    still starts with ``<bos>``, because every attention segment starts as at inference (position 0 holds
+    the ``<bos>`` that pretrained models use as an attention sink), but the token right after it carries no
+    loss: a document does not start mid-sentence.
+    """
+    input_ids = [tok.bos_id, *ids] + ([tok.eos_id] if doc_end else [])
+    targets = input_ids[1:] + [IGNORE_INDEX]
+    if not doc_start:
+        targets[0] = IGNORE_INDEX
+    return Sequence(input_ids, targets, group)
 
 
 def mapping_sequence(

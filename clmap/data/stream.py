@@ -10,13 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from clmap.data.examples import IGNORE_INDEX, GroupTable, Unit, ntp_sequence, pair_unit, text_pair_unit
 from clmap.data.index import blended_index, pack_bins, temperature_weights
 from clmap.data.tokenizer import ClmapTokenizer
+
+
+class Piece(NamedTuple):
+    """A monolingual record: a document, or one piece of a document longer than a row."""
+
+    ids: list[int]
+    doc_start: bool  # the document's first piece
+    doc_end: bool  # the document's last piece: the only one that ends in <eos>
 
 
 @dataclass
@@ -25,13 +35,14 @@ class Source:
 
     name: str  # ntp:cs | cl:en-cs | text:en-cs
     kind: str  # ntp | cl | text
-    records: list  # token-id lists (ntp) or (src_ids, tgt_ids) tuples (cl/text)
+    records: list  # Pieces (ntp) or (src_ids, tgt_ids) tuples (cl/text)
     langs: tuple[str, ...]
+    dropped: int = 0  # pairs left out because a side does not fit (cl/text)
 
 
 @dataclass
 class Row:
-    """One packed row of ``seq_len`` tokens; spans index into the row."""
+    """One row of ``seq_len`` tokens: sequences back to back, then padding; spans index into the row."""
 
     input_ids: list[int]
     targets: list[int]
@@ -39,10 +50,21 @@ class Row:
     groups: list[int]
     spans: list[tuple[int, int]]
     pairs: list[tuple[int, int]]  # indices into spans
+    seq_lens: list[int]  # length of each packed sequence, in order; the padding tail is not one of them
 
     @property
     def num_targets(self) -> int:
         return sum(t != IGNORE_INDEX for t in self.targets)
+
+    @property
+    def num_tokens(self) -> int:
+        """Real (non-padding) tokens, from the layout: a pad id may equal a real one (Llama-3: pad = eos)."""
+        return sum(self.seq_lens)
+
+    def segments(self) -> list[int]:
+        """What attention must keep apart: each sequence, and the padding tail as a segment of its own."""
+        pad = len(self.input_ids) - self.num_tokens
+        return self.seq_lens + ([pad] if pad else [])
 
 
 def build_sources(
@@ -54,12 +76,18 @@ def build_sources(
     max_segment_tokens: int,
     parallel_as_text: bool = False,
 ) -> list[Source]:
-    """Tokenise the corpus once: mono texts are cut into pieces that fit a row, pair sides are capped."""
+    """Tokenise the corpus once: mono texts are cut into pieces that fit a row (only a document's last
+    piece ends in <eos>); a pair with a side too long for a row is dropped, never cut, since a truncated
+    pair is no longer parallel (``Source.dropped`` counts them; rank 0 prints the count once)."""
     body = seq_len - 2  # room for bos and eos
     sources = []
     for lang, texts in mono.items():
-        pieces = [ids[i : i + body] for ids in tok.encode_batch(texts) for i in range(0, len(ids), body)]
-        sources.append(Source(f"ntp:{lang}", "ntp", [p for p in pieces if p], (lang,)))
+        pieces = [
+            Piece(ids[i : i + body], i == 0, i + body >= len(ids))
+            for ids in tok.encode_batch(texts)
+            for i in range(0, len(ids), body)
+        ]
+        sources.append(Source(f"ntp:{lang}", "ntp", pieces, (lang,)))
     # Both directions of a pair share a row: 2 × (bos + src + tag + tgt + eos) ≤ seq_len.
     tag_len = max((len(tok.lang_tag(lang)) for pair in parallel for lang in pair.split("-")), default=0)
     side_cap = min(max_segment_tokens, (seq_len - 4 - 2 * tag_len) // 4)
@@ -68,10 +96,21 @@ def build_sources(
     for pair, (src_texts, tgt_texts) in parallel.items():
         a, b = pair.split("-")
         src_ids, tgt_ids = tok.encode_batch(src_texts), tok.encode_batch(tgt_texts)
-        records = [(s[:side_cap], t[:side_cap]) for s, t in zip(src_ids, tgt_ids, strict=True) if s and t]
+        both = [(s, t) for s, t in zip(src_ids, tgt_ids, strict=True) if s and t]
+        records = [(s, t) for s, t in both if len(s) <= side_cap and len(t) <= side_cap]
         kind = "text" if parallel_as_text else "cl"
-        sources.append(Source(f"{kind}:{pair}", kind, records, (a, b)))
-    empty = [s.name for s in sources if not s.records]
+        sources.append(Source(f"{kind}:{pair}", kind, records, (a, b), dropped=len(both) - len(records)))
+    dropped = {s.name: s for s in sources if s.dropped}
+    if dropped and (not dist.is_initialized() or dist.get_rank() == 0):
+        counts = ", ".join(f"{name} {s.dropped}/{s.dropped + len(s.records)}" for name, s in dropped.items())
+        print(
+            f"data: dropped pairs with a side over {side_cap} tokens (data.max_segment_tokens="
+            f"{max_segment_tokens}, data.seq_len={seq_len}): {counts}",
+            flush=True,
+        )
+    empty = [
+        s.name + (f" (all {s.dropped} pairs dropped)" if s.dropped else "") for s in sources if not s.records
+    ]
     if empty:
         raise ValueError(f"no training records after tokenisation for: {', '.join(empty)}")
     return sources
@@ -132,7 +171,14 @@ class TrainingStream:
     def _unit(self, source_id: int, record) -> Unit:
         source = self.sources[source_id]
         if source.kind == "ntp":
-            return Unit([ntp_sequence(self.tok, record, self.groups[f"ntp:{source.langs[0]}"])])
+            group = self.groups[f"ntp:{source.langs[0]}"]
+            return Unit(
+                [
+                    ntp_sequence(
+                        self.tok, record.ids, group, doc_start=record.doc_start, doc_end=record.doc_end
+                    )
+                ]
+            )
         a, b = source.langs
         if source.kind == "text":
             return text_pair_unit(self.tok, self.groups[f"text:{a}-{b}"], *record)
@@ -165,7 +211,7 @@ class TrainingStream:
         return [rows[i] for i in order]
 
     def _make_row(self, units: list[Unit]) -> Row:
-        input_ids, targets, positions, groups, spans, pairs = [], [], [], [], [], []
+        input_ids, targets, positions, groups, spans, pairs, seq_lens = [], [], [], [], [], [], []
         for unit in units:
             first_span = len(spans)
             for seq in unit.sequences:
@@ -174,6 +220,7 @@ class TrainingStream:
                 targets += seq.targets
                 positions += range(len(seq.input_ids))  # restart: no attention across sequences
                 groups += [seq.group] * len(seq.input_ids)
+                seq_lens.append(len(seq.input_ids))
                 if seq.source_span is not None:
                     spans.append((offset + seq.source_span[0], offset + seq.source_span[1]))
             pairs += [(first_span + i, first_span + j) for i, j in unit.pairs]
@@ -184,7 +231,7 @@ class TrainingStream:
         targets += [IGNORE_INDEX] * pad
         positions += range(pad)
         groups += [0] * pad
-        return Row(input_ids, targets, positions, groups, spans, pairs)
+        return Row(input_ids, targets, positions, groups, spans, pairs, seq_lens)
 
     def rows(self, start: int = 0) -> Iterator[Row]:
         """Rows from global row position ``start`` onwards, forever (sources wrap into new epochs).
@@ -200,23 +247,33 @@ class TrainingStream:
             w += 1
 
 
-def collate(rows: list[Row], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Stack rows into tensors; span offsets become flat indices into the [B*T] token axis."""
+def collate(rows: list[Row], device: torch.device | str = "cpu") -> dict[str, torch.Tensor | int]:
+    """Stack rows into tensors; span offsets become flat indices into the [B*T] token axis.
+
+    ``cu_seq_lens`` (int32, on ``device``) are the offsets of every segment of every row (its sequences and
+    its padding tail) over that flat axis and ``max_seq_len`` the longest segment: computed here, on the host,
+    so the attention never has to find the boundaries from position_ids (``clmap.model.PACKED_ATTENTION``).
+    """
     seq_len = len(rows[0].input_ids)
     starts, ends, pair_a, pair_b = [], [], [], []
+    segments = []
     for r, row in enumerate(rows):
         base = len(starts)
         starts += [r * seq_len + s for s, _ in row.spans]
         ends += [r * seq_len + e for _, e in row.spans]
         pair_a += [base + i for i, _ in row.pairs]
         pair_b += [base + j for _, j in row.pairs]
+        segments += row.segments()
 
     def tensor(values) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=device)
 
+    cu_seq_lens = torch.tensor(np.concatenate([[0], np.cumsum(segments)]), dtype=torch.int32, device=device)
     return {
         "input_ids": tensor([r.input_ids for r in rows]),
         "position_ids": tensor([r.position_ids for r in rows]),
+        "cu_seq_lens": cu_seq_lens,
+        "max_seq_len": max(segments),
         "targets": tensor([r.targets for r in rows]),
         "groups": tensor([r.groups for r in rows]),
         "span_starts": tensor(starts),
