@@ -76,6 +76,9 @@ def test_map_layer_and_the_evaluator_pool_the_same_hidden_state(checkpoints):
     ids = torch.full((2, width), tok.pad_id, dtype=torch.long)
     for r, row in enumerate(rows):
         ids[r, : len(row)] = torch.tensor(row)
+    # Each row is one sequence and its padding tail: the segments the packed attention keeps apart.
+    segments = [n for row in rows for n in (len(row), width - len(row)) if n]
+    cu_seq_lens = torch.tensor([0, *torch.tensor(segments).cumsum(0).tolist()], dtype=torch.int32)
     evaluator = pooled_hidden_states(lm, [x, y])
     table = GroupTable(["en", "cs"], ["en-cs"])
     for layer in range(lm.num_layers + 1):
@@ -84,6 +87,8 @@ def test_map_layer_and_the_evaluator_pool_the_same_hidden_state(checkpoints):
             out = objective(
                 ids,
                 torch.arange(width).expand(2, width),
+                cu_seq_lens,
+                max(segments),
                 torch.full_like(ids, IGNORE_INDEX),
                 torch.zeros_like(ids),
                 torch.tensor([1, width + 1]),
