@@ -49,6 +49,10 @@ class ModelConfig:
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = option(
         "auto", "attention kernel; auto: flash_attention_2 if flash-attn is importable on CUDA, else sdpa"
     )
+    fsdp_wrap: list[str] = option(
+        [],
+        "module classes sharded as one FSDP unit each (LlamaDecoderLayer); empty: its _no_split_modules",
+    )
 
 
 @dataclass

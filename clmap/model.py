@@ -1,16 +1,56 @@
-"""The model: any decoder-only Hugging Face causal LM, from a local folder or built from the config."""
+"""The model: a supported decoder-only Hugging Face causal LM, from a local folder or built from the config.
+
+Supported: decoder-only models laid out like Llama (Llama, Mistral, Qwen2, Gemma and the many
+families that copy that layout), checked by :func:`check_supported` before any weight is loaded:
+
+- the decoder exposes its blocks as ``model.get_decoder().layers`` (the layer the mapping term reads,
+  the layer count for MFU) and the FSDP units (``model.fsdp_wrap`` or the model's own
+  ``_no_split_modules``) are modules of that model;
+- its attention goes through transformers' attention interface (``_supports_attention_backend``), which
+  is what lets sdpa / eager / flash_attention_2 be chosen and receive the packed rows' sequence
+  boundaries (:func:`packed_attention_inputs`), so no token attends across packed sequences;
+- its logits are exactly ``hidden @ lm_head.weight.T``: the fused loss reads the decoder's last hidden
+  state and the output embedding, so a bias, a logit scale or a final soft-cap would be silently
+  dropped from training.
+
+Encoder-decoder models, GPT-2-style layouts (blocks under ``.h``), Gemma 2 (final logit soft-cap),
+Cohere and Granite (logit scale) fail at start with :class:`UnsupportedModelError`, naming the rule
+they break.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import inspect
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 
 from clmap.config import ModelConfig
 from clmap.data.tokenizer import ClmapTokenizer
+
+#: Config fields that change the logits after ``lm_head`` (Gemma 2/3 soft-cap, Cohere, Granite, ...):
+#: any value other than these neutral ones makes the model unsupported.
+LOGIT_TRANSFORMS = {
+    "final_logit_softcapping": (None, 0, 0.0),
+    "logit_scale": (None, 1, 1.0),
+    "logits_scaling": (None, 1, 1.0),
+    "output_multiplier": (None, 1, 1.0),
+    "logits_soft_cap": (None, 0, 0.0),
+}
+
+
+class UnsupportedModelError(ValueError):
+    """A model clmap cannot train correctly; raised before its weights are loaded."""
 
 
 def attention_implementation(cfg: ModelConfig, device: torch.device) -> str:
@@ -30,6 +70,63 @@ def attention_implementation(cfg: ModelConfig, device: torch.device) -> str:
     return "flash_attention_2" if has_flash else "sdpa"
 
 
+def load_model_config(path: str | Path) -> PretrainedConfig:
+    """The ``config.json`` of a local model folder (never from a hub), with errors that name the folder."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model.path: {path} is not a Hugging Face model folder (no config.json)")
+    try:
+        return AutoConfig.from_pretrained(path, local_files_only=True)
+    except (ValueError, KeyError) as exc:
+        raise UnsupportedModelError(
+            f"model.path: {path}/config.json: transformers cannot read it: {exc}"
+        ) from exc
+
+
+def check_supported(config: PretrainedConfig, fsdp_wrap: Sequence[str] = (), where: str = "model") -> None:
+    """Raise :class:`UnsupportedModelError` unless clmap trains this architecture correctly (module doc).
+
+    Builds the model on the meta device (no memory, no weights) to look at its modules.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    name = f"{where} ({config.model_type})"
+    rule = "clmap trains decoder-only causal LMs laid out like Llama"
+    if getattr(config, "is_encoder_decoder", False):
+        raise UnsupportedModelError(f"{name} is an encoder-decoder model; {rule}")
+    try:
+        model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except KeyError:
+        raise UnsupportedModelError(f"{name} has no causal-LM class in transformers; {rule}") from None
+    if not getattr(model_class, "_supports_attention_backend", False):
+        raise UnsupportedModelError(
+            f"{name}: {model_class.__name__} does not use transformers' attention interface, so packed rows "
+            f"would attend across sequences; {rule}"
+        )
+    for field, neutral in LOGIT_TRANSFORMS.items():
+        value = getattr(config, field, None)
+        if value not in neutral:
+            raise UnsupportedModelError(
+                f"{name}: config.{field}={value} transforms the logits after lm_head, which clmap's fused "
+                f"loss (hidden @ lm_head.weight) would leave out; {rule}"
+            )
+    with torch.device("meta"):
+        skeleton = model_class._from_config(config)
+    head = skeleton.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear) or head.bias is not None:
+        raise UnsupportedModelError(
+            f"{name}: the output layer of {model_class.__name__} is not a bias-free Linear; {rule}"
+        )
+    decoder_layers(skeleton)
+    fsdp_units(skeleton, fsdp_wrap)
+
+
+def check_model(cfg: ModelConfig) -> None:
+    """Fail at start, before data and weights are loaded, if ``model.path`` is a model clmap cannot train."""
+    if cfg.path:
+        check_supported(load_model_config(cfg.path), cfg.fsdp_wrap, where=f"model.path {cfg.path}")
+
+
 def build_model(cfg: ModelConfig, tok: ClmapTokenizer, device: torch.device) -> PreTrainedModel:
     """Load ``cfg.path`` (never from a hub) or build a Llama-architecture model of the configured size.
 
@@ -37,11 +134,9 @@ def build_model(cfg: ModelConfig, tok: ClmapTokenizer, device: torch.device) -> 
     """
     attn = attention_implementation(cfg, device)
     if cfg.path:
-        path = Path(cfg.path)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"model.path: {path} is not a Hugging Face model folder (no config.json)")
+        check_model(cfg)
         model = AutoModelForCausalLM.from_pretrained(
-            path, local_files_only=True, attn_implementation=attn, dtype=torch.float32
+            Path(cfg.path), local_files_only=True, attn_implementation=attn, dtype=torch.float32
         )
         if model.get_input_embeddings().weight.shape[0] < tok.vocab_size:
             model.resize_token_embeddings(tok.vocab_size)
@@ -65,14 +160,50 @@ def build_model(cfg: ModelConfig, tok: ClmapTokenizer, device: torch.device) -> 
 
 
 def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:
-    """The stack of decoder blocks (the FSDP2 wrapping unit) of a Llama/Mistral/Qwen-style model."""
+    """The stack of decoder blocks, ``model.get_decoder().layers``: what the map layer and MFU count."""
     backbone = model.get_decoder()
     layers = getattr(backbone, "layers", None)
-    if layers is None:
-        raise TypeError(
-            f"{type(model).__name__}: cannot find decoder layers (expected .layers on the decoder)"
+    if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
+        raise UnsupportedModelError(
+            f"{type(model).__name__}: its decoder {type(backbone).__name__} has no .layers stack of decoder "
+            "blocks; clmap trains decoder-only causal LMs laid out like Llama"
         )
     return layers
+
+
+def fsdp_units(model: torch.nn.Module, wrap: Sequence[str] = ()) -> list[torch.nn.Module]:
+    """The modules sharded as one FSDP unit each: those of the classes named in ``wrap``
+    (``model.fsdp_wrap``), else of the model's own ``_no_split_modules``; outermost matches, in order."""
+    classes = set(wrap) or set(getattr(model, "_no_split_modules", None) or ())
+    source = "model.fsdp_wrap" if wrap else f"{type(model).__name__}._no_split_modules"
+    if not classes:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} declares no _no_split_modules; "
+            "name its decoder block class in model.fsdp_wrap"
+        )
+    units: list[torch.nn.Module] = []
+
+    def visit(module: torch.nn.Module) -> None:
+        for child in module.children():
+            if type(child).__name__ in classes:
+                units.append(child)
+            else:
+                visit(child)
+
+    visit(model)
+    head = model.get_output_embeddings() if isinstance(model, PreTrainedModel) else None
+    if head is not None and any(head is m for unit in units for m in unit.modules()):
+        raise UnsupportedModelError(
+            f"{source}={sorted(classes)}: a unit holds the output layer, which the fused loss reads whole "
+            "in the root's forward; name the decoder block class instead"
+        )
+    if not units:
+        present = sorted({type(m).__name__ for m in model.modules()})
+        raise UnsupportedModelError(
+            f"{source}={sorted(classes)}: no module of these classes in {type(model).__name__} "
+            f"(its module classes: {', '.join(present)})"
+        )
+    return units
 
 
 def count_parameters(model: torch.nn.Module, exclude_embeddings: bool = False) -> int:

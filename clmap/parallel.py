@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from clmap.model import decoder_layers
+from clmap.model import fsdp_units
 from clmap.objectives import MappingObjective
 
 
@@ -56,9 +57,14 @@ def init_distributed(device: str = "auto", backend: str = "auto") -> DistInfo:
 
 
 def shard_model(
-    objective: MappingObjective, device: torch.device, mixed_precision: str, activation_checkpointing: bool
+    objective: MappingObjective,
+    device: torch.device,
+    mixed_precision: str,
+    activation_checkpointing: bool,
+    wrap: Sequence[str] = (),
 ) -> MappingObjective:
-    """FSDP2: one ``fully_shard`` per decoder layer, then the root.
+    """FSDP2: one ``fully_shard`` per unit (the classes in ``wrap``, i.e. ``model.fsdp_wrap``, else the
+    model's own ``_no_split_modules``: its decoder blocks), then the root.
 
     The root group holds the embeddings, final norm and lm_head, so inside the root's forward the
     fused loss sees the whole (unsharded) lm_head weight.
@@ -72,10 +78,10 @@ def shard_model(
     bf16 = mixed_precision == "bf16" or (mixed_precision == "auto" and device.type == "cuda")
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
     kwargs = {"mp_policy": policy} if policy is not None else {}
-    layers = decoder_layers(objective.lm)
-    for i, layer in enumerate(layers):
-        # The last layer's parameters are needed again right away in backward: keep them gathered.
-        fully_shard(layer, reshard_after_forward=i < len(layers) - 1, **kwargs)
+    units = fsdp_units(objective.lm, wrap)
+    for i, unit in enumerate(units):
+        # The last unit's parameters are needed again right away in backward: keep them gathered.
+        fully_shard(unit, reshard_after_forward=i < len(units) - 1, **kwargs)
     # The root's inputs are token ids and the step's loss weights: keep the weights fp32 (FSDP would
     # cast floating inputs to bf16 and round every 1/count).
     root_policy = (

@@ -25,7 +25,7 @@ from clmap.data.examples import IGNORE_INDEX, GroupTable
 from clmap.data.pipeline import dev_rows, load_texts, make_stream, prepare_tokenizer
 from clmap.data.stream import Row, collate
 from clmap.metrics import MetricLogger, flops_per_token, peak_flops, peak_memory_gib
-from clmap.model import build_model, count_parameters, decoder_layers
+from clmap.model import build_model, check_model, count_parameters, decoder_layers
 from clmap.objectives import MappingObjective, ObjectiveOutput, loss_coefficients, summarize_totals
 from clmap.parallel import DistInfo, all_reduce_sum, cleanup, init_distributed, shard_model
 
@@ -217,6 +217,7 @@ def run(cfg: Config) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.json")
     check_batch(cfg.train, dist_info.world_size)
+    check_model(cfg.model)  # an unsupported model.path fails here, before data and weights are loaded
 
     mono, parallel = load_texts(cfg, "train")
     tok = prepare_tokenizer(cfg, run_dir, dist_info, mono, parallel)
@@ -228,7 +229,11 @@ def run(cfg: Config) -> Path:
     num_params = count_parameters(lm)
     objective = MappingObjective(lm, table, cfg.objective).to(dist_info.device)
     objective = shard_model(
-        objective, dist_info.device, cfg.train.mixed_precision, cfg.train.activation_checkpointing
+        objective,
+        dist_info.device,
+        cfg.train.mixed_precision,
+        cfg.train.activation_checkpointing,
+        wrap=cfg.model.fsdp_wrap,
     )
     optimizer, scheduler = build_optimizer(objective, cfg)
     checkpointer = Checkpointer(run_dir, dist_info, keep=cfg.checkpoint.keep)

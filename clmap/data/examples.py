@@ -3,7 +3,9 @@
 For a pair (x in language a, y in language b), DESIGN.md defines
 ``seq_ab = <bos> x <2b> y <eos>`` and ``seq_ba = <bos> y <2a> x <eos>``: loss only on the target
 side, and the source span of each recorded so the mapping term can pool it (attention is causal, so
-the source span of ``seq_ab`` is an encoding of x alone).
+the source span of ``seq_ab`` is an encoding of x alone). ``<bos>`` is ``tok.bos_id``: the tokenizer's
+EOS for a tokenizer without BOS (Qwen2), see ``clmap/data/tokenizer.py``; :func:`mapping_prompt` is the
+same prefix, so evaluation prompts the model exactly as it was trained.
 
 Targets are stored already shifted: ``targets[t]`` is the token the model must predict after reading
 ``input_ids[: t + 1]``; ``IGNORE_INDEX`` marks positions without loss.

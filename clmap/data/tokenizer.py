@@ -5,6 +5,19 @@ here owns those tags as single special pieces; a pretrained Hugging Face tokeniz
 tag instead (``"\\n[cs] "``), configurable, so no embedding rows have to be added to a pretrained model.
 The choice is saved in ``clmap_tokenizer.json`` next to the tokenizer files, so a checkpoint always
 evaluates with the tokenizer and tag style it was trained with.
+
+Tokenizers without a BOS token (Qwen2): every sequence, in training and in evaluation, starts with the
+tokenizer's EOS token instead (``bos_id`` is then the EOS id, ``has_bos`` is false), so the mapping
+sequence is ``<eos> x <2b> y <eos>``. Such models were pre-trained on documents joined by EOS, so EOS is
+the token they have seen before the start of a text; it keeps one start token before every source span
+(spans still start at 1, pooling still skips it) and a context for the first token a perplexity scores.
+lm-evaluation-harness prefixes these models with EOS for the same reason. A tokenizer without a pad
+token pads with EOS: padding never carries a loss (targets are ``IGNORE_INDEX`` there) and evaluation
+masks it, so pad == eos is never ambiguous.
+
+A SentencePiece model is saved with a ``tokenizer.json`` beside it, converted piece by piece (same ids,
+BOS added), so the exported model loads with plain ``AutoTokenizer``; clmap itself reads the
+SentencePiece model, so older exports without ``tokenizer.json`` load as before.
 """
 
 from __future__ import annotations
@@ -20,7 +33,11 @@ DEFAULT_TEXT_TAG = "\n[{lang}] "
 
 
 class ClmapTokenizer:
-    """Encode/decode plus the ids the objective needs: bos, eos, pad and the per-language tag."""
+    """Encode/decode plus the ids the objective needs: bos, eos, pad and the per-language tag.
+
+    ``bos_id`` is the id every sequence starts with: the BOS token, or EOS when the tokenizer has none
+    (``has_bos`` false); ``pad_id`` is the pad token, or EOS when there is none (module doc).
+    """
 
     def __init__(self, backend, kind: str, tag_format: str, languages: Sequence[str]):
         self.backend = backend
@@ -29,17 +46,23 @@ class ClmapTokenizer:
         self.languages = list(languages)
         self._tags: dict[str, list[int]] = {}
         if kind == "sentencepiece":
-            self.bos_id, self.eos_id, self.pad_id = backend.bos_id(), backend.eos_id(), backend.pad_id()
+            self.eos_id = backend.eos_id()
+            self.has_bos = backend.bos_id() >= 0
+            self.bos_id = backend.bos_id() if self.has_bos else self.eos_id
+            self.pad_id = backend.pad_id() if backend.pad_id() >= 0 else self.eos_id
             self.vocab_size = backend.vocab_size()
             self._special = {backend.piece_to_id(tag_format.format(lang=lang)) for lang in self.languages}
         else:
-            self.bos_id = backend.bos_token_id if backend.bos_token_id is not None else backend.eos_token_id
+            self.has_bos = backend.bos_token_id is not None
             self.eos_id = backend.eos_token_id
+            self.bos_id = backend.bos_token_id if self.has_bos else self.eos_id
             self.pad_id = backend.pad_token_id if backend.pad_token_id is not None else self.eos_id
             self.vocab_size = len(backend)
             self._special = set()
-        if self.bos_id is None or self.eos_id is None or self.bos_id < 0 or self.eos_id < 0:
-            raise ValueError(f"{kind} tokenizer has no bos/eos token; clmap needs both")
+        if self.eos_id is None or self.eos_id < 0:
+            raise ValueError(f"{kind} tokenizer has no eos token; clmap needs one to end sequences")
+        if self.bos_id is None or self.bos_id < 0:
+            raise ValueError(f"{kind} tokenizer has no bos token; clmap needs one to start sequences")
 
     # -- text <-> ids -------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -81,7 +104,14 @@ class ClmapTokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if self.kind == "sentencepiece":
-            (directory / SPM_FILE).write_bytes(self.backend.serialized_model_proto())
+            model = self.backend.serialized_model_proto()
+            (directory / SPM_FILE).write_bytes(model)
+            hf_tokenizer_from_sentencepiece(model).save_pretrained(directory)
+            # The generic class name, which every transformers version maps to its tokenizer.json loader.
+            config_file = directory / "tokenizer_config.json"
+            config = json.loads(config_file.read_text(encoding="utf-8"))
+            config["tokenizer_class"] = "PreTrainedTokenizerFast"
+            config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         else:
             self.backend.save_pretrained(directory)
         meta = {"kind": self.kind, "tag_format": self.tag_format, "languages": self.languages}
@@ -119,6 +149,95 @@ def load_tokenizer(path: str | Path, tag_format: str | None = None) -> ClmapToke
     return ClmapTokenizer(
         backend, "hf", tag_format or meta.get("tag_format", DEFAULT_TEXT_TAG), meta.get("languages", [])
     )
+
+
+def sentencepiece_to_tokenizers(model_proto: bytes):
+    """(a ``tokenizers.Tokenizer`` that encodes exactly like the SentencePiece model, its trainer spec).
+
+    BPE: the vocabulary with merges ranked by the merged piece's score, as SentencePiece merges the
+    best-scoring pair first; Unigram: the pieces and scores (only normal and user-defined pieces match
+    text; control and byte pieces get a score that never wins). The
+    normaliser follows the model's spec (charsmap, whitespace, dummy prefix), user-defined pieces (the
+    language tags) are cut out whole, and unknown characters fall back to byte pieces.
+    """
+    import re
+
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
+    from tokenizers.models import BPE, Unigram
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(model_proto)
+    trainer, spec = proto.trainer_spec, proto.normalizer_spec
+    pieces = proto.pieces
+    kinds = sentencepiece_model_pb2.ModelProto.SentencePiece
+    normal = kinds.NORMAL
+    user_defined = [p.piece for p in pieces if p.type == kinds.USER_DEFINED]
+    if trainer.model_type == sentencepiece_model_pb2.TrainerSpec.BPE:
+        ranks = {p.piece: (-p.score, i) for i, p in enumerate(pieces) if p.type == normal}
+        ranked = sorted(
+            (rank, piece[:k], piece[k:])
+            for piece, rank in ranks.items()
+            for k in range(1, len(piece))
+            if piece[:k] in ranks and piece[k:] in ranks
+        )
+        model = BPE(
+            {p.piece: i for i, p in enumerate(pieces)},
+            [(left, right) for _, left, right in ranked],
+            unk_token=pieces[trainer.unk_id].piece,
+            fuse_unk=True,
+            byte_fallback=trainer.byte_fallback,
+            ignore_merges=bool(user_defined),  # a tag isolated by the pre-tokenizer is one piece
+        )
+    elif trainer.model_type == sentencepiece_model_pb2.TrainerSpec.UNIGRAM:
+        floor = min(p.score for p in pieces) - 1e6
+        scored = [(p.piece, p.score if p.type in (normal, kinds.USER_DEFINED) else floor) for p in pieces]
+        model = Unigram(scored, unk_id=trainer.unk_id, byte_fallback=trainer.byte_fallback)
+    else:
+        raise ValueError(f"SentencePiece model type {trainer.model_type}: only BPE and Unigram convert")
+    tokenizer = Tokenizer(model)
+    steps = [normalizers.Precompiled(spec.precompiled_charsmap)] if spec.precompiled_charsmap else []
+    if spec.remove_extra_whitespaces:
+        steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+    if spec.escape_whitespaces:
+        steps.append(normalizers.Replace(" ", "▁"))
+    if spec.add_dummy_prefix:
+        steps.append(normalizers.Prepend("▁"))
+    tokenizer.normalizer = normalizers.Sequence(steps)
+    if user_defined:
+        pattern = "|".join(re.escape(p) for p in sorted(user_defined, key=len, reverse=True))
+        tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    steps = [decoders.Replace("▁", " ")]
+    steps += [decoders.ByteFallback()] if trainer.byte_fallback else []
+    steps += [decoders.Fuse()]
+    steps += [decoders.Strip(content=" ", left=1)] if spec.add_dummy_prefix else []
+    tokenizer.decoder = decoders.Sequence(steps)
+    return tokenizer, trainer
+
+
+def hf_tokenizer_from_sentencepiece(model_proto: bytes):
+    """A transformers fast tokenizer over :func:`sentencepiece_to_tokenizers` that adds BOS like Llama's."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer, trainer = sentencepiece_to_tokenizers(model_proto)
+    special = {
+        name: piece
+        for name, piece, index in (
+            ("bos_token", trainer.bos_piece, trainer.bos_id),
+            ("eos_token", trainer.eos_piece, trainer.eos_id),
+            ("unk_token", trainer.unk_piece, trainer.unk_id),
+            ("pad_token", trainer.pad_piece, trainer.pad_id),
+        )
+        if index >= 0
+    }
+    if trainer.bos_id >= 0:
+        bos = trainer.bos_piece
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, trainer.bos_id)]
+        )
+    # "<s>" typed in a text stays text, as in SentencePiece (and clmap's own encode).
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, split_special_tokens=True, **special)
 
 
 def train_sentencepiece(

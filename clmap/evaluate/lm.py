@@ -145,7 +145,7 @@ def score_continuations(
         sequences.append((context + continuation, len(context)))
     results: list[tuple[float, int]] = [(0.0, 0)] * len(sequences)
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i][0]))
-    pad = lm.tokenizer.pad_id if lm.tokenizer.pad_id is not None and lm.tokenizer.pad_id >= 0 else 0
+    pad = lm.tokenizer.pad_id  # may equal eos: padding is excluded by the attention mask and the lengths
     for batch in tqdm(_batches(order, batch_size), desc=desc, leave=False, disable=None):
         width = max(len(sequences[i][0]) for i in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -180,7 +180,7 @@ def generate(
     ``stop`` post-processes each decoded text (e.g. cut at the first newline for few-shot templates).
     """
     tok = lm.tokenizer
-    pad = tok.pad_id if tok.pad_id is not None and tok.pad_id >= 0 else tok.eos_id
+    pad = tok.pad_id  # may equal eos (Qwen2, Llama 3): the attention mask, not the id, marks padding
     outputs: list[str] = [""] * len(prompts)
     room = max(1, lm.max_length - max_new_tokens)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -215,7 +215,8 @@ def generate(
 def pooled_hidden_states(
     lm: LoadedModel, texts: Sequence[str], batch_size: int = 8, desc: str = "encoding"
 ) -> torch.Tensor:
-    """[layers+1, len(texts), H] fp32: each text encoded alone as ``<bos> text``, mean over its text tokens.
+    """[layers+1, len(texts), H] fp32: each text encoded alone as ``<bos> text``, mean over its text tokens
+    (``<bos>`` is EOS for a tokenizer without BOS, as in training: ``clmap/data/tokenizer.py``).
 
     Index 0 is the embedding output, index l the output of decoder layer l, and the last index (the
     last decoder layer) is taken after the model's final norm: transformers returns
@@ -230,7 +231,7 @@ def pooled_hidden_states(
     for i, ids in enumerate(encoded):
         if len(ids) < 2:
             raise ValueError(f"text {i} encodes to no tokens: {texts[i]!r}")
-    pad = tok.pad_id if tok.pad_id is not None and tok.pad_id >= 0 else 0
+    pad = tok.pad_id
     pooled: torch.Tensor | None = None
     for batch in tqdm(_batches(range(len(encoded)), batch_size), desc=desc, leave=False, disable=None):
         width = max(len(encoded[i]) for i in batch)
