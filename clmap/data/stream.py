@@ -200,8 +200,15 @@ class TrainingStream:
             w += 1
 
 
-def collate(rows: list[Row], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Stack rows into tensors; span offsets become flat indices into the [B*T] token axis."""
+def collate(
+    rows: list[Row], device: torch.device | str = "cpu", pin_memory: bool = False
+) -> dict[str, torch.Tensor]:
+    """Stack rows into tensors; span offsets become flat indices into the [B*T] token axis.
+
+    On a CUDA ``device`` the tensors are built in pinned host memory and copied without blocking (a
+    pageable copy would wait for every kernel queued before it); ``pin_memory`` alone keeps them on the
+    host, pinned, for a later ``to_device`` (the trainer's prefetch thread does this).
+    """
     seq_len = len(rows[0].input_ids)
     starts, ends, pair_a, pair_b = [], [], [], []
     for r, row in enumerate(rows):
@@ -212,9 +219,9 @@ def collate(rows: list[Row], device: torch.device | str = "cpu") -> dict[str, to
         pair_b += [base + j for _, j in row.pairs]
 
     def tensor(values) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.long, device=device)
+        return torch.tensor(values, dtype=torch.long)
 
-    return {
+    batch = {
         "input_ids": tensor([r.input_ids for r in rows]),
         "position_ids": tensor([r.position_ids for r in rows]),
         "targets": tensor([r.targets for r in rows]),
@@ -224,3 +231,13 @@ def collate(rows: list[Row], device: torch.device | str = "cpu") -> dict[str, to
         "pair_a": tensor(pair_a),
         "pair_b": tensor(pair_b),
     }
+    device = torch.device(device)
+    if pin_memory or device.type == "cuda":
+        batch = {k: v.pin_memory() for k, v in batch.items()}
+    return to_device(batch, device)
+
+
+def to_device(batch: dict, device: torch.device | str) -> dict:
+    """A collated batch on ``device``: tensors are copied with ``non_blocking`` (asynchronous from pinned
+    memory, a no-op on the same device); other values pass through."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
