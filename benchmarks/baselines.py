@@ -252,14 +252,17 @@ def titan_loop(case: dict) -> dict:
                 }
             )
             tokens, data_time, window_steps, start = 0, 0.0, 0, now
-    busy = None
+    summary = summarize(records, warmup, steps)
+    summary.update({"gpu_busy_share": "", "loss_impl": loss_name})
     if profiled:
         if use_cuda:
             torch.cuda.synchronize(device)
         profiler.__exit__(None, None, None)
         busy = gpu_busy_share(profiler)
-    summary = summarize(records, warmup, steps)
-    summary.update({"gpu_busy_share": "" if busy is None else busy, "loss_impl": loss_name})
+        sort = "cuda_time_total" if use_cuda else "cpu_time_total"
+        table = profiler.key_averages().table(sort_by=sort, row_limit=25)
+        head = f"GPU busy share over the {profiled} profiled steps: {busy:.3f}\n" if busy else ""
+        summary.update({"gpu_busy_share": "" if busy is None else busy, "profile": head + table})
     cleanup()
     return summary
 

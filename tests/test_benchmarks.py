@@ -286,7 +286,9 @@ def test_gpu_suite_dry_run(tmp_path: Path) -> None:
     ab = next(csv.DictReader((out / "train_throughput_ab.csv").open()))
     assert ab["a"] == "2cca9d5" and float(ab["a_tokens_per_s"]) > 0 and float(ab["b_tokens_per_s"]) > 0
     profiles = (out / "train_profiles.txt").read_text()
-    assert "=== 1b clmap " in profiles and "=== tiny clmap @2cca9d5 " in profiles
+    assert (
+        "=== 1b clmap " in profiles and "=== 1b titan " in profiles and "=== tiny clmap @2cca9d5 " in profiles
+    )
     files = [p for p in out.rglob("*") if p.is_file()]
     assert len(files) <= 8, files
     assert "suite finished" in log and "0 step(s) not ok" in log
