@@ -4,12 +4,13 @@
 #   benchmarks/gpu_suite.sh OUT_DIR [--dry-run]
 #
 # Prints nvidia-smi and versions, builds the C++ extension, installs carried wheels (.whl/), checks
-# the Triton kernels against their references, runs the GPU cases of the mapping-loss and
-# pooled-similarity benchmarks, the training throughput (tiny + 100M, clmap vs plain HF) and a short
-# profiled training run, while sampling GPU utilisation. Everything lands in OUT_DIR as at most 8 files:
-#   suite.log  gpu_util.csv  gpu_check.csv  mapping_loss.csv  pooled_similarity.csv
-#   train_throughput.csv  profile_summary.txt  profile_trace.tar.gz
-# Each step has a timeout inside an overall budget (CLMAP_SUITE_BUDGET_S, default 330 s), so the suite
+# the Triton kernels against their references, measures training throughput (the 1B config: clmap full
+# objective, clmap NTP-only and the torchtitan-style baseline; the 100M config: commits A/B on this
+# GPU), then the GPU cases of the mapping-loss and pooled-similarity benchmarks, while sampling GPU
+# utilisation. Everything lands in OUT_DIR as at most 8 files:
+#   suite.log  gpu_util.csv  gpu_check.csv  train_throughput.csv  train_throughput_ab.csv
+#   train_profiles.txt  mapping_loss.csv  pooled_similarity.csv
+# Each step has a timeout inside an overall budget (CLMAP_SUITE_BUDGET_S, default 480 s), so the suite
 # ends in under 6 minutes on an H100/H200; a step that fails or times out is reported and the suite
 # goes on; the exit status is 1 if any step did not succeed. --dry-run runs the same steps on the CPU
 # with tiny sizes (no nvidia-smi, no wheel install): what the tests run.
@@ -28,7 +29,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO=$PWD
 PY=${PYTHON:-python3}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/clmap_suite.XXXXXX")
-BUDGET=${CLMAP_SUITE_BUDGET_S:-$([[ $DRY == 1 ]] && echo 400 || echo 330)}
+BUDGET=${CLMAP_SUITE_BUDGET_S:-$([[ $DRY == 1 ]] && echo 700 || echo 480)}
 export CLMAP_BENCH_OUT=$OUT_DIR PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 # The commit stamped on every row: pass CLMAP_COMMIT where the copy's .git is not the checkout's own
 # (a machine that receives the working tree without its history stamps a stale hash otherwise).
@@ -37,7 +38,7 @@ export PYTHONPATH=$REPO${PYTHONPATH:+:$PYTHONPATH}
 exec > >(tee -a "$OUT_DIR/suite.log") 2>&1
 
 FAILED=()
-STEPS_LEFT=8 # steps after the setup; each later one keeps MIN_STEP_S of the budget for itself
+STEPS_LEFT=6 # steps after the setup; each later one keeps MIN_STEP_S of the budget for itself
 MIN_STEP_S=15
 SAMPLER=""
 cleanup() {
@@ -137,18 +138,27 @@ fi
 shopt -u nullglob
 
 # -- sizes ----------------------------------------------------------------------------------------
+# The A/B's reference commit (the 100M run measured on another H200 at 95.9k tokens/s); HEAD is this tree.
+AB_BASE=${CLMAP_AB_BASE:-2cca9d5}
 if [[ $DRY == 1 ]]; then
     MAPPING_TARGET_ARGS=(--device cpu --shapes "256,32,512" --passes fwd+bwd --impls clmap,clmap_deferred,clmap@1
         --rep 1 --profile)
     MAPPING_ARGS=(--device cpu --shapes "128,32,300" --passes fwd --impls naive,clmap --rep 1)
     POOLED_ARGS=(--device cpu --quick --no-reference --threads 1)
     TINY_MODEL=(--model.hidden_size=32 --model.intermediate_size=64 --model.num_layers=2 --model.num_heads=2
-        --model.num_kv_heads=1 --data.seq_len=64 --data.max_segment_tokens=12 --train.global_batch=4
-        --train.micro_batch=2 --tokenizer.vocab_size=2000 --tokenizer.train_sentences=3000)
-    TRAIN_ARGS=(--device cpu --config tiny --steps 2 --warmup 1 "${TINY_MODEL[@]}")
-    PROFILE_PRESET=tiny
-    PROFILE_ARGS=("${TINY_MODEL[@]}" --train.steps=2 --profile.wait=0 --profile.warmup=1 --profile.active=1)
+        --model.num_kv_heads=1 --model.max_position=64 --data.seq_len=64 --data.max_segment_tokens=12
+        --data.pack_window=64 --train.global_batch=4 --train.micro_batch=2 --tokenizer.train_sentences=3000
+        --data.languages=en,cs --data.pairs=en-cs)
+    CAP_1B=300 CAP_AB=200 # minutes of corpus loading on a small CPU; the GPU machine's caps are below
+    # configs/1b.toml with a tiny model, vocabulary and rows, in fp32 (bf16 on a CPU only costs time)
+    TRAIN_1B_ARGS=(--device cpu --config 1b --steps 3 --warmup 1 --profile-steps 1 "${TINY_MODEL[@]}"
+        --tokenizer.vocab_size=2000 --train.mixed_precision=fp32)
+    TRAIN_AB_ARGS=(--device cpu --config tiny --steps 3 --warmup 1 --profile-steps 1 "${TINY_MODEL[@]}"
+        --tokenizer.vocab_size=2000)
 else
+    CAP_1B=230 CAP_AB=110
+    TRAIN_1B_ARGS=(--device cuda --config 1b --steps 8 --warmup 2 --profile-steps 2)
+    TRAIN_AB_ARGS=(--device cuda --config 100m --steps 16 --warmup 4 --profile-steps 2)
     # The issue's target shape first, with every peer and clmap's variants (mode, logits chunk size);
     # then N at V=32000 and V at N=16384 (H=4096) for the plots, both passes, every peer present.
     MAPPING_TARGET_ARGS=(--device cuda --shapes "16384,4096,128256" --passes fwd+bwd,fwd --profile
@@ -156,38 +166,18 @@ else
     MAPPING_ARGS=(--device cuda --shapes "4096,4096,32000;16384,4096,32000"
         --impls naive,torch_lce,liger,liger_fp32,cce,clmap,clmap_deferred)
     POOLED_ARGS=(--device cuda --no-reference)
-    TRAIN_ARGS=(--device cuda --config all --steps 16 --warmup 4)
-    PROFILE_PRESET=100m
-    PROFILE_ARGS=(--train.steps=4 --profile.wait=1 --profile.warmup=1 --profile.active=1)
 fi
 
-# -- the steps ------------------------------------------------------------------------------------
-step gpu_check 45 "$PY" -m benchmarks.gpu_check --device "$DEVICE"
-step mapping_target 90 "$PY" -m benchmarks.mapping_loss "${MAPPING_TARGET_ARGS[@]}"
-step mapping_sweep 60 "$PY" -m benchmarks.mapping_loss "${MAPPING_ARGS[@]}"
-step pooled_similarity 50 "$PY" -m benchmarks.pooled_similarity "${POOLED_ARGS[@]}"
-step train_throughput 140 "$PY" -m benchmarks.train_throughput --work "$WORK/throughput" "${TRAIN_ARGS[@]}"
-
-# The profiled run reuses the benchmark's presets, run options and (if trained) tokenizer.
-mapfile -t PRESET < <("$PY" -c "from benchmarks.train_throughput import PRESETS, BENCH_OVERRIDES as B
-print('\n'.join(PRESETS['$PROFILE_PRESET'] + B))")
-TOKENIZER=()
-for tok in "$WORK"/throughput/tokenizer_v*/tokenizer; do
-    if [[ -f "$tok/tokenizer.model" ]]; then TOKENIZER=(--tokenizer.path="$tok"); fi
-done
-step profile 50 "$PY" -m clmap.train --config configs/tiny.toml --profile --train.device="$DEVICE" \
-    --run_dir="$WORK/profile_run" "${PRESET[@]}" "${TOKENIZER[@]}" "${PROFILE_ARGS[@]}"
-if [[ -f "$WORK/profile_run/profile/summary.txt" ]]; then
-    cp "$WORK/profile_run/profile/summary.txt" "$OUT_DIR/profile_summary.txt"
-    tar -czf "$OUT_DIR/profile_trace.tar.gz" -C "$WORK/profile_run" profile
-    size=$(stat -c %s "$OUT_DIR/profile_trace.tar.gz")
-    if ((size > 15 * 1024 * 1024)); then
-        echo "=== profile trace is $((size / 1048576)) MiB: too large to bring back, dropped"
-        rm -f "$OUT_DIR/profile_trace.tar.gz"
-    fi
-    head -40 "$OUT_DIR/profile_summary.txt"
-else
-    echo "=== profile: no summary written"
+# -- the steps (most wanted first: a step that the budget skips is the least missed) ----------------
+step gpu_check 40 "$PY" -m benchmarks.gpu_check --device "$DEVICE"
+step train_1b "$CAP_1B" "$PY" -m benchmarks.train_throughput --work "$WORK/throughput" "${TRAIN_1B_ARGS[@]}"
+step train_ab "$CAP_AB" "$PY" -m benchmarks.train_throughput --work "$WORK/throughput" --ab "$AB_BASE,HEAD" \
+    "${TRAIN_AB_ARGS[@]}"
+step mapping_target 70 "$PY" -m benchmarks.mapping_loss "${MAPPING_TARGET_ARGS[@]}"
+step pooled_similarity 40 "$PY" -m benchmarks.pooled_similarity "${POOLED_ARGS[@]}"
+step mapping_sweep 45 "$PY" -m benchmarks.mapping_loss "${MAPPING_ARGS[@]}"
+if [[ -f "$OUT_DIR/train_profiles.txt" ]]; then
+    grep -E "^(===|GPU busy)" "$OUT_DIR/train_profiles.txt" || true
 fi
 
 # -- the end --------------------------------------------------------------------------------------

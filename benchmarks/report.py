@@ -54,16 +54,47 @@ KEY_COLUMNS: dict[str, list[str]] = {
         "seq_len",
         "global_batch",
         "clmap_tokens_per_s",
+        "ntp_tokens_per_s",
+        "titan_tokens_per_s",
         "plain_tokens_per_s",
+        "ntp_ratio",
+        "titan_ratio",
         "tokens_per_s_ratio",
         "clmap_mfu",
+        "ntp_mfu",
+        "titan_mfu",
         "plain_mfu",
+        "clmap_gpu_busy_share",
+        "ntp_gpu_busy_share",
+        "titan_gpu_busy_share",
         "clmap_peak_memory_gib",
+        "ntp_peak_memory_gib",
+        "titan_peak_memory_gib",
         "plain_peak_memory_gib",
         "peak_memory_ratio",
         "clmap_data_time_share",
+        "ntp_data_time_share",
+        "titan_data_time_share",
         "plain_data_time_share",
         "plain_pad_share",
+        "titan_loss",
+    ],
+    "train_throughput_ab": [
+        "config",
+        "impl",
+        "a",
+        "b",
+        "a_tokens_per_s",
+        "b_tokens_per_s",
+        "b_over_a",
+        "a_mfu",
+        "b_mfu",
+        "a_gpu_busy_share",
+        "b_gpu_busy_share",
+        "a_peak_memory_gib",
+        "b_peak_memory_gib",
+        "a_data_time_share",
+        "b_data_time_share",
     ],
     "gpu_check": ["kernel", "shape", "dtype", "max_rel_err", "torch_rel_err", "tolerance", "ok"],
 }
@@ -79,6 +110,7 @@ CASE_COLUMNS: dict[str, list[str]] = {
     "pooled_similarity": ["impl", "pass", "tokens", "hidden", "spans", "dtype"],
     "data_index": ["op", "num_samples", "capacity", "k_sources"],
     "train_throughput": ["config", "nproc", "steps", "seq_len", "global_batch", "hidden", "layers"],
+    "train_throughput_ab": ["config", "impl", "a", "b", "steps"],
     "gpu_check": ["kernel", "shape", "dtype"],
 }
 
@@ -173,7 +205,8 @@ def render_section(results: Path) -> str:
         parts.append(f"\n### {name}\n")
         for device, dev_rows in sorted(latest_by_device(rows, name).items()):
             first = dev_rows[0]
-            columns = [c for c in KEY_COLUMNS.get(name, []) if c in first]
+            # Columns no row of this device fills (an implementation not run there) are left out.
+            columns = [c for c in KEY_COLUMNS.get(name, []) if any(r.get(c) for r in dev_rows)]
             if not columns:
                 columns = [c for c in first if c not in ENV_COLUMNS]
             env = ", ".join(f"{c} {first.get(c, '')}" for c in ENV_COLUMNS[1:])

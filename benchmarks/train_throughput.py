@@ -1,234 +1,252 @@
-"""Training throughput: clmap's trainer against a plain Hugging Face loop on the same data, in one run.
+"""Training throughput: clmap's trainer against a torchtitan-style and a plain Hugging Face loop, in one run.
 
-    python -m benchmarks.train_throughput [--config tiny|100m|all] [--device cpu|cuda] [--steps N]
-        [--warmup W] [--nproc N] [--section.key=value ...]
+    python -m benchmarks.train_throughput [--config tiny|100m|1b|all] [--impls clmap,ntp,titan,plain]
+        [--device cpu|cuda] [--steps N] [--warmup W] [--profile-steps P] [--nproc N]
+        [--ab A,B] [--ab-export REF,...] [--section.key=value ...]
 
-clmap: ``python -m clmap.train`` (``torchrun`` when ``--nproc`` > 1): packed rows, FSDP2, bf16 on GPU,
-the fused mapping loss and the pooled-similarity term. Plain: ``LlamaForCausalLM`` built from the same
-model config, the same optimizer (clmap's AdamW + schedule) and the same rows of the same stream, but
-unpacked (one sequence per row, right-padded to the longest of its micro-batch, with an attention
-mask) and ``F.cross_entropy`` on the full logits (autocast bf16 on GPU). Both see exactly the same
-non-pad tokens per optimizer step, in as many micro-batches. The first ``--warmup`` steps are skipped;
-tokens/s is total non-pad tokens over total step time of the rest. Rows go to
-results/train_throughput.csv; ``tokens_per_s_ratio`` is clmap per device over plain (one device).
-Extra ``--section.key=value`` arguments override both runs' config (how the tests shrink the model).
+Implementations (each in a fresh process, same data stream, same model built from the same config):
+``clmap`` is ``python -m clmap.train`` with the full objective (NTP + mapping loss + pooled-similarity
+term); ``ntp`` the same trainer with NTP only (``data.ntp_share=1``: no pairs, no mapping term);
+``titan`` and ``plain`` are the loops of ``benchmarks/baselines.py`` (torchtitan-style: FSDP2, compiled
+blocks, fused AdamW, chunked fused cross-entropy, packed rows, NTP only; plain: unpacked HF loop).
+
+Each run trains ``--steps`` steps; the first ``--warmup`` (compilation, allocator) are not measured;
+then ``--profile-steps`` more run under torch.profiler for the GPU busy share (not measured either).
+tokens/s is non-pad tokens over wall time of the measured steps, with the device synced only at the
+ends of log windows (``metrics.log_every`` = gcd(W, N − W)), as a real run logs. MFU uses
+``clmap.metrics.flops_per_token`` (torchtitan's 6·N + 12·L·H·Q·T). Rows go to
+``results/train_throughput.csv`` (``$CLMAP_BENCH_OUT`` when set), profiler summaries to
+``train_profiles.txt`` beside it.
+
+``--ab A,B`` runs the trainer of two commits on the same machine, in one call: each commit's tree is
+extracted from this checkout's ``.git`` (or from ``.ab/<ref>.tar``, written beforehand by
+``--ab-export`` where the history is, for a machine whose copy lacks it); ``HEAD`` means this working
+tree as it is. Rows go to ``results/train_throughput_ab.csv``.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import math
 import os
+import re
+import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from benchmarks.common import append_csv, environment_tags, run_case_subprocess
 from clmap.launch import train_command
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_TOML = REPO / "configs" / "tiny.toml"
+IMPLS = ("clmap", "ntp", "titan", "plain")
+TRAINER_IMPLS = ("clmap", "ntp")
+# What makes a trainer run NTP-only: no parallel data, so no mapping pairs and no mapping term.
+NTP_ONLY = ["--data.ntp_share=1.0"]
 
-# Both presets start from configs/tiny.toml (data, objective, optimizer); the 100M one changes the model
-# and sequence length: 12 x (4·768² attention + 3·768·2048 MLP) + 8000·768 tied embeddings ≈ 91M parameters.
-PRESETS: dict[str, list[str]] = {
-    "tiny": [],
-    "100m": [
-        "--model.hidden_size=768",
-        "--model.intermediate_size=2048",
-        "--model.num_layers=12",
-        "--model.num_heads=12",
-        "--model.num_kv_heads=12",
-        "--model.max_position=1024",
-        "--data.seq_len=1024",
-        "--data.max_segment_tokens=120",
-    ],
+# Presets: (config file, overrides, default implementations). tiny and 100m start from configs/tiny.toml;
+# 100m: 12 x (4·768² attention + 3·768·2048 MLP) + 8000·768 tied embeddings ≈ 91M parameters.
+PRESETS: dict[str, tuple[str, list[str], tuple[str, ...]]] = {
+    "tiny": ("configs/tiny.toml", [], ("clmap", "plain")),
+    "100m": (
+        "configs/tiny.toml",
+        [
+            "--model.hidden_size=768",
+            "--model.intermediate_size=2048",
+            "--model.num_layers=12",
+            "--model.num_heads=12",
+            "--model.num_kv_heads=12",
+            "--model.max_position=1024",
+            "--data.seq_len=1024",
+            "--data.max_segment_tokens=120",
+        ],
+        ("clmap", "plain"),
+    ),
+    "1b": ("configs/1b.toml", [], ("clmap", "ntp", "titan")),
 }
 # What a benchmark run does not need: evaluation, TensorBoard, the progress bar, exports, resuming.
 BENCH_OVERRIDES = [
     "--metrics.eval_every=0",
     "--metrics.tensorboard=false",
     "--metrics.progress=false",
-    "--metrics.log_every=1",
     "--checkpoint.export_hf=false",
     "--checkpoint.resume=false",
     "--checkpoint.every=1000000",
 ]
+METRICS = ("tokens_per_s", "mfu", "peak_memory_gib", "gpu_busy_share", "data_time_share", "step_time_s")
 
 
-def summarize(records: list[dict]) -> dict[str, float | str]:
-    """Aggregate measured steps: tokens over time (not a mean of rates), time-weighted shares, max memory."""
-    if not records:
+def log_every(steps: int, warmup: int) -> int:
+    """Log windows that end exactly at the warm-up's end and at the last measured step."""
+    return math.gcd(warmup, steps - warmup)
+
+
+def summarize(records: list[dict], warmup: int, steps: int) -> dict[str, float | str]:
+    """Aggregate the log windows of steps warmup+1..steps: tokens over time (not a mean of rates),
+    time-weighted shares, max memory. A record covers ``log_steps`` steps ending at ``step`` (1 for
+    commits that logged single steps)."""
+    chosen = [r for r in records if r["step"] - r.get("log_steps", 1) >= warmup and r["step"] <= steps]
+    if not chosen:
         raise ValueError("no measured steps: raise --steps above --warmup")
-    total_time = sum(r["step_time_s"] for r in records)
-    tokens = sum(r["tokens_per_s"] * r["step_time_s"] for r in records)
+    times = [r["step_time_s"] * r.get("log_steps", 1) for r in chosen]
+    total_time = sum(times)
+
+    def weighted(key: str) -> float:
+        return sum(r[key] * t for r, t in zip(chosen, times, strict=True)) / total_time
+
     out: dict[str, float | str] = {
-        "tokens_per_s": tokens / total_time,
-        "step_time_s": float(np.median([r["step_time_s"] for r in records])),
-        "data_time_share": sum(r["data_time_share"] * r["step_time_s"] for r in records) / total_time,
-        "peak_memory_gib": max(r["peak_memory_gib"] for r in records),
+        "tokens_per_s": weighted("tokens_per_s"),
+        "step_time_s": total_time / sum(r.get("log_steps", 1) for r in chosen),
+        "data_time_share": weighted("data_time_share"),
+        "peak_memory_gib": max(r["peak_memory_gib"] for r in chosen),
         "mfu": "",
     }
-    if all(isinstance(r.get("mfu"), (int, float)) for r in records):
-        out["mfu"] = sum(r["mfu"] * r["step_time_s"] for r in records) / total_time
+    if all(isinstance(r.get("mfu"), (int, float)) for r in chosen):
+        out["mfu"] = weighted("mfu")
     return out
 
 
-# -- the plain loop (runs in its own process) ----------------------------------------------------
-def unpack_row(input_ids: list[int], targets: list[int], position_ids: list[int], pad_id: int):
-    """Split a packed row back into its sequences (positions restart at 0); the padding tail is dropped."""
-    starts = [i for i, p in enumerate(position_ids) if p == 0] + [len(position_ids)]
-    return [
-        (input_ids[s:e], targets[s:e])
-        for s, e in zip(starts, starts[1:], strict=False)
-        if input_ids[s] != pad_id
-    ]
+def trace_busy_share(profile_dir: Path) -> float | None:
+    """GPU busy share from a Chrome trace the trainer's profiler wrote (commits that did not compute it):
+    the union of kernel / copy / memset intervals over their span, as ``clmap.metrics.gpu_busy_share``."""
+    from clmap.metrics import busy_share
 
-
-def pad_batch(seqs: list[tuple[list[int], list[int]]], pad_id: int, device: torch.device):
-    """Right-pad to the longest sequence of the micro-batch, as a plain HF collator does."""
-    from clmap.data.examples import IGNORE_INDEX
-
-    width = max(len(ids) for ids, _ in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    tgt = torch.full((len(seqs), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, (s_ids, s_tgt) in enumerate(seqs):
-        ids[i, : len(s_ids)] = torch.tensor(s_ids)
-        tgt[i, : len(s_tgt)] = torch.tensor(s_tgt)
-        mask[i, : len(s_ids)] = 1
-    return ids.to(device), tgt.to(device), mask.to(device)
-
-
-def plain_loop(case: dict) -> dict:
-    """Train the plain baseline for ``steps`` optimizer steps and return the summary of the measured ones."""
-    from clmap.config import load_config
-    from clmap.data.examples import IGNORE_INDEX, GroupTable
-    from clmap.data.pipeline import load_texts, make_stream
-    from clmap.data.tokenizer import load_tokenizer
-    from clmap.metrics import flops_per_token, peak_flops, peak_memory_gib
-    from clmap.model import build_model, count_parameters, decoder_layers
-    from clmap.train import build_optimizer
-
-    cfg = load_config(case["config"], case["overrides"])
-    use_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if use_cuda else "cpu")
-    torch.manual_seed(cfg.train.seed)
-    mono, parallel = load_texts(cfg, "train")
-    tok = load_tokenizer(cfg.tokenizer.path)
-    table = GroupTable(cfg.data.languages, cfg.data.pairs)
-    stream = make_stream(cfg, tok, table, mono, parallel, cfg.train.seed)
-    model = build_model(cfg.model, tok, device).to(device)
-    model.train()
-    optimizer, scheduler = build_optimizer(model, cfg)
-    num_params = count_parameters(model)
-    flops_tok = flops_per_token(
-        num_params, len(decoder_layers(model)), model.config.hidden_size, cfg.data.seq_len
-    )
-    peak = peak_flops(device)
-    bf16 = cfg.train.mixed_precision == "bf16" or (cfg.train.mixed_precision == "auto" and use_cuda)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
-    n_micro = cfg.train.global_batch // cfg.train.micro_batch
-    rows_iter = stream.rows(0)
-    records, padded, real = [], 0, 0
-    if use_cuda:
-        torch.cuda.reset_peak_memory_stats(device)
-    for _ in range(cfg.train.steps):
-        t0 = time.perf_counter()
-        rows = [next(rows_iter) for _ in range(cfg.train.global_batch)]
-        seqs = [s for r in rows for s in unpack_row(r.input_ids, r.targets, r.position_ids, tok.pad_id)]
-        t_data = time.perf_counter() - t0
-        num_targets = sum(sum(t != IGNORE_INDEX for t in tgt) for _, tgt in seqs)
-        for chunk in np.array_split(np.arange(len(seqs)), n_micro):
-            if len(chunk) == 0:
-                continue
-            ids, tgt, mask = pad_batch([seqs[i] for i in chunk], tok.pad_id, device)
-            padded, real = padded + ids.numel(), real + int(mask.sum())
-            with autocast:
-                logits = model(input_ids=ids, attention_mask=mask).logits
-                loss = F.cross_entropy(
-                    logits.flatten(0, 1), tgt.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
-                )
-            (loss / max(1, num_targets)).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        if use_cuda:
-            torch.cuda.synchronize(device)
-        elapsed = time.perf_counter() - t0
-        tokens = sum(len(ids) for ids, _ in seqs)
-        record = {
-            "tokens_per_s": tokens / elapsed,
-            "step_time_s": elapsed,
-            "data_time_share": t_data / elapsed,
-            "peak_memory_gib": peak_memory_gib(device),
-        }
-        if peak:
-            record["mfu"] = tokens * flops_tok / elapsed / peak
-        records.append(record)
-    summary = summarize(records[case["warmup"] :])
-    summary["pad_share"] = 1 - real / max(1, padded)
-    summary["params_m"] = num_params / 1e6
-    return summary
+    intervals = []
+    for path in sorted(profile_dir.glob("*.json")):
+        for event in json.loads(path.read_text()).get("traceEvents", []):
+            if event.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and event.get("dur", 0) > 0:
+                intervals.append((float(event["ts"]), float(event["ts"]) + float(event["dur"])))
+    return busy_share(intervals)
 
 
 # -- the driver ----------------------------------------------------------------------------------
-def prepare_tokenizer_dir(overrides: list[str], work: Path) -> Path:
-    """Train the SentencePiece tokenizer once, outside the timed processes, and share it by path."""
+def prepare_tokenizer_dir(config: Path, overrides: list[str], work: Path) -> Path:
+    """Train the preset's tokenizer once, outside the timed processes, and share it by path."""
     from clmap.config import load_config
     from clmap.data.pipeline import load_texts, prepare_tokenizer
+    from clmap.data.tokenizer import META_FILE
     from clmap.parallel import DistInfo
 
-    cfg = load_config(TINY_TOML, overrides)
+    cfg = load_config(config, overrides)
     if cfg.tokenizer.path or cfg.model.path:
         return Path(cfg.tokenizer.path or cfg.model.path)
-    out = work / f"tokenizer_v{cfg.tokenizer.vocab_size}"
-    if not (out / "tokenizer" / "tokenizer.model").is_file():
+    out = work / f"tokenizer_{cfg.tokenizer.kind}_v{cfg.tokenizer.vocab_size}"
+    if not (out / "tokenizer" / META_FILE).is_file():
+        start = time.perf_counter()
         mono, parallel = load_texts(cfg, "train")
         prepare_tokenizer(cfg, out, DistInfo(0, 1, 0, torch.device("cpu")), mono, parallel)
+        print(f"tokenizer {out.name}: trained in {time.perf_counter() - start:.0f} s", flush=True)
     return out / "tokenizer"
 
 
-def run_clmap(overrides: list[str], run_dir: Path, nproc: int, warmup: int, timeout: float) -> dict:
-    """The real trainer in a fresh process (torchrun for several); its metrics.jsonl is the measurement."""
+def run_trainer(tree: Path, config: str, overrides: list[str], run_dir: Path, args, env: dict) -> dict:
+    """``python -m clmap.train`` of the checkout at ``tree`` in a fresh process (torchrun for several):
+    its metrics.jsonl gives the measured windows, its profiler the GPU busy share."""
     from clmap.metrics import read_metrics
 
-    cmd = train_command(nproc, ["--config", str(TINY_TOML), *overrides, f"--run_dir={run_dir}"])
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": path}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
+    steps, profiled = args.steps, args.profile_steps
+    run = [
+        f"--train.steps={steps + (1 + profiled if profiled else 0)}",
+        f"--metrics.log_every={log_every(steps, args.warmup)}",
+        f"--run_dir={run_dir}",
+    ]
+    if profiled:
+        run += ["--profile.enabled=true", f"--profile.wait={steps}", "--profile.warmup=1"]
+        run += [f"--profile.active={profiled}"]
+    cmd = train_command(args.nproc, ["--config", str(tree / config), *overrides, *run])
+    path = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=args.timeout, cwd=tree, env={**env, "PYTHONPATH": path}
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    records = read_metrics(run_dir / "metrics.jsonl")
-    return summarize(records[warmup:])
+    summary = summarize(read_metrics(run_dir / "metrics.jsonl"), args.warmup, steps)
+    found = re.search(r"model: ([0-9.]+)M parameters", proc.stdout)
+    summary["params_m"] = float(found.group(1)) if found else ""
+    summary["gpu_busy_share"] = ""
+    profile = run_dir / "profile"
+    if (profile / "gpu_busy.json").is_file():
+        busy = json.loads((profile / "gpu_busy.json").read_text())["gpu_busy_share"]
+        summary["gpu_busy_share"] = "" if busy is None else busy
+    elif profile.is_dir():
+        busy = trace_busy_share(profile)
+        summary["gpu_busy_share"] = "" if busy is None else busy
+    if (profile / "summary.txt").is_file():
+        summary["profile"] = (profile / "summary.txt").read_text()
+    return summary
+
+
+def run_impl(
+    impl: str, name: str, overrides: list[str], args, work: Path, tree: Path = REPO, label: str = ""
+) -> dict:
+    """One implementation of one preset; an empty dict (and a message) if it failed."""
+    config = PRESETS[name][0]
+    overrides = overrides + (NTP_ONLY if impl in ("ntp", "titan") else [])
+    start = time.perf_counter()
+    try:
+        if impl in TRAINER_IMPLS:
+            run_dir = work / f"run_{name}_{impl}_{int(time.time() * 1e3)}"
+            result = run_trainer(tree, config, overrides, run_dir, args, dict(os.environ))
+        else:
+            case = {
+                "impl": impl,
+                "config": str(REPO / config),
+                "overrides": overrides,
+                "steps": args.steps,
+                "warmup": args.warmup,
+                "log_every": log_every(args.steps, args.warmup),
+                "profile_steps": args.profile_steps,
+            }
+            result = run_case_subprocess("benchmarks.baselines", case, timeout=args.timeout)
+    except (RuntimeError, ValueError, subprocess.TimeoutExpired) as err:
+        print(f"{name} {impl}{label}: failed: {str(err)[-3000:]}", flush=True)
+        return {}
+    profile = result.pop("profile", None)
+    print(
+        f"{name} {impl}{label}: {json.dumps({k: _fmt(v) for k, v in result.items()})} "
+        f"({time.perf_counter() - start:.0f} s wall)",
+        flush=True,
+    )
+    if profile:
+        out = Path(os.environ.get("CLMAP_BENCH_OUT", REPO / "benchmarks" / "results")) / "train_profiles.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a") as f:
+            f.write(f"=== {name} {impl}{label} {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n")
+            f.write(profile + "\n")
+    return result
 
 
 def _fmt(value, digits: int = 4):
     return round(value, digits) if isinstance(value, float) else value
 
 
-def bench_config(name: str, args: argparse.Namespace, extra: list[str], work: Path) -> dict:
-    """One preset: clmap then plain, both in fresh processes; the CSV row with both sides and ratios."""
+def _ratio(a, b) -> float | str:
+    return round(a / b, 3) if isinstance(a, float) and isinstance(b, float) and b else ""
+
+
+def preset_overrides(name: str, args, extra: list[str], work: Path) -> list[str]:
+    """The preset's overrides, the benchmark's, and the shared tokenizer (trained once here)."""
+    config, preset, _ = PRESETS[name]
+    overrides = [*preset, *BENCH_OVERRIDES, f"--train.device={args.device}", *extra]
+    return overrides + [f"--tokenizer.path={prepare_tokenizer_dir(REPO / config, overrides, work)}"]
+
+
+def bench_config(name: str, args, extra: list[str], work: Path) -> dict:
+    """One preset: each implementation in a fresh process; one CSV row with every side and the ratios."""
     from clmap.config import load_config
 
-    overrides = [
-        *PRESETS[name],
-        *BENCH_OVERRIDES,
-        f"--train.steps={args.steps}",
-        f"--train.device={args.device}",
-        *extra,
-    ]
-    tok_dir = prepare_tokenizer_dir(overrides, work)
-    overrides.append(f"--tokenizer.path={tok_dir}")
-    cfg = load_config(TINY_TOML, overrides)
+    overrides = preset_overrides(name, args, extra, work)
+    cfg = load_config(REPO / PRESETS[name][0], overrides)
+    impls = args.impls or PRESETS[name][2]
+    results = {impl: run_impl(impl, name, overrides, args, work) for impl in impls}
     row: dict = {
         "config": name,
         "nproc": args.nproc,
@@ -239,71 +257,142 @@ def bench_config(name: str, args: argparse.Namespace, extra: list[str], work: Pa
         "micro_batch": cfg.train.micro_batch,
         "hidden": cfg.model.hidden_size,
         "layers": cfg.model.num_layers,
+        "params_m": next((r["params_m"] for r in results.values() if r.get("params_m")), ""),
     }
-    results: dict[str, dict] = {}
-    for impl in ("clmap", "plain"):
-        start = time.perf_counter()
-        try:
-            if impl == "clmap":
-                run_dir = work / f"run_{name}_{int(time.time() * 1e3)}"
-                results[impl] = run_clmap(overrides, run_dir, args.nproc, args.warmup, args.timeout)
-            else:
-                results[impl] = run_case_subprocess(
-                    "benchmarks.train_throughput",
-                    {"config": str(TINY_TOML), "overrides": overrides, "warmup": args.warmup},
-                    timeout=args.timeout,
-                )
-        except (RuntimeError, subprocess.TimeoutExpired) as err:
-            print(f"{name} {impl}: failed: {str(err)[-2000:]}", flush=True)
-            results[impl] = {}
-        print(
-            f"{name} {impl}: {json.dumps({k: _fmt(v) for k, v in results[impl].items()})} "
-            f"({time.perf_counter() - start:.0f} s wall)",
-            flush=True,
+    for impl, result in results.items():
+        for key in METRICS:
+            row[f"{impl}_{key}"] = _fmt(result.get(key, ""))
+    if "plain" in results:
+        row["plain_pad_share"] = _fmt(results["plain"].get("pad_share", ""))
+    if "titan" in results:
+        row["titan_loss"] = results["titan"].get("loss_impl", "")
+    clmap = results.get("clmap", {})
+    per_device = clmap.get("tokens_per_s", 0.0) / args.nproc if clmap.get("tokens_per_s") else ""
+    for impl, column in (("plain", "tokens_per_s_ratio"), ("ntp", "ntp_ratio"), ("titan", "titan_ratio")):
+        if impl in results:
+            other = results[impl].get("tokens_per_s")
+            row[column] = _ratio(per_device if impl == "plain" else clmap.get("tokens_per_s"), other)
+    if "plain" in results:
+        row["peak_memory_ratio"] = _ratio(
+            clmap.get("peak_memory_gib"), results["plain"].get("peak_memory_gib")
         )
-    clmap, plain = results["clmap"], results["plain"]
-    row["params_m"] = _fmt(plain.get("params_m", ""), 2)
-    for key in ("tokens_per_s", "mfu", "peak_memory_gib", "data_time_share", "step_time_s"):
-        row[f"clmap_{key}"] = _fmt(clmap.get(key, ""))
-        row[f"plain_{key}"] = _fmt(plain.get(key, ""))
-    row["plain_pad_share"] = _fmt(plain.get("pad_share", ""))
-    if clmap.get("tokens_per_s") and plain.get("tokens_per_s"):
-        row["tokens_per_s_ratio"] = round(clmap["tokens_per_s"] / args.nproc / plain["tokens_per_s"], 3)
-    else:
-        row["tokens_per_s_ratio"] = ""
-    if clmap.get("peak_memory_gib") and plain.get("peak_memory_gib"):
-        row["peak_memory_ratio"] = round(clmap["peak_memory_gib"] / plain["peak_memory_gib"], 3)
-    else:
-        row["peak_memory_ratio"] = ""
     return row
+
+
+# -- A/B between commits ---------------------------------------------------------------------------
+AB_DIR = REPO / ".ab"
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=120)
+
+
+def ab_export(refs: list[str]) -> None:
+    """Write ``.ab/<ref>.tar`` (``git archive``) for each ref, to carry to a machine without the history."""
+    AB_DIR.mkdir(exist_ok=True)
+    for ref in refs:
+        out = AB_DIR / f"{ref}.tar"
+        proc = subprocess.run(["git", "-C", str(REPO), "archive", "-o", str(out), ref], capture_output=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"--ab-export: git archive {ref} failed: {proc.stderr.decode()[-500:]}")
+        print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+
+
+def ab_tree(ref: str, work: Path) -> tuple[Path, str]:
+    """(source tree, label) of one side: this working tree for HEAD, else the commit extracted."""
+    if ref in ("HEAD", "."):
+        return REPO, environment_tags()["commit"]
+    tree = work / f"ab_{ref}"
+    sha = _git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}").stdout.strip()
+    if sha:
+        shutil.rmtree(tree, ignore_errors=True)
+        tree.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(REPO), "archive", sha], capture_output=True, check=True)
+        tarfile.open(fileobj=io.BytesIO(archive.stdout)).extractall(tree, filter="data")
+        label = sha[:7]
+        same_ext = _git("diff", "--quiet", sha, "--", "csrc", "setup.py").returncode == 0
+    elif (AB_DIR / f"{ref}.tar").is_file():
+        shutil.rmtree(tree, ignore_errors=True)
+        tree.mkdir(parents=True)
+        with tarfile.open(AB_DIR / f"{ref}.tar") as tar:
+            tar.extractall(tree, filter="data")
+        label, same_ext = ref, False
+    else:
+        raise SystemExit(
+            f"--ab: commit {ref!r} is not in this checkout's .git ({REPO / '.git'}) and there is no "
+            f"{AB_DIR / (ref + '.tar')}; run `python -m benchmarks.train_throughput --ab-export {ref}` where "
+            "the history is and bring .ab/ along"
+        )
+    built = sorted((REPO / "clmap").glob("_csrc*.so"))
+    if same_ext and built:
+        shutil.copy2(built[0], tree / "clmap" / built[0].name)
+    else:
+        cmd = [sys.executable, "setup.py", "-q", "build_ext", "--inplace"]
+        proc = subprocess.run(cmd, cwd=tree, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            print(f"--ab {ref}: the C++ extension did not build; its data index runs in Python", flush=True)
+    return tree, label
+
+
+def bench_ab(name: str, refs: list[str], args, extra: list[str], work: Path) -> list[dict]:
+    """The same trainer measurement for two commits, one after the other on this machine: one row per
+    trainer implementation with both sides and B/A."""
+    sides = [ab_tree(ref, work) for ref in refs]
+    overrides = preset_overrides(name, args, extra, work)
+    rows = []
+    for impl in [i for i in (args.impls or ("clmap",)) if i in TRAINER_IMPLS]:
+        row: dict = {"config": name, "impl": impl, "steps": args.steps, "warmup_steps": args.warmup}
+        results = []
+        for (tree, label), side in zip(sides, "ab", strict=True):
+            row[side] = label
+            results.append(run_impl(impl, name, overrides, args, work, tree=tree, label=f" @{label}"))
+        for side, result in zip("ab", results, strict=True):
+            for key in METRICS:
+                row[f"{side}_{key}"] = _fmt(result.get(key, ""))
+        row["b_over_a"] = _ratio(results[1].get("tokens_per_s"), results[0].get("tokens_per_s"))
+        rows.append(row)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
-        epilog="Other --section.key=value arguments override the config of both runs.",
+        epilog="Other --section.key=value arguments override the config of every run.",
     )
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument(
         "--config", choices=(*PRESETS, "all"), default=None, help="preset (default: tiny on CPU, all on CUDA)"
     )
+    parser.add_argument("--impls", default=None, help=f"comma-separated subset of {','.join(IMPLS)}")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=default_device)
-    parser.add_argument("--steps", type=int, default=10, help="optimizer steps per run, warm-up included")
+    parser.add_argument("--steps", type=int, default=10, help="measured steps end here (warm-up included)")
     parser.add_argument("--warmup", type=int, default=None, help="steps not measured (default: steps // 3)")
-    parser.add_argument("--nproc", type=int, default=1, help="clmap processes (torchrun); plain uses 1")
+    parser.add_argument(
+        "--profile-steps",
+        type=int,
+        default=None,
+        help="profiled steps after the measured (GPU: 2, CPU: 0)",
+    )
+    parser.add_argument("--nproc", type=int, default=1, help="trainer processes (torchrun); baselines use 1")
     parser.add_argument("--work", default=None, help="tokenizer + run folders (default: temp)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per training process")
-    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--ab", default=None, help="A,B: the trainer of two commits (HEAD: this tree)")
+    parser.add_argument("--ab-export", default=None, help="REF,...: write .ab/<ref>.tar for --ab elsewhere")
     args, extra = parser.parse_known_args(argv)
-    if args.case:
-        print(json.dumps(plain_loop(json.loads(args.case))))
+    if args.ab_export:
+        ab_export(args.ab_export.split(","))
         return
     bad = [a for a in extra if not a.startswith("--") or "." not in a.split("=", 1)[0]]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.impls = tuple(args.impls.split(",")) if args.impls else None
+    if args.impls and set(args.impls) - set(IMPLS):
+        parser.error(f"--impls: unknown {sorted(set(args.impls) - set(IMPLS))}; choose from {IMPLS}")
     args.warmup = args.steps // 3 if args.warmup is None else args.warmup
-    if args.warmup >= args.steps:
-        parser.error("--warmup must be smaller than --steps")
+    if not 0 < args.warmup < args.steps:
+        parser.error("--warmup must be between 1 and --steps - 1")
+    if args.profile_steps is None:
+        args.profile_steps = 2 if args.device == "cuda" else 0
     names = (
         [args.config]
         if args.config not in (None, "all")
@@ -312,19 +401,26 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="clmap_throughput_"))
     work.mkdir(parents=True, exist_ok=True)
     tags = environment_tags(args.device)
-    rows = []
+    if args.ab:
+        refs = args.ab.split(",")
+        if len(refs) != 2:
+            parser.error("--ab takes two commits: A,B")
+        for name in names:
+            for row in bench_ab(name, refs, args, extra, work):
+                print(
+                    f"{name} A/B {row['impl']}: {row['a']} → {row['b']}: {row['b_over_a']}× tokens/s",
+                    flush=True,
+                )
+                path = append_csv("train_throughput_ab", [{**tags, **row}])
+        print(f"wrote A/B rows to {path}")
+        return
     for name in names:
         row = bench_config(name, args, extra, work)
-        print(
-            f"{name}: clmap {row['clmap_tokens_per_s']} tok/s, plain {row['plain_tokens_per_s']} tok/s, "
-            f"ratio {row['tokens_per_s_ratio']}; peak memory clmap {row['clmap_peak_memory_gib']} GiB, "
-            f"plain {row['plain_peak_memory_gib']} GiB",
-            flush=True,
-        )
-        rows.append({**tags, **row})
+        summary = ", ".join(f"{k} {row[k]}" for k in row if k.endswith(("tokens_per_s", "_ratio", "_mfu")))
+        print(f"{name}: {summary}", flush=True)
         # Row by row: a timeout in a later preset keeps what was already measured.
-        path = append_csv("train_throughput", [rows[-1]])
-    print(f"wrote {len(rows)} rows to {path}")
+        path = append_csv("train_throughput", [{**tags, **row}])
+    print(f"wrote {len(names)} rows to {path}")
 
 
 if __name__ == "__main__":

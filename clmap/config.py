@@ -57,15 +57,18 @@ class ModelConfig:
 
 @dataclass
 class TokenizerConfig:
-    """A local tokenizer folder (``path``) or a SentencePiece model trained on the training corpus."""
+    """A local tokenizer folder (``path``) or one trained on the training corpus (``kind``)."""
 
-    path: str = option("", "local tokenizer folder; empty: model.path's tokenizer, else train SentencePiece")
-    vocab_size: int = option(8000, "vocabulary size of a trained SentencePiece tokenizer")
+    path: str = option("", "local tokenizer folder; empty: model.path's tokenizer, else one trained here")
+    kind: Literal["sentencepiece", "bpe"] = option(
+        "sentencepiece", "tokenizer trained when none is given: SentencePiece (byte fallback), byte-level BPE"
+    )
+    vocab_size: int = option(8000, "vocabulary size of a trained tokenizer (special pieces included)")
     tag_format: str = option(
         "", 'language tag, {lang} replaced; "": <2xx> special pieces (trained), "\\n[xx] " text (pretrained)'
     )
     train_sentences: int = option(
-        200_000, "sentences sampled from the training corpus to train SentencePiece"
+        200_000, "sentences sampled from the training corpus to train the tokenizer"
     )
 
 
@@ -153,10 +156,23 @@ class TrainConfig:
     )
     activation_checkpointing: bool = option(False, "recompute each decoder layer's activations in backward")
     max_nonfinite_in_a_row: int = option(
-        5, "non-finite steps (skipped, not applied) tolerated in a row before the run stops"
+        5, "non-finite steps (skipped, not applied) tolerated in a row; checked at log and checkpoint steps"
     )
     backend: Literal["auto", "nccl", "gloo"] = option(
         "auto", "torch.distributed backend; auto: nccl on CUDA, gloo on CPU"
+    )
+    compile: Literal["auto", "true", "false"] = option(
+        "auto", "torch.compile each decoder block; auto: on CUDA only (CPU compile time outweighs the gain)"
+    )
+    reshard_after_forward: Literal["auto", "true", "false"] = option(
+        "auto",
+        "FSDP2: free gathered block parameters after forward (re-gathered in backward); auto: ranks > 1",
+    )
+    fsdp_prefetch: int = option(
+        0, "FSDP2: blocks whose all-gather is issued ahead, forward and backward; 0: FSDP2's implicit one"
+    )
+    prefetch_steps: int = option(
+        2, "steps of data a background thread prepares ahead (rows drawn, collated, pinned), ≥ 1"
     )
 
 
@@ -174,7 +190,10 @@ class CheckpointConfig:
 class MetricsConfig:
     """What is logged to run_dir/metrics.jsonl (and TensorBoard), and how often."""
 
-    log_every: int = option(1, "log training metrics every this many steps (and at the last step)")
+    log_every: int = option(
+        1,
+        "log metrics (means over the steps since the last line) every this many steps; only these sync",
+    )
     tensorboard: bool = option(True, "also write TensorBoard event files to run_dir/tensorboard")
     eval_every: int = option(100, "dev loss per task + LAC on a small dev set every this many steps; 0 off")
     progress: bool = option(True, "show a progress bar on rank 0")
@@ -334,6 +353,10 @@ def validate(config: Config) -> None:
     check_batch(config.train, world_size=1)
     if not 0.0 <= config.data.ntp_share <= 1.0:
         raise ConfigError(f"data.ntp_share: {config.data.ntp_share} is not in [0, 1]")
+    if config.train.prefetch_steps < 1:
+        raise ConfigError(f"train.prefetch_steps: {config.train.prefetch_steps} is not ≥ 1")
+    if config.train.fsdp_prefetch < 0:
+        raise ConfigError(f"train.fsdp_prefetch: {config.train.fsdp_prefetch} is not ≥ 0")
 
 
 def check_batch(train: TrainConfig, world_size: int) -> None:

@@ -34,9 +34,65 @@ def peak_flops(device: torch.device) -> float | None:
     return None
 
 
-def flops_per_token(num_params: int, num_layers: int, hidden: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6·N for the weights plus 6·L·H·T for causal attention scores (PaLM)."""
-    return 6.0 * num_params + 6.0 * num_layers * hidden * seq_len
+def active_parameters(model: torch.nn.Module) -> int:
+    """Parameters that take part in a matmul per token: all of them except input embedding tables, unless
+    a table is also the output projection (tied embeddings count once, as the lm_head).
+
+    torchtitan's count (``get_nparams_and_active_nparams``): an embedding lookup does no FLOPs.
+    """
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = {id(p) for p in output.parameters()} if output is not None else set()
+    embedding = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, torch.nn.Embedding)
+        for p in m.parameters(recurse=False)
+        if id(p) not in head
+    }
+    return sum(p.numel() for p in model.parameters() if id(p) not in embedding)
+
+
+def flops_per_token(model, seq_len: int) -> float:
+    """Training FLOPs per token by torchtitan's formula: 6·N + 12·L·H·Q·T.
+
+    N is :func:`active_parameters` (2 FLOPs per multiply-add, forward + 2× in backward), L layers, H
+    attention heads of width Q, T the row length: causal attention's QKᵀ and AV matmuls counted over the
+    whole row (no discount for causality or for packed documents, no recomputation), as torchtitan does.
+    ``model`` is a Hugging Face causal LM (its ``config`` gives L, H, Q).
+    """
+    config = model.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 6.0 * active_parameters(model) + 12.0 * config.num_hidden_layers * heads * head_dim * seq_len
+
+
+def busy_share(intervals: list[tuple[float, float]]) -> float | None:
+    """Share of the span from the first interval's start to the last one's end covered by at least one
+    interval (overlaps count once); None without intervals."""
+    intervals = sorted(i for i in intervals if i[1] > i[0])
+    if not intervals:
+        return None
+    busy, (cur_start, cur_end) = 0.0, intervals[0]
+    for start, end in intervals[1:]:
+        if start > cur_end:
+            busy += cur_end - cur_start
+            cur_start, cur_end = start, end
+        else:
+            cur_end = max(cur_end, end)
+    busy += cur_end - cur_start
+    return busy / (max(end for _, end in intervals) - intervals[0][0])
+
+
+def gpu_busy_share(prof) -> float | None:
+    """GPU busy share of a torch.profiler run: :func:`busy_share` of every CUDA activity (kernels, copies)
+    over the profiled steps. Below 1: the GPU waited on the host (Python, launches, syncs, data)."""
+    return busy_share(
+        [
+            (e.time_range.start, e.time_range.end)
+            for e in prof.events()
+            if getattr(e, "device_type", None) is not None and e.device_type.name == "CUDA"
+        ]
+    )
 
 
 def peak_memory_gib(device: torch.device) -> float:

@@ -140,7 +140,7 @@ class MappingObjective(nn.Module):
         else:
             cos = paired_cosine(layer, a_starts, a_ends, b_starts, b_ends)
             map_sum = (1.0 - cos).sum()
-        pairs = torch.tensor(float(cos.numel()), device=cos.device)
+        pairs = cos.new_full((), float(cos.numel()), dtype=torch.float32)  # a fill, not a host copy
         pooled = (None, None)
         if return_pooled:
             pooled = (

@@ -56,18 +56,55 @@ def init_distributed(device: str = "auto", backend: str = "auto") -> DistInfo:
     return DistInfo(rank, world, local, dev)
 
 
+def use_compile(setting: str, device: torch.device) -> bool:
+    """``train.compile``: auto compiles on CUDA only (on the CPU the compile time outweighs the gain)."""
+    return setting == "true" or (setting == "auto" and device.type == "cuda")
+
+
+def compile_blocks(blocks: Sequence[torch.nn.Module]) -> None:
+    """``torch.compile`` each decoder block's forward in place (torchtitan's per-block compile).
+
+    The module tree, and so every state-dict key, stays as it was; FSDP2's hooks run around the compiled
+    forward, and blocks of the same class share one compiled graph.
+    """
+    for block in blocks:
+        block.forward = torch.compile(block.forward)
+
+
+def resolve_reshard(setting: str, world_size: int) -> bool:
+    """``train.reshard_after_forward``: auto frees gathered parameters after forward only when there is
+    something to save (several ranks); on one rank they stay gathered, saving the backward re-gather."""
+    return setting == "true" or (setting == "auto" and world_size > 1)
+
+
+def set_prefetch(blocks: Sequence[torch.nn.Module], depth: int) -> None:
+    """Explicit FSDP2 prefetching of the next ``depth`` blocks' all-gathers, forward and backward;
+    0 keeps FSDP2's implicit prefetch (the next block's all-gather issued when its hook runs)."""
+    if depth <= 0:
+        return
+    for i, block in enumerate(blocks):
+        block.set_modules_to_forward_prefetch(list(blocks[i + 1 : i + 1 + depth]))
+        block.set_modules_to_backward_prefetch(list(reversed(blocks[max(0, i - depth) : i])))
+
+
 def shard_model(
     objective: MappingObjective,
     device: torch.device,
     mixed_precision: str,
     activation_checkpointing: bool,
     wrap: Sequence[str] = (),
+    *,
+    compile: bool = False,
+    reshard_after_forward: str = "auto",
+    prefetch: int = 0,
 ) -> MappingObjective:
     """FSDP2: one ``fully_shard`` per unit (the classes in ``wrap``, i.e. ``model.fsdp_wrap``, else the
     model's own ``_no_split_modules``: its decoder blocks), then the root.
 
     The root group holds the embeddings, final norm and lm_head, so inside the root's forward the
-    fused loss sees the whole (unsharded) lm_head weight.
+    fused loss sees the whole (unsharded) lm_head weight. FSDP2 never reshards the root after forward.
+    ``compile``, ``reshard_after_forward`` and ``prefetch`` are ``train.compile`` (resolved),
+    ``train.reshard_after_forward`` and ``train.fsdp_prefetch``.
     """
     if activation_checkpointing:
         lm, kwargs = objective.lm, {"use_reentrant": False}
@@ -79,9 +116,14 @@ def shard_model(
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
     kwargs = {"mp_policy": policy} if policy is not None else {}
     units = fsdp_units(objective.lm, wrap)
+    if compile:
+        compile_blocks(units)
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    reshard = resolve_reshard(reshard_after_forward, world_size)
     for i, unit in enumerate(units):
         # The last unit's parameters are needed again right away in backward: keep them gathered.
-        fully_shard(unit, reshard_after_forward=i < len(units) - 1, **kwargs)
+        fully_shard(unit, reshard_after_forward=reshard and i < len(units) - 1, **kwargs)
+    set_prefetch(units, prefetch)
     # The root's inputs are token ids and the step's loss weights: keep the weights fp32 (FSDP would
     # cast floating inputs to bf16 and round every 1/count).
     root_policy = (

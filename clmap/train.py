@@ -8,13 +8,16 @@ Also runs as one process (``python -m clmap.train``). The whole optimizer step i
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import signal
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -23,16 +26,22 @@ from clmap.checkpoint import Checkpointer, export_hf
 from clmap.config import Config, check_batch, config_help, load_config
 from clmap.data.examples import IGNORE_INDEX, GroupTable
 from clmap.data.pipeline import dev_rows, load_texts, make_stream, prepare_tokenizer
-from clmap.data.stream import Row, collate
-from clmap.metrics import MetricLogger, flops_per_token, peak_flops, peak_memory_gib
-from clmap.model import build_model, check_model, count_parameters, decoder_layers
+from clmap.data.prefetch import Prefetcher
+from clmap.data.stream import Row, collate, to_device
+from clmap.metrics import MetricLogger, flops_per_token, gpu_busy_share, peak_flops, peak_memory_gib
+from clmap.model import build_model, check_model, count_parameters
 from clmap.objectives import MappingObjective, ObjectiveOutput, loss_coefficients, summarize_totals
-from clmap.parallel import DistInfo, all_reduce_sum, cleanup, init_distributed, shard_model
+from clmap.parallel import DistInfo, all_reduce_sum, cleanup, init_distributed, shard_model, use_compile
 
 
 # -- optimisation -------------------------------------------------------------------------------
 def build_optimizer(model: torch.nn.Module, cfg: Config):
-    """AdamW (no decay on norms and biases) with linear warm-up then cosine decay to min_lr_ratio."""
+    """AdamW (no decay on norms and biases) with linear warm-up then cosine decay to min_lr_ratio.
+
+    Fused (one kernel per parameter group, on CUDA and CPU): besides being the fastest, it is the
+    implementation that takes a device-side ``found_inf`` flag, which is how ``train_step`` skips a
+    non-finite step without asking the host.
+    """
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     o = cfg.optim
@@ -41,7 +50,7 @@ def build_optimizer(model: torch.nn.Module, cfg: Config):
         lr=o.lr,
         betas=(o.beta1, o.beta2),
         eps=o.eps,
-        foreach=True,
+        fused=True,
     )
 
     def schedule(step: int) -> float:
@@ -55,46 +64,63 @@ def build_optimizer(model: torch.nn.Module, cfg: Config):
 
 def step_counts(rows: list[Row], num_groups: int) -> tuple[torch.Tensor, float]:
     """Target tokens per group and pairs in the whole step (every rank sees every row's metadata)."""
-    counts = torch.zeros(num_groups, dtype=torch.float64)
-    for row in rows:
-        targets, groups = torch.tensor(row.targets), torch.tensor(row.groups)
-        counts.index_add_(
-            0,
-            groups[targets != IGNORE_INDEX],
-            torch.ones(int((targets != IGNORE_INDEX).sum()), dtype=torch.float64),
-        )
-    return counts, float(sum(len(row.pairs) for row in rows))
+    targets = np.asarray([row.targets for row in rows])
+    groups = np.asarray([row.groups for row in rows])
+    counts = np.bincount(groups[targets != IGNORE_INDEX], minlength=num_groups)
+    return torch.from_numpy(counts.astype(np.float64)), float(sum(len(row.pairs) for row in rows))
 
 
-def train_step(objective, optimizer, rows: list[Row], cfg: Config, table: GroupTable, dist_info: DistInfo):
-    """One optimizer step over the global batch ``rows``: this rank's share, in micro-batches.
+@dataclass
+class StepBatch:
+    """One optimizer step's input, prepared off the training thread (``prepare_step``)."""
+
+    rows: list[Row]  # the global batch, all ranks' rows
+    micro: list[dict[str, torch.Tensor]]  # this rank's micro-batches, collated on the host (pinned on CUDA)
+    coef: torch.Tensor  # [G] loss weight of each group for this step (loss_coefficients)
+    map_coef: float  # weight of the summed mapping term
+    tokens: int  # real (non-padding) tokens of the global batch (tokens/s, MFU)
+
+
+def prepare_step(rows: list[Row], cfg: Config, table: GroupTable, dist_info: DistInfo) -> StepBatch:
+    """Everything about a step that needs only the host: loss weights from the whole step's counts, this
+    rank's share of the rows in micro-batches, and the token count."""
+    counts, num_pairs = step_counts(rows, len(table))
+    coef, map_coef = loss_coefficients(table, counts, num_pairs, cfg.objective)
+    pin = dist_info.device.type == "cuda"
+    per_rank = len(rows) // dist_info.world_size
+    mine = rows[dist_info.rank * per_rank : (dist_info.rank + 1) * per_rank]
+    mb = cfg.train.micro_batch
+    micro = [collate(mine[i : i + mb], pin_memory=pin) for i in range(0, len(mine), mb)]
+    tokens = sum(row.num_tokens for row in rows)  # from the row layout: a pad id can equal a real token's
+    return StepBatch(rows, micro, coef.pin_memory() if pin else coef, map_coef, tokens)
+
+
+def train_step(objective, optimizer, batch: StepBatch, cfg: Config, dist_info: DistInfo):
+    """One optimizer step over a prepared global batch: this rank's share, in micro-batches.
 
     Loss weights come from the whole step's counts, and the loss is scaled by the world size because
     FSDP averages gradients over ranks: the gradient is then exactly that of the global-batch mean.
-    Returns the reduced sums (for metrics) and whether the step was applied.
+    Nothing here waits for the device: it returns device tensors (the reduced sums, the gradient norm,
+    whether the update was applied), read every ``metrics.log_every`` steps. A non-finite step is
+    skipped on the device: fused AdamW leaves parameters and state untouched when ``found_inf`` is 1.
     """
-    counts, num_pairs = step_counts(rows, len(table))
-    coef, map_coef = loss_coefficients(table, counts, num_pairs, cfg.objective)
-    coef = coef.to(dist_info.device)
-    per_rank = len(rows) // dist_info.world_size
-    mine = rows[dist_info.rank * per_rank : (dist_info.rank + 1) * per_rank]
-    micro = [mine[i : i + cfg.train.micro_batch] for i in range(0, len(mine), cfg.train.micro_batch)]
-    sums = ObjectiveOutput.zero_totals(len(table), dist_info.device)
-    for i, chunk in enumerate(micro):
-        objective.set_requires_gradient_sync(i == len(micro) - 1)
-        out = objective(**collate(chunk, dist_info.device), group_weights=coef)
-        loss = out.weighted_loss + map_coef * out.map_sum
+    device = dist_info.device
+    coef = batch.coef.to(device, non_blocking=True)
+    sums = ObjectiveOutput.zero_totals(len(batch.coef), device)
+    for i, micro in enumerate(batch.micro):
+        objective.set_requires_gradient_sync(i == len(batch.micro) - 1)
+        out = objective(**to_device(micro, device), group_weights=coef)
+        loss = out.weighted_loss + batch.map_coef * out.map_sum
         (loss * dist_info.world_size).backward()
         sums += out.totals()
     all_reduce_sum(sums)
-    finite = bool(torch.isfinite(sums).all())
     grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), cfg.optim.grad_clip or float("inf"))
     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-    finite = finite and bool(torch.isfinite(grad_norm))
-    if finite:
-        optimizer.step()
+    finite = torch.isfinite(sums).all() & torch.isfinite(grad_norm)
+    optimizer.found_inf = (~finite).float()
+    optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return sums.cpu(), float(grad_norm), finite
+    return sums, grad_norm, finite
 
 
 @torch.no_grad()
@@ -147,9 +173,11 @@ class _Preemption:
         self.requested = True
 
     def agreed(self, device: torch.device) -> bool:
+        """Whether any rank got SIGTERM (a collective: the trainer asks at log steps only)."""
+        if not (dist.is_initialized() and dist.get_world_size() > 1):
+            return self.requested
         flag = torch.tensor([float(self.requested)], device=device)
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
 
@@ -165,44 +193,88 @@ def resume(checkpointer: Checkpointer, cfg: Config, objective, optimizer, schedu
 
 
 class StepMetrics:
-    """The metrics of one step: losses per task and group, lr, gradient norm, tokens/s, MFU, memory, and
-    the share of the step spent waiting for data. Holds what does not change between steps."""
+    """The metrics of the steps since the last log line: losses per task and group (token means over
+    those steps), lr, the last step's gradient norm, skipped steps, tokens/s, MFU, peak memory and the
+    share of the time spent waiting for data. Device values add up without a sync; ``read`` syncs once."""
 
-    def __init__(self, cfg: Config, table: GroupTable, lm, num_params: int, dist_info: DistInfo):
+    def __init__(self, cfg: Config, table: GroupTable, flops_per_token: float, dist_info: DistInfo):
         self.cfg, self.table, self.dist_info = cfg, table, dist_info
         self.peak = peak_flops(dist_info.device)
-        self.flops_per_token = flops_per_token(
-            num_params, len(decoder_layers(lm)), lm.config.hidden_size, cfg.data.seq_len
-        )
+        self.flops_per_token = flops_per_token
+        self._reset(time.perf_counter())
 
-    def __call__(
-        self,
-        sums: torch.Tensor,
-        rows: list[Row],
-        scheduler,
-        grad_norm: float,
-        applied: bool,
-        nonfinite_total: int,
-        data_time: float,
-        elapsed: float,
-    ) -> dict:
-        metrics = summarize_totals(self.table, sums, self.cfg.objective)
-        tokens = sum(r.num_tokens for r in rows)  # from the row layout: a pad id can equal a real token's
+    def _reset(self, now: float) -> None:
+        device = self.dist_info.device
+        self.sums = ObjectiveOutput.zero_totals(len(self.table), device)
+        self.skipped = torch.zeros((), dtype=torch.float64, device=device)
+        self.grad_norm = torch.zeros((), dtype=torch.float64, device=device)
+        self.steps, self.tokens, self.data_time, self.start = 0, 0, 0.0, now
+
+    def add(self, sums, grad_norm, finite, tokens: int, data_time: float) -> None:
+        """One step's device outputs (``train_step``), its token count and its wait for data."""
+        self.sums += sums
+        self.skipped += (~finite).double()
+        self.grad_norm = grad_norm
+        self.steps += 1
+        self.tokens += tokens
+        self.data_time += data_time
+
+    def read(self, scheduler, nonfinite_total: int) -> dict:
+        """The window's metrics (waits for the device once), then start a new window."""
+        totals = self.sums.cpu()
+        skipped, grad_norm = torch.stack([self.skipped, self.grad_norm.double()]).tolist()
+        now = time.perf_counter()
+        elapsed = now - self.start
+        metrics = summarize_totals(self.table, totals, self.cfg.objective)
         metrics.update(
             {
                 "lr": scheduler.get_last_lr()[0],
                 "grad_norm": grad_norm,
-                "tokens_per_s": tokens / elapsed,
-                "step_time_s": elapsed,
-                "data_time_share": data_time / elapsed,
+                "tokens_per_s": self.tokens / elapsed,
+                "step_time_s": elapsed / self.steps,
+                "log_steps": self.steps,
+                "data_time_share": self.data_time / elapsed,
                 "peak_memory_gib": peak_memory_gib(self.dist_info.device),
                 "nonfinite_total": nonfinite_total,
-                "skipped": 0.0 if applied else 1.0,
+                "skipped": skipped,
             }
         )
         if self.peak:
-            metrics["mfu"] = tokens * self.flops_per_token / elapsed / (self.peak * self.dist_info.world_size)
+            world = self.dist_info.world_size
+            metrics["mfu"] = self.tokens * self.flops_per_token / elapsed / (self.peak * world)
+        self._reset(now)
         return metrics
+
+
+class NonfiniteGuard:
+    """Counts skipped (non-finite) steps on the device. ``check`` reads the counts (one sync; the trainer
+    calls it at log and checkpoint steps) and stops the run if more than ``limit`` steps in a row were
+    non-finite anywhere since the previous check: the abort comes at the next log or checkpoint step."""
+
+    def __init__(self, limit: int, total: int, device: torch.device):
+        self.limit, self.total = limit, total
+        self.pending = torch.zeros((), dtype=torch.long, device=device)  # skipped since the last check
+        self.in_a_row = torch.zeros((), dtype=torch.long, device=device)
+        self.worst = torch.zeros((), dtype=torch.long, device=device)  # longest run since the last check
+
+    def add(self, finite: torch.Tensor) -> None:
+        bad = (~finite).long()
+        self.pending += bad
+        self.in_a_row.add_(1).mul_(bad)
+        torch.maximum(self.worst, self.in_a_row, out=self.worst)
+
+    def check(self, last_good: Path | None) -> int:
+        """Total non-finite steps so far; raises FloatingPointError past the limit in a row."""
+        pending, worst = torch.stack([self.pending, self.worst]).tolist()
+        self.total += pending
+        self.pending.zero_()
+        self.worst.copy_(self.in_a_row)
+        if worst > self.limit:
+            raise FloatingPointError(
+                f"{worst} non-finite losses in a row (limit train.max_nonfinite_in_a_row={self.limit}); "
+                f"last good checkpoint: {last_good}"
+            )
+        return self.total
 
 
 def run(cfg: Config) -> Path:
@@ -226,7 +298,7 @@ def run(cfg: Config) -> Path:
     dev = dev_rows(cfg, tok, table, dist_info.world_size)
 
     lm = build_model(cfg.model, tok, dist_info.device)
-    num_params = count_parameters(lm)
+    num_params, flops = count_parameters(lm), flops_per_token(lm, cfg.data.seq_len)
     objective = MappingObjective(lm, table, cfg.objective).to(dist_info.device)
     objective = shard_model(
         objective,
@@ -234,6 +306,9 @@ def run(cfg: Config) -> Path:
         cfg.train.mixed_precision,
         cfg.train.activation_checkpointing,
         wrap=cfg.model.fsdp_wrap,
+        compile=use_compile(cfg.train.compile, dist_info.device),
+        reshard_after_forward=cfg.train.reshard_after_forward,
+        prefetch=cfg.train.fsdp_prefetch,
     )
     optimizer, scheduler = build_optimizer(objective, cfg)
     checkpointer = Checkpointer(run_dir, dist_info, keep=cfg.checkpoint.keep)
@@ -241,7 +316,8 @@ def run(cfg: Config) -> Path:
 
     logger = MetricLogger(run_dir, enabled=main, tensorboard=cfg.metrics.tensorboard)
     preemption = _Preemption()
-    step_metrics = StepMetrics(cfg, table, lm, num_params, dist_info)
+    step_metrics = StepMetrics(cfg, table, flops, dist_info)
+    nonfinite = NonfiniteGuard(cfg.train.max_nonfinite_in_a_row, nonfinite_total, dist_info.device)
     if main:
         print(
             f"model: {num_params / 1e6:.2f}M parameters, {len(table)} loss groups, world size "
@@ -250,7 +326,13 @@ def run(cfg: Config) -> Path:
         )
 
     profiler = _profiler(cfg, run_dir) if cfg.profile.enabled else nullcontext()
+    # data: each step's global batch is drawn and collated ahead on a thread; every rank draws the same
+    # rows and keeps its share. rows_done counts rows trained on, not rows prepared (exact resume).
     rows_iter = stream.rows(rows_done)
+    batches = Prefetcher(
+        lambda: prepare_step([next(rows_iter) for _ in range(cfg.train.global_batch)], cfg, table, dist_info),
+        depth=cfg.train.prefetch_steps,
+    )
     bar = tqdm(
         total=cfg.train.steps,
         initial=start_step,
@@ -258,45 +340,44 @@ def run(cfg: Config) -> Path:
         desc="train",
         dynamic_ncols=True,
     )
-    nonfinite_in_a_row = 0
     step = start_step
-    with profiler as prof:
+    step_metrics.start = time.perf_counter()
+    with profiler as prof, batches:
         while step < cfg.train.steps:
-            # data: the step's global batch; every rank draws the same rows and keeps its share
             t0 = time.perf_counter()
-            rows = [next(rows_iter) for _ in range(cfg.train.global_batch)]
-            t_data = time.perf_counter() - t0
-            # step: forward/backward over micro-batches, clip, update (skipped if non-finite)
-            sums, grad_norm, applied = train_step(objective, optimizer, rows, cfg, table, dist_info)
+            batch = next(batches)
+            data_time = time.perf_counter() - t0
+            # step: forward/backward over micro-batches, clip, update (skipped on the device if non-finite)
+            sums, grad_norm, finite = train_step(objective, optimizer, batch, cfg, dist_info)
             scheduler.step()
             step += 1
-            rows_done += len(rows)
+            rows_done += len(batch.rows)
+            step_metrics.add(sums, grad_norm, finite, batch.tokens, data_time)
+            nonfinite.add(finite)
             if prof is not None:
                 prof.step()
-            elapsed = time.perf_counter() - t0
-            nonfinite_in_a_row = 0 if applied else nonfinite_in_a_row + 1
-            nonfinite_total += 0 if applied else 1
-            if nonfinite_in_a_row > cfg.train.max_nonfinite_in_a_row:
-                raise FloatingPointError(
-                    f"{nonfinite_in_a_row} non-finite losses in a row (limit train.max_nonfinite_in_a_row="
-                    f"{cfg.train.max_nonfinite_in_a_row}); last good checkpoint: {checkpointer.latest()}"
-                )
-            # log: losses and throughput every log_every steps and at the end
-            if step % cfg.metrics.log_every == 0 or step == cfg.train.steps:
-                metrics = step_metrics(
-                    sums, rows, scheduler, grad_norm, applied, nonfinite_total, t_data, elapsed
-                )
+            bar.update(1)
+            # Only log, checkpoint and preemption steps wait for the device; the others run ahead of it.
+            log = step % cfg.metrics.log_every == 0 or step == cfg.train.steps
+            stop = preemption.agreed(dist_info.device) if log else False
+            save = step % cfg.checkpoint.every == 0 or step == cfg.train.steps or stop
+            if log or save:
+                nonfinite_total = nonfinite.check(checkpointer.latest())  # waits for the device
+                paused = time.perf_counter()
+            # log: losses and throughput of the steps since the last log line
+            if log:
+                metrics = step_metrics.read(scheduler, nonfinite_total)
                 # eval: dev loss per task and LAC every eval_every steps, logged with the step's metrics
                 if cfg.metrics.eval_every and dev and step % cfg.metrics.eval_every == 0:
                     metrics.update(dev_metrics(objective, dev, cfg, table, dist_info))
                 logger.log(step, metrics)
                 bar.set_postfix(loss=f"{metrics['loss/total']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
-            bar.update(1)
             # checkpoint: every checkpoint.every steps, at the end, and when any rank got SIGTERM
-            stop = preemption.agreed(dist_info.device)
-            if step % cfg.checkpoint.every == 0 or step == cfg.train.steps or stop:
+            if save:
                 extra = {"rows": rows_done, "nonfinite_total": nonfinite_total}
                 checkpointer.save(step, objective, optimizer, scheduler, extra)
+            if log or save:  # dev evaluation and checkpoints are no step's time
+                step_metrics.start += time.perf_counter() - paused
             # preemption: after that checkpoint, leave cleanly
             if stop:
                 if main:
@@ -322,7 +403,10 @@ def _profiler(cfg: Config, run_dir: Path):
     def on_ready(prof):
         tensorboard_trace_handler(str(out))(prof)
         sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
-        (out / "summary.txt").write_text(prof.key_averages().table(sort_by=sort, row_limit=25))
+        busy = gpu_busy_share(prof)
+        head = f"GPU busy share over the {cfg.profile.active} profiled steps: {busy:.3f}\n" if busy else ""
+        (out / "summary.txt").write_text(head + prof.key_averages().table(sort_by=sort, row_limit=25))
+        (out / "gpu_busy.json").write_text(json.dumps({"gpu_busy_share": busy, "steps": cfg.profile.active}))
 
     p = cfg.profile
     return profile(

@@ -165,7 +165,7 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_train_throughput_tiny_writes_both_sides(tmp_path: Path) -> None:
+def test_train_throughput_tiny_writes_every_side(tmp_path: Path) -> None:
     env = {**_env(), "CLMAP_BENCH_OUT": str(tmp_path / "out")}
     cmd = [
         sys.executable,
@@ -173,40 +173,95 @@ def test_train_throughput_tiny_writes_both_sides(tmp_path: Path) -> None:
         "benchmarks.train_throughput",
         "--config",
         "tiny",
+        "--impls",
+        "clmap,ntp,titan,plain",
         "--device",
         "cpu",
         "--steps",
-        "2",
+        "3",
         "--warmup",
         "1",
         "--work",
         str(tmp_path / "work"),
         *TINY,
     ]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "failed" not in proc.stdout, proc.stdout[-3000:]
     rows = list(csv.DictReader((tmp_path / "out" / "train_throughput.csv").open()))
     assert len(rows) == 1
     row = rows[0]
     assert row["config"] == "tiny" and row["device"].startswith("CPU")
-    assert float(row["clmap_tokens_per_s"]) > 0 and float(row["plain_tokens_per_s"]) > 0
-    assert float(row["tokens_per_s_ratio"]) == pytest.approx(
-        float(row["clmap_tokens_per_s"]) / float(row["plain_tokens_per_s"]), rel=1e-2
-    )
-    assert float(row["clmap_peak_memory_gib"]) > 0 and row["clmap_mfu"] == ""  # no MFU on CPU
+    for impl in ("clmap", "ntp", "titan", "plain"):
+        assert float(row[f"{impl}_tokens_per_s"]) > 0, impl
+        assert float(row[f"{impl}_peak_memory_gib"]) > 0 and row[f"{impl}_mfu"] == "", impl  # no MFU on CPU
+    for impl, column in (("plain", "tokens_per_s_ratio"), ("ntp", "ntp_ratio"), ("titan", "titan_ratio")):
+        expected = float(row["clmap_tokens_per_s"]) / float(row[f"{impl}_tokens_per_s"])
+        assert float(row[column]) == pytest.approx(expected, rel=1e-2), column
+    assert row["titan_loss"] == "torch_lce"  # this torch has F.linear_cross_entropy
+
+
+def test_summarize_reads_the_measured_log_windows() -> None:
+    from benchmarks.train_throughput import log_every, summarize
+
+    assert log_every(16, 4) == 4 and log_every(10, 3) == 1 and log_every(8, 2) == 2
+    window = {"tokens_per_s": 100.0, "data_time_share": 0.5, "peak_memory_gib": 1.0, "log_steps": 2}
+    records = [
+        {**window, "step": 2, "step_time_s": 9.0, "tokens_per_s": 1.0},  # warm-up window: not measured
+        {**window, "step": 4, "step_time_s": 1.0},  # 2 steps of 1 s at 100 tok/s
+        {**window, "step": 6, "step_time_s": 3.0, "tokens_per_s": 300.0, "data_time_share": 0.0},
+        {**window, "step": 8, "step_time_s": 5.0, "peak_memory_gib": 9.0},  # profiled: after the measured
+    ]
+    out = summarize(records, warmup=2, steps=6)
+    assert out["tokens_per_s"] == pytest.approx((200 + 1800) / 8)  # tokens over time, not a mean of rates
+    assert out["step_time_s"] == pytest.approx(2.0) and out["data_time_share"] == pytest.approx(0.125)
+    assert out["peak_memory_gib"] == 1.0 and out["mfu"] == ""
+    old_commit = [{k: v for k, v in r.items() if k != "log_steps"} for r in records]  # one step per record
+    assert summarize(old_commit, warmup=3, steps=6)["step_time_s"] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="no measured steps"):
+        summarize(records[:1], warmup=2, steps=6)
+
+
+def test_trace_busy_share_reads_kernel_intervals(tmp_path: Path) -> None:
+    import json
+
+    from benchmarks.train_throughput import trace_busy_share
+
+    events = [
+        {"cat": "kernel", "ts": 0, "dur": 10},
+        {"cat": "gpu_memcpy", "ts": 5, "dur": 15},
+        {"cat": "cpu_op", "ts": 0, "dur": 100},
+        {"cat": "kernel", "ts": 30, "dur": 10},
+    ]
+    (tmp_path / "host.pt.trace.json").write_text(json.dumps({"traceEvents": events}))
+    assert trace_busy_share(tmp_path) == pytest.approx(30 / 40)
+
+
+def test_ab_names_a_missing_commit_and_extracts_a_present_one(tmp_path: Path) -> None:
+    from benchmarks.train_throughput import ab_tree
+
+    with pytest.raises(SystemExit, match="'0000000' is not in this checkout's .git .*--ab-export 0000000"):
+        ab_tree("0000000", tmp_path)
+    tree, label = ab_tree("2cca9d5", tmp_path)
+    assert label == "2cca9d5" and (tree / "clmap" / "train.py").is_file()
+    assert "def train_step(objective, optimizer, rows" in (tree / "clmap" / "train.py").read_text()
+    assert ab_tree("HEAD", tmp_path)[0] == REPO
 
 
 def test_unpack_row_restores_sequences() -> None:
-    from benchmarks.train_throughput import pad_batch, unpack_row
+    from benchmarks.baselines import pad_batch, unpack_row
+    from clmap.data.stream import Row
 
-    ids = [1, 5, 6, 2, 1, 7, 2, 0, 0]
-    tgt = [5, 6, 2, -100, 7, 2, -100, -100, -100]
+    # pad == eos (0): the second sequence starts with the pad id, as a BOS-less (Qwen2) sequence does.
+    ids = [1, 5, 6, 0, 0, 7, 0, 0, 0]
+    tgt = [5, 6, 0, -100, 7, 0, -100, -100, -100]
     pos = [0, 1, 2, 3, 0, 1, 2, 0, 1]
-    seqs = unpack_row(ids, tgt, pos, pad_id=0)
-    assert seqs == [([1, 5, 6, 2], [5, 6, 2, -100]), ([1, 7, 2], [7, 2, -100])]
+    row = Row(ids, tgt, pos, [0] * 9, [], [], [4, 3])
+    seqs = unpack_row(row)
+    assert seqs == [([1, 5, 6, 0], [5, 6, 0, -100]), ([0, 7, 0], [7, 0, -100])]
     batch_ids, batch_tgt, mask = pad_batch(seqs, 0, "cpu")
-    assert batch_ids.tolist() == [[1, 5, 6, 2], [1, 7, 2, 0]]
-    assert batch_tgt[1].tolist() == [7, 2, -100, -100] and mask.sum().item() == 7
+    assert batch_ids.tolist() == [[1, 5, 6, 0], [0, 7, 0, 0]]
+    assert batch_tgt[1].tolist() == [7, 0, -100, -100] and mask.sum().item() == 7
 
 
 @pytest.mark.slow
@@ -223,13 +278,20 @@ def test_gpu_suite_dry_run(tmp_path: Path) -> None:
     )
     log = (out / "suite.log").read_text() if (out / "suite.log").exists() else proc.stdout
     assert proc.returncode == 0, log[-6000:] + proc.stderr[-2000:]
-    for name in ("gpu_check", "mapping_loss", "pooled_similarity", "train_throughput"):
+    for name in ("gpu_check", "mapping_loss", "pooled_similarity", "train_throughput", "train_throughput_ab"):
         rows = list(csv.DictReader((out / f"{name}.csv").open()))
         assert rows and all(r["device"] for r in rows), name
     assert all(r["ok"] == "True" for r in csv.DictReader((out / "gpu_check.csv").open()))
-    assert next(csv.DictReader((out / "train_throughput.csv").open()))["device"].startswith("CPU")
-    assert (out / "profile_summary.txt").read_text().strip()
-    assert (out / "profile_trace.tar.gz").stat().st_size > 0
+    one_b = next(csv.DictReader((out / "train_throughput.csv").open()))
+    assert one_b["config"] == "1b" and one_b["device"].startswith("CPU")
+    for impl in ("clmap", "ntp", "titan"):
+        assert float(one_b[f"{impl}_tokens_per_s"]) > 0, impl
+    ab = next(csv.DictReader((out / "train_throughput_ab.csv").open()))
+    assert ab["a"] == "2cca9d5" and float(ab["a_tokens_per_s"]) > 0 and float(ab["b_tokens_per_s"]) > 0
+    profiles = (out / "train_profiles.txt").read_text()
+    assert (
+        "=== 1b clmap " in profiles and "=== 1b titan " in profiles and "=== tiny clmap @2cca9d5 " in profiles
+    )
     files = [p for p in out.rglob("*") if p.is_file()]
     assert len(files) <= 8, files
     assert "suite finished" in log and "0 step(s) not ok" in log

@@ -15,7 +15,7 @@ from clmap.data.tokenizer import load_tokenizer
 from clmap.model import build_model
 from clmap.objectives import MappingObjective, loss_coefficients, summarize, summarize_totals
 from clmap.parallel import cleanup, init_distributed, shard_model
-from clmap.train import build_optimizer, train_step
+from clmap.train import build_optimizer, prepare_step, train_step
 
 
 def test_loss_coefficients_follow_the_definition():
@@ -79,9 +79,8 @@ def _train(setup, backend: str | None, steps: int = 3, activation_checkpointing:
         losses = []
         gb = cfg.train.global_batch
         for step in range(steps):
-            sums, grad_norm, applied = train_step(
-                objective, optimizer, rows[step * gb : (step + 1) * gb], cfg, table, dist_info
-            )
+            batch = prepare_step(rows[step * gb : (step + 1) * gb], cfg, table, dist_info)
+            sums, grad_norm, applied = train_step(objective, optimizer, batch, cfg, dist_info)
             scheduler.step()
             losses.append(summarize_totals(table, sums, cfg.objective))
         return objective, optimizer, losses
@@ -112,11 +111,24 @@ def test_non_finite_step_is_skipped(setup):
     with torch.no_grad():
         embed.to_local()[0, 0] = float("nan")
         before = [p.detach().to_local().clone() for p in objective.parameters()]
+        state_before = {k: v.clone() for st in optimizer.state.values() for k, v in _local_state(st).items()}
     rows_with_nan_token = [row for row in rows if 0 in row.input_ids] or rows
-    _, _, applied = train_step(
-        objective, optimizer, rows_with_nan_token[: cfg.train.global_batch], cfg, table, dist_info
-    )
+    batch = prepare_step(rows_with_nan_token[: cfg.train.global_batch], cfg, table, dist_info)
+    _, _, applied = train_step(objective, optimizer, batch, cfg, dist_info)
     assert not applied
     after = [p.detach().to_local() for p in objective.parameters()]
     for b, a in zip(before, after, strict=True):
         torch.testing.assert_close(a, b, equal_nan=True)
+    # The optimizer state (moments and step count) is untouched too: the step never happened.
+    state_after = {k: v for st in optimizer.state.values() for k, v in _local_state(st).items()}
+    assert state_before.keys() == state_after.keys()
+    for key, value in state_before.items():
+        torch.testing.assert_close(state_after[key], value, equal_nan=True)
+
+
+def _local_state(state: dict) -> dict:
+    """An optimizer state entry as local tensors keyed by (name, id) (step is a plain tensor)."""
+    return {
+        (name, id(state)): value.to_local() if hasattr(value, "to_local") else value
+        for name, value in state.items()
+    }

@@ -14,7 +14,13 @@ from clmap.config import Config
 from clmap.data.examples import GroupTable
 from clmap.data.readers import read_monolingual, read_parallel
 from clmap.data.stream import Row, TrainingStream, build_sources, source_weights
-from clmap.data.tokenizer import ClmapTokenizer, load_tokenizer, train_sentencepiece
+from clmap.data.tokenizer import (
+    META_FILE,
+    ClmapTokenizer,
+    load_tokenizer,
+    train_byte_level_bpe,
+    train_sentencepiece,
+)
 from clmap.parallel import DistInfo, barrier
 
 
@@ -59,12 +65,15 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, dist_info: DistInfo, mono, par
     if path:
         return load_tokenizer(path, tag_format=cfg.tokenizer.tag_format or None)
     out = run_dir / "tokenizer"
-    if dist_info.is_main and not (out / "tokenizer.model").is_file():
+    if dist_info.is_main and not (out / META_FILE).is_file():
         texts = [t for texts in mono.values() for t in texts]
         texts += [t for src, tgt in parallel.values() for t in (*src, *tgt)]
         rng = np.random.default_rng(cfg.train.seed)
         sample = [texts[i] for i in rng.permutation(len(texts))[: cfg.tokenizer.train_sentences]]
-        train_sentencepiece(sample, out, cfg.data.languages, vocab_size=cfg.tokenizer.vocab_size)
+        if cfg.tokenizer.kind == "bpe":
+            train_byte_level_bpe(sample, out, cfg.data.languages, vocab_size=cfg.tokenizer.vocab_size)
+        else:
+            train_sentencepiece(sample, out, cfg.data.languages, vocab_size=cfg.tokenizer.vocab_size)
     barrier()
     return load_tokenizer(out)
 

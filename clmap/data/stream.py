@@ -247,12 +247,17 @@ class TrainingStream:
             w += 1
 
 
-def collate(rows: list[Row], device: torch.device | str = "cpu") -> dict[str, torch.Tensor | int]:
+def collate(
+    rows: list[Row], device: torch.device | str = "cpu", pin_memory: bool = False
+) -> dict[str, torch.Tensor | int]:
     """Stack rows into tensors; span offsets become flat indices into the [B*T] token axis.
 
-    ``cu_seq_lens`` (int32, on ``device``) are the offsets of every segment of every row (its sequences and
-    its padding tail) over that flat axis and ``max_seq_len`` the longest segment: computed here, on the host,
-    so the attention never has to find the boundaries from position_ids (``clmap.model.PACKED_ATTENTION``).
+    ``cu_seq_lens`` (int32) are the offsets of every segment of every row (its sequences and its padding
+    tail) over that flat axis and ``max_seq_len`` the longest segment: computed here, on the host, so the
+    attention never has to find the boundaries from position_ids (``clmap.model.PACKED_ATTENTION``).
+    On a CUDA ``device`` the tensors are built in pinned host memory and copied without blocking (a
+    pageable copy would wait for every kernel queued before it); ``pin_memory`` alone keeps them on the
+    host, pinned, for a later ``to_device`` (the trainer's prefetch thread does this).
     """
     seq_len = len(rows[0].input_ids)
     starts, ends, pair_a, pair_b = [], [], [], []
@@ -266,10 +271,10 @@ def collate(rows: list[Row], device: torch.device | str = "cpu") -> dict[str, to
         segments += row.segments()
 
     def tensor(values) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.long, device=device)
+        return torch.tensor(values, dtype=torch.long)
 
-    cu_seq_lens = torch.tensor(np.concatenate([[0], np.cumsum(segments)]), dtype=torch.int32, device=device)
-    return {
+    cu_seq_lens = torch.tensor(np.concatenate([[0], np.cumsum(segments)]), dtype=torch.int32)
+    batch = {
         "input_ids": tensor([r.input_ids for r in rows]),
         "position_ids": tensor([r.position_ids for r in rows]),
         "cu_seq_lens": cu_seq_lens,
@@ -281,3 +286,13 @@ def collate(rows: list[Row], device: torch.device | str = "cpu") -> dict[str, to
         "pair_a": tensor(pair_a),
         "pair_b": tensor(pair_b),
     }
+    device = torch.device(device)
+    if pin_memory or device.type == "cuda":
+        batch = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in batch.items()}
+    return to_device(batch, device)
+
+
+def to_device(batch: dict, device: torch.device | str) -> dict:
+    """A collated batch on ``device``: tensors are copied with ``non_blocking`` (asynchronous from pinned
+    memory, a no-op on the same device); other values pass through."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
