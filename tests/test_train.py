@@ -201,22 +201,14 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(small_corpus, small_tokeni
 
 def test_tokens_per_second_counts_real_tokens_when_pad_equals_eos():
     """Llama-3 pads with eos: a count by pad id would drop every real eos; the row layout does not."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from clmap.data.examples import GroupTable
     from clmap.data.stream import Row
-    from clmap.objectives import ObjectiveOutput
     from clmap.parallel import DistInfo
-    from clmap.train import StepMetrics
+    from clmap.train import StepMetrics, prepare_step
 
-    cfg = load_config(None, [])
+    cfg = load_config(None, ["--train.global_batch=2", "--train.micro_batch=2"])
     table = GroupTable(["en"], [])
-    lm = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1, num_attention_heads=2
-        )
-    )
-    step_metrics = StepMetrics(cfg, table, lm, 1000, DistInfo(0, 1, 0, torch.device("cpu")))
+    dist_info = DistInfo(0, 1, 0, torch.device("cpu"))
     eos = pad = 2
     row = Row(
         input_ids=[1, 5, eos, 1, 6, 7, eos, pad, pad],
@@ -227,11 +219,16 @@ def test_tokens_per_second_counts_real_tokens_when_pad_equals_eos():
         pairs=[],
         seq_lens=[3, 4],
     )
+    batch = prepare_step([row, row], cfg, table, dist_info)
+    assert batch.tokens == 14  # 2 rows × 7 real tokens, the eos tokens included
 
     class Scheduler:
         def get_last_lr(self):
             return [1e-3]
 
-    sums = ObjectiveOutput.zero_totals(len(table), torch.device("cpu"))
-    metrics = step_metrics(sums, [row, row], Scheduler(), 0.0, True, 0, 0.0, 2.0)
-    assert metrics["tokens_per_s"] == 7.0  # 2 rows × 7 real tokens over 2 s
+    step_metrics = StepMetrics(cfg, table, 1000.0, dist_info)
+    step_metrics.start -= 2.0  # as if the step took 2 s
+    sums, grad_norm = step_metrics.sums.clone(), torch.zeros((), dtype=torch.float64)
+    step_metrics.add(sums, grad_norm, torch.tensor(True), batch.tokens, 0.0)
+    metrics = step_metrics.read(Scheduler(), nonfinite_total=0)
+    assert 6.9 < metrics["tokens_per_s"] <= 7.0  # 14 real tokens over just over 2 s
