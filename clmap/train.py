@@ -1,8 +1,9 @@
 """Training entry point.
 
-``torchrun --nproc_per_node=N -m clmap.train --config configs/tiny.toml [--section.key=value ...]``
+``python -m clmap.torchrun --nproc_per_node=N -m clmap.train --config configs/tiny.toml [--section.key=v]``
 
-Also runs as one process (``python -m clmap.train``). The whole optimizer step is ``train_step``.
+Also runs as one process (``python -m clmap.train``). The whole optimizer step is ``train_step``. Bad input
+is one line on stderr and exit status 2 (``--debug``: the traceback); see the README for what a resume checks.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from clmap.checkpoint import Checkpointer, export_hf
+from clmap.cli import UserError, add_debug_flag, run_main
 from clmap.config import Config, check_batch, config_help, load_config
 from clmap.data.examples import IGNORE_INDEX, GroupTable
 from clmap.data.pipeline import dev_rows, load_texts, make_stream, prepare_tokenizer
@@ -28,6 +30,13 @@ from clmap.metrics import MetricLogger, flops_per_token, peak_flops, peak_memory
 from clmap.model import build_model, count_parameters, decoder_layers
 from clmap.objectives import MappingObjective, ObjectiveOutput, loss_coefficients, summarize_totals
 from clmap.parallel import DistInfo, all_reduce_sum, cleanup, init_distributed, shard_model
+from clmap.run_folder import (
+    check_resume_config,
+    describe_changes,
+    lock_run_folder,
+    record_start,
+    stop_with_launcher,
+)
 
 
 # -- optimisation -------------------------------------------------------------------------------
@@ -51,6 +60,22 @@ def build_optimizer(model: torch.nn.Module, cfg: Config):
         return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def set_hyperparameters(optimizer, scheduler, cfg: Config) -> None:
+    """After a resume: the configured lr, betas, eps and weight decay, and the lr of the current step.
+
+    Loading a checkpoint restores the saved hyperparameters; a change the resume accepted (see
+    clmap/run_folder.py) must replace them, else it would be silently ignored. Unchanged values give
+    back exactly the restored ones.
+    """
+    o = cfg.optim
+    for i, group in enumerate(optimizer.param_groups):
+        group.update(betas=(o.beta1, o.beta2), eps=o.eps, initial_lr=o.lr)
+        group["weight_decay"] = o.weight_decay if i == 0 else 0.0
+        scheduler.base_lrs[i] = o.lr
+        group["lr"] = o.lr * scheduler.lr_lambdas[i](scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def step_counts(rows: list[Row], num_groups: int) -> tuple[torch.Tensor, float]:
@@ -153,15 +178,26 @@ class _Preemption:
         return bool(flag.item())
 
 
+class NonFiniteLoss(UserError):
+    """Too many non-finite steps in a row: the run stops (not the user's input, so not exit status 2)."""
+
+    exit_code = 1
+
+
 def resume(checkpointer: Checkpointer, cfg: Config, objective, optimizer, scheduler, main: bool):
-    """Load the latest complete checkpoint if resuming: (step, rows consumed, non-finite steps so far)."""
-    latest = checkpointer.latest() if cfg.checkpoint.resume else None
-    if latest is None:
-        return 0, 0, 0
-    state = checkpointer.load(latest, objective, optimizer, scheduler)
+    """Load the newest usable checkpoint if resuming (clmap/checkpoint.py verifies and falls back):
+    (step, rows consumed, non-finite steps so far, the checkpoint's folder or None)."""
+    if not cfg.checkpoint.resume:
+        checkpointer.set_aside()
+        return 0, 0, 0, None
+    restored = checkpointer.restore(objective, optimizer, scheduler)
+    if restored is None:
+        return 0, 0, 0, None
+    path, state = restored
+    set_hyperparameters(optimizer, scheduler, cfg)
     if main:
-        print(f"resumed from {latest} (step {state['step']})", flush=True)
-    return state["step"], state["rows"], state.get("nonfinite_total", 0)
+        print(f"resumed from {path} (step {state['step']})", flush=True)
+    return state["step"], state["rows"], state.get("nonfinite_total", 0), path
 
 
 class StepMetrics:
@@ -206,17 +242,29 @@ class StepMetrics:
 
 
 def run(cfg: Config) -> Path:
+    """Train ``cfg`` in its run folder, holding the folder's lock (clmap/run_folder.py) all along."""
     import datasets
 
     datasets.disable_progress_bars()  # the trainer's own bar is the one that matters
     dist_info = init_distributed(cfg.train.device, cfg.train.backend)
+    check_batch(cfg.train, dist_info.world_size)
+    stop_with_launcher()
+    lock = lock_run_folder(Path(cfg.run_dir), dist_info.rank, dist_info.world_size)
+    try:
+        return train(cfg, dist_info)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def train(cfg: Config, dist_info: DistInfo) -> Path:
     torch.manual_seed(cfg.train.seed)
     run_dir = Path(cfg.run_dir)
     main = dist_info.is_main
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.json")
-    check_batch(cfg.train, dist_info.world_size)
+    checkpointer = Checkpointer(run_dir, dist_info, keep=cfg.checkpoint.keep)
+    # contract: a resume refuses config changes that alter what is trained (before any data is read)
+    resuming = cfg.checkpoint.resume and checkpointer.has_checkpoints()
+    changes = check_resume_config(run_dir, cfg) if resuming else []
 
     mono, parallel = load_texts(cfg, "train")
     tok = prepare_tokenizer(cfg, run_dir, dist_info, mono, parallel)
@@ -231,8 +279,13 @@ def run(cfg: Config) -> Path:
         objective, dist_info.device, cfg.train.mixed_precision, cfg.train.activation_checkpointing
     )
     optimizer, scheduler = build_optimizer(objective, cfg)
-    checkpointer = Checkpointer(run_dir, dist_info, keep=cfg.checkpoint.keep)
-    start_step, rows_done, nonfinite_total = resume(checkpointer, cfg, objective, optimizer, scheduler, main)
+    start_step, rows_done, nonfinite_total, last_saved = resume(
+        checkpointer, cfg, objective, optimizer, scheduler, main
+    )
+    if main:  # started: only now does config.json take this run's values
+        if changes:
+            print(f"config changes applied from step {start_step}: {describe_changes(changes)}", flush=True)
+        record_start(run_dir, cfg, start_step, changes, last_saved)
 
     logger = MetricLogger(run_dir, enabled=main, tensorboard=cfg.metrics.tensorboard)
     preemption = _Preemption()
@@ -272,9 +325,10 @@ def run(cfg: Config) -> Path:
             nonfinite_in_a_row = 0 if applied else nonfinite_in_a_row + 1
             nonfinite_total += 0 if applied else 1
             if nonfinite_in_a_row > cfg.train.max_nonfinite_in_a_row:
-                raise FloatingPointError(
-                    f"{nonfinite_in_a_row} non-finite losses in a row (limit train.max_nonfinite_in_a_row="
-                    f"{cfg.train.max_nonfinite_in_a_row}); last good checkpoint: {checkpointer.latest()}"
+                raise NonFiniteLoss(
+                    f"{nonfinite_in_a_row} non-finite losses in a row up to step {step} (limit "
+                    f"train.max_nonfinite_in_a_row={cfg.train.max_nonfinite_in_a_row}); last checkpoint "
+                    f"saved before them: {last_saved or 'none'}"
                 )
             # log: losses and throughput every log_every steps and at the end
             if step % cfg.metrics.log_every == 0 or step == cfg.train.steps:
@@ -287,15 +341,23 @@ def run(cfg: Config) -> Path:
                 logger.log(step, metrics)
                 bar.set_postfix(loss=f"{metrics['loss/total']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
             bar.update(1)
-            # checkpoint: every checkpoint.every steps, at the end, and when any rank got SIGTERM
+            # checkpoint: every checkpoint.every steps, at the end, and when any rank got SIGTERM; never
+            # while steps are being skipped as non-finite (resuming there would only fail again)
             stop = preemption.agreed(dist_info.device)
-            if step % cfg.checkpoint.every == 0 or step == cfg.train.steps or stop:
+            due = step % cfg.checkpoint.every == 0 or step == cfg.train.steps or stop
+            if due and nonfinite_in_a_row == 0:
                 extra = {"rows": rows_done, "nonfinite_total": nonfinite_total}
-                checkpointer.save(step, objective, optimizer, scheduler, extra)
+                last_saved = checkpointer.save(step, objective, optimizer, scheduler, extra)
             # preemption: after that checkpoint, leave cleanly
             if stop:
                 if main:
-                    print(f"\nSIGTERM: checkpoint saved at step {step}; exiting", flush=True)
+                    saved = (
+                        "checkpoint saved" if nonfinite_in_a_row == 0 else "non-finite streak, no checkpoint"
+                    )
+                    print(
+                        f"\nSIGTERM: {saved} at step {step}; last checkpoint {last_saved}; exiting",
+                        flush=True,
+                    )
                 break
     bar.close()
     logger.close()
@@ -338,6 +400,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--config", default=None, help="TOML preset, e.g. configs/tiny.toml")
     parser.add_argument("--profile", action="store_true", help="write a torch.profiler trace for a few steps")
+    add_debug_flag(parser)
     args, overrides = parser.parse_known_args(argv)
     if args.profile:
         overrides.append("--profile.enabled=true")
@@ -346,4 +409,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, None, "clmap.train"))
