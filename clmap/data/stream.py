@@ -8,6 +8,7 @@ decreasing over ``pack_window`` samples), so window ``w`` always yields the same
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ import torch
 from clmap.data.examples import IGNORE_INDEX, GroupTable, Unit, ntp_sequence, pair_unit, text_pair_unit
 from clmap.data.index import blended_index, pack_bins, temperature_weights
 from clmap.data.tokenizer import ClmapTokenizer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,6 +72,22 @@ def build_sources(
         a, b = pair.split("-")
         src_ids, tgt_ids = tok.encode_batch(src_texts), tok.encode_batch(tgt_texts)
         records = [(s[:side_cap], t[:side_cap]) for s, t in zip(src_ids, tgt_ids, strict=True) if s and t]
+        cut = (
+            sum(len(x) > side_cap for ids in (src_ids, tgt_ids) for x in ids)
+            if side_cap < max_segment_tokens
+            else 0
+        )
+        if cut > 0.01 * 2 * len(src_ids):  # say when seq_len, not max_segment_tokens, shortens the pairs
+            logger.warning(
+                "%s: data.seq_len=%d leaves %d tokens per side of a pair (both directions share a row), so "
+                "%d of %d sides are cut shorter than data.max_segment_tokens=%d",
+                pair,
+                seq_len,
+                side_cap,
+                cut,
+                2 * len(src_ids),
+                max_segment_tokens,
+            )
         kind = "text" if parallel_as_text else "cl"
         sources.append(Source(f"{kind}:{pair}", kind, records, (a, b)))
     empty = [s.name for s in sources if not s.records]
