@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import json
+import math
 import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from clmap.cli import UserError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -182,8 +186,19 @@ class CheckpointConfig:
 
     every: int = option(100, "save a checkpoint every this many steps (and always at the last step)")
     keep: int = option(2, "newest complete checkpoints kept; older ones are deleted")
-    resume: bool = option(True, "continue from run_dir's latest complete checkpoint if there is one")
+    resume: bool = option(
+        True, "continue from run_dir's newest usable checkpoint; false: step 0, old ones moved to replaced-*/"
+    )
     export_hf: bool = option(True, "at the end, write a Hugging Face model and tokenizer to run_dir/hf")
+
+
+@dataclass
+class ResumeConfig:
+    """What a resumed run may change against the run folder's config.json (the contract of the run)."""
+
+    allow_changes: list[str] = option(
+        [], "fields (section.key or a whole section) a resume may change although they alter what is trained"
+    )
 
 
 @dataclass
@@ -221,6 +236,7 @@ class Config:
     optim: OptimConfig = option(OptimConfig(), "optimizer and learning-rate schedule")
     train: TrainConfig = option(TrainConfig(), "the training loop")
     checkpoint: CheckpointConfig = option(CheckpointConfig(), "checkpoints and export")
+    resume: ResumeConfig = option(ResumeConfig(), "resuming a run folder with a changed config")
     metrics: MetricsConfig = option(MetricsConfig(), "logging and periodic evaluation")
     profile: ProfileConfig = option(ProfileConfig(), "profiling")
 
@@ -231,7 +247,7 @@ class Config:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that does not fit the dataclasses above."""
 
 
@@ -344,24 +360,126 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config
 
 
+# Allowed range of every numeric field that has one, in interval notation (checked at load time).
+RANGES: dict[str, str] = {
+    "model.hidden_size": "[1, inf)",
+    "model.intermediate_size": "[1, inf)",
+    "model.num_layers": "[1, inf)",
+    "model.num_heads": "[1, inf)",
+    "model.num_kv_heads": "[1, inf)",
+    "model.max_position": "[1, inf)",
+    "model.rope_theta": "(0, inf)",
+    "tokenizer.vocab_size": "[1, inf)",
+    "tokenizer.train_sentences": "[1, inf)",
+    "data.seq_len": "[32, inf)",  # shorter rows leave a pair (both directions in one row) ≤ 6 tokens a side
+    "data.temperature": "(0, inf)",
+    "data.ntp_share": "[0, 1]",
+    "data.max_segment_tokens": "[1, inf)",
+    "data.pack_window": "[1, inf)",
+    "data.dev_pairs": "[1, inf)",
+    "objective.lambda_cl": "[0, inf)",
+    "objective.lambda_map": "[0, inf)",
+    "objective.map_layer": "[-1, inf)",
+    "objective.infonce_temperature": "(0, inf)",
+    "objective.z_loss": "[0, inf)",
+    "optim.lr": "(0, inf)",
+    "optim.min_lr_ratio": "[0, 1]",
+    "optim.warmup_steps": "[0, inf)",
+    "optim.weight_decay": "[0, inf)",
+    "optim.beta1": "[0, 1)",
+    "optim.beta2": "[0, 1)",
+    "optim.eps": "(0, inf)",
+    "optim.grad_clip": "[0, inf)",
+    "train.steps": "[1, inf)",
+    "train.seed": "[0, inf)",
+    "train.max_nonfinite_in_a_row": "[0, inf)",
+    "train.prefetch_steps": "[1, inf)",
+    "train.fsdp_prefetch": "[0, inf)",
+    "checkpoint.every": "[1, inf)",
+    "checkpoint.keep": "[1, inf)",
+    "metrics.log_every": "[1, inf)",
+    "metrics.eval_every": "[0, inf)",
+    "profile.wait": "[0, inf)",
+    "profile.warmup": "[0, inf)",
+    "profile.active": "[1, inf)",
+}
+
+
+def in_range(value: float, interval: str) -> bool:
+    """``value`` lies in ``interval``, written ``[lo, hi]``, ``(lo, inf)``, ...; NaN never does."""
+    lo, hi = (float(x) for x in interval[1:-1].split(","))
+    above = value >= lo if interval[0] == "[" else value > lo
+    below = value <= hi if interval[-1] == "]" else value < hi
+    return above and below and not math.isnan(value)
+
+
+def get_field(config: Config, key: str):
+    """The value of ``section.key`` (or of a top-level field)."""
+    node = config
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def field_keys(obj=None, prefix: str = "") -> list[str]:
+    """Every leaf field as ``section.key`` (``run_dir`` for top-level ones), in declaration order."""
+    obj = Config() if obj is None else obj
+    keys = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += field_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
 def validate(config: Config) -> None:
-    """Cross-field checks that a type alone cannot express (choices are checked by ``_coerce``)."""
+    """Ranges and cross-field checks that a type alone cannot express (choices are checked by ``_coerce``)."""
+    for key, interval in RANGES.items():
+        value = get_field(config, key)
+        if not in_range(value, interval):
+            raise ConfigError(f"{key}: {value} is outside the allowed range {interval}")
     for pair in config.data.pairs:
         a, _, b = pair.partition("-")
         if not a or not b or a == b:
             raise ConfigError(f"data.pairs: {pair!r} is not of the form a-b with two languages")
     check_batch(config.train, world_size=1)
-    if not 0.0 <= config.data.ntp_share <= 1.0:
-        raise ConfigError(f"data.ntp_share: {config.data.ntp_share} is not in [0, 1]")
-    if config.train.prefetch_steps < 1:
-        raise ConfigError(f"train.prefetch_steps: {config.train.prefetch_steps} is not ≥ 1")
-    if config.train.fsdp_prefetch < 0:
-        raise ConfigError(f"train.fsdp_prefetch: {config.train.fsdp_prefetch} is not ≥ 0")
+    m = config.model
+    if not m.path:
+        if m.hidden_size % m.num_heads:
+            raise ConfigError(
+                f"model.num_heads ({m.num_heads}) must divide model.hidden_size ({m.hidden_size})"
+            )
+        if m.num_heads % m.num_kv_heads:
+            raise ConfigError(
+                f"model.num_kv_heads ({m.num_kv_heads}) must divide model.num_heads ({m.num_heads})"
+            )
+        if m.max_position < config.data.seq_len:
+            raise ConfigError(
+                f"model.max_position ({m.max_position}) must be at least data.seq_len ({config.data.seq_len})"
+            )
+        if config.objective.map_layer > m.num_layers:
+            raise ConfigError(
+                f"objective.map_layer: {config.objective.map_layer} is outside the allowed range "
+                f"[-1, {m.num_layers}] (model.num_layers={m.num_layers})"
+            )
+    keys = field_keys()
+    sections = {k.split(".")[0] for k in keys if "." in k}
+    for name in config.resume.allow_changes:
+        if name not in keys and name not in sections:
+            close = difflib.get_close_matches(name, keys, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "; see --help for the fields"
+            raise ConfigError(f"resume.allow_changes: {name!r} is not a config field or section{hint}")
 
 
 def check_batch(train: TrainConfig, world_size: int) -> None:
-    """global_batch splits into whole micro-batches on every rank; the trainer calls it again with the
-    world size, which is only known once the process group is up."""
+    """The one batch-size check: both sizes positive, and global_batch splits into whole micro-batches on
+    every rank; the trainer calls it again with the world size, which is only known once the process
+    group is up."""
+    for key in ("global_batch", "micro_batch"):
+        if getattr(train, key) < 1:
+            raise ConfigError(f"train.{key}: {getattr(train, key)} is outside the allowed range [1, inf)")
     if train.global_batch % (train.micro_batch * world_size):
         raise ConfigError(
             f"train.global_batch ({train.global_batch}) must be a multiple of train.micro_batch × world "

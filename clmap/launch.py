@@ -9,8 +9,9 @@ import sys
 
 
 def train_command(nproc: int, args: list[str]) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc_per_node=N -m clmap.train ARGS``."""
+    """``python -m clmap.torchrun --standalone --nproc_per_node=N -m clmap.train ARGS`` (torchrun that exits
+    0 after a clean SIGTERM checkpoint, see clmap/torchrun.py)."""
     launcher = [sys.executable]
     if nproc > 1:
-        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        launcher += ["-m", "clmap.torchrun", "--standalone", f"--nproc_per_node={nproc}"]
     return [*launcher, "-m", "clmap.train", *args]

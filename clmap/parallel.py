@@ -152,3 +152,21 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def gather_objects(obj, world_size: int) -> list:
+    """``obj`` of every rank, in rank order (``[obj]`` outside a process group)."""
+    if world_size == 1 or not dist.is_initialized():
+        return [obj]
+    out = [None] * world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def from_main(obj, world_size: int):
+    """Rank 0's ``obj`` on every rank (a decision only rank 0 can take)."""
+    if world_size == 1 or not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

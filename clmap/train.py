@@ -1,8 +1,9 @@
 """Training entry point.
 
-``torchrun --nproc_per_node=N -m clmap.train --config configs/tiny.toml [--section.key=value ...]``
+``python -m clmap.torchrun --nproc_per_node=N -m clmap.train --config configs/tiny.toml [--section.key=v]``
 
-Also runs as one process (``python -m clmap.train``). The whole optimizer step is ``train_step``.
+Also runs as one process (``python -m clmap.train``). The whole optimizer step is ``train_step``. Bad input
+is one line on stderr and exit status 2 (``--debug``: the traceback); see the README for what a resume checks.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from clmap.checkpoint import Checkpointer, export_hf
+from clmap.cli import UserError, add_debug_flag, run_main
 from clmap.config import Config, check_batch, config_help, load_config
 from clmap.data.examples import IGNORE_INDEX, GroupTable
 from clmap.data.pipeline import dev_rows, load_texts, make_stream, prepare_tokenizer
@@ -32,6 +34,13 @@ from clmap.metrics import MetricLogger, flops_per_token, gpu_busy_share, peak_fl
 from clmap.model import build_model, check_model, count_parameters
 from clmap.objectives import MappingObjective, ObjectiveOutput, loss_coefficients, summarize_totals
 from clmap.parallel import DistInfo, all_reduce_sum, cleanup, init_distributed, shard_model, use_compile
+from clmap.run_folder import (
+    check_resume_config,
+    describe_changes,
+    lock_run_folder,
+    record_start,
+    stop_with_launcher,
+)
 
 
 # -- optimisation -------------------------------------------------------------------------------
@@ -60,6 +69,22 @@ def build_optimizer(model: torch.nn.Module, cfg: Config):
         return o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def set_hyperparameters(optimizer, scheduler, cfg: Config) -> None:
+    """After a resume: the configured lr, betas, eps and weight decay, and the lr of the current step.
+
+    Loading a checkpoint restores the saved hyperparameters; a change the resume accepted (see
+    clmap/run_folder.py) must replace them, else it would be silently ignored. Unchanged values give
+    back exactly the restored ones.
+    """
+    o = cfg.optim
+    for i, group in enumerate(optimizer.param_groups):
+        group.update(betas=(o.beta1, o.beta2), eps=o.eps, initial_lr=o.lr)
+        group["weight_decay"] = o.weight_decay if i == 0 else 0.0
+        scheduler.base_lrs[i] = o.lr
+        group["lr"] = o.lr * scheduler.lr_lambdas[i](scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def step_counts(rows: list[Row], num_groups: int) -> tuple[torch.Tensor, float]:
@@ -181,15 +206,26 @@ class _Preemption:
         return bool(flag.item())
 
 
+class NonFiniteLoss(UserError):
+    """Too many non-finite steps in a row: the run stops (not the user's input, so not exit status 2)."""
+
+    exit_code = 1
+
+
 def resume(checkpointer: Checkpointer, cfg: Config, objective, optimizer, scheduler, main: bool):
-    """Load the latest complete checkpoint if resuming: (step, rows consumed, non-finite steps so far)."""
-    latest = checkpointer.latest() if cfg.checkpoint.resume else None
-    if latest is None:
-        return 0, 0, 0
-    state = checkpointer.load(latest, objective, optimizer, scheduler)
+    """Load the newest usable checkpoint if resuming (clmap/checkpoint.py verifies and falls back):
+    (step, rows consumed, non-finite steps so far, the checkpoint's folder or None)."""
+    if not cfg.checkpoint.resume:
+        checkpointer.set_aside()
+        return 0, 0, 0, None
+    restored = checkpointer.restore(objective, optimizer, scheduler)
+    if restored is None:
+        return 0, 0, 0, None
+    path, state = restored
+    set_hyperparameters(optimizer, scheduler, cfg)
     if main:
-        print(f"resumed from {latest} (step {state['step']})", flush=True)
-    return state["step"], state["rows"], state.get("nonfinite_total", 0)
+        print(f"resumed from {path} (step {state['step']})", flush=True)
+    return state["step"], state["rows"], state.get("nonfinite_total", 0), path
 
 
 class StepMetrics:
@@ -263,33 +299,47 @@ class NonfiniteGuard:
         self.in_a_row.add_(1).mul_(bad)
         torch.maximum(self.worst, self.in_a_row, out=self.worst)
 
-    def check(self, last_good: Path | None) -> int:
-        """Total non-finite steps so far; raises FloatingPointError past the limit in a row."""
-        pending, worst = torch.stack([self.pending, self.worst]).tolist()
+    def check(self, last_saved: Path | None) -> tuple[int, int]:
+        """(non-finite steps so far, the current run of them); raises NonFiniteLoss past the limit in a row.
+
+        No checkpoint is written during a run of non-finite steps, so ``last_saved`` precedes it."""
+        pending, worst, streak = torch.stack([self.pending, self.worst, self.in_a_row]).tolist()
         self.total += pending
         self.pending.zero_()
         self.worst.copy_(self.in_a_row)
         if worst > self.limit:
-            raise FloatingPointError(
+            raise NonFiniteLoss(
                 f"{worst} non-finite losses in a row (limit train.max_nonfinite_in_a_row={self.limit}); "
-                f"last good checkpoint: {last_good}"
+                f"last checkpoint saved before them: {last_saved or 'none'}"
             )
-        return self.total
+        return self.total, streak
 
 
 def run(cfg: Config) -> Path:
+    """Train ``cfg`` in its run folder, holding the folder's lock (clmap/run_folder.py) all along."""
     import datasets
 
     datasets.disable_progress_bars()  # the trainer's own bar is the one that matters
     dist_info = init_distributed(cfg.train.device, cfg.train.backend)
+    check_batch(cfg.train, dist_info.world_size)
+    stop_with_launcher()
+    lock = lock_run_folder(Path(cfg.run_dir), dist_info.rank, dist_info.world_size)
+    try:
+        return train(cfg, dist_info)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def train(cfg: Config, dist_info: DistInfo) -> Path:
     torch.manual_seed(cfg.train.seed)
     run_dir = Path(cfg.run_dir)
     main = dist_info.is_main
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(run_dir / "config.json")
-    check_batch(cfg.train, dist_info.world_size)
     check_model(cfg.model)  # an unsupported model.path fails here, before data and weights are loaded
+    checkpointer = Checkpointer(run_dir, dist_info, keep=cfg.checkpoint.keep)
+    # contract: a resume refuses config changes that alter what is trained (before any data is read)
+    resuming = cfg.checkpoint.resume and checkpointer.has_checkpoints()
+    changes = check_resume_config(run_dir, cfg) if resuming else []
 
     mono, parallel = load_texts(cfg, "train")
     tok = prepare_tokenizer(cfg, run_dir, dist_info, mono, parallel)
@@ -311,8 +361,13 @@ def run(cfg: Config) -> Path:
         prefetch=cfg.train.fsdp_prefetch,
     )
     optimizer, scheduler = build_optimizer(objective, cfg)
-    checkpointer = Checkpointer(run_dir, dist_info, keep=cfg.checkpoint.keep)
-    start_step, rows_done, nonfinite_total = resume(checkpointer, cfg, objective, optimizer, scheduler, main)
+    start_step, rows_done, nonfinite_total, last_saved = resume(
+        checkpointer, cfg, objective, optimizer, scheduler, main
+    )
+    if main:  # started: only now does config.json take this run's values
+        if changes:
+            print(f"config changes applied from step {start_step}: {describe_changes(changes)}", flush=True)
+        record_start(run_dir, cfg, start_step, changes, last_saved)
 
     logger = MetricLogger(run_dir, enabled=main, tensorboard=cfg.metrics.tensorboard)
     preemption = _Preemption()
@@ -360,9 +415,9 @@ def run(cfg: Config) -> Path:
             # Only log, checkpoint and preemption steps wait for the device; the others run ahead of it.
             log = step % cfg.metrics.log_every == 0 or step == cfg.train.steps
             stop = preemption.agreed(dist_info.device) if log else False
-            save = step % cfg.checkpoint.every == 0 or step == cfg.train.steps or stop
-            if log or save:
-                nonfinite_total = nonfinite.check(checkpointer.latest())  # waits for the device
+            due = step % cfg.checkpoint.every == 0 or step == cfg.train.steps or stop
+            if log or due:
+                nonfinite_total, streak = nonfinite.check(last_saved)  # waits for the device
                 paused = time.perf_counter()
             # log: losses and throughput of the steps since the last log line
             if log:
@@ -372,16 +427,21 @@ def run(cfg: Config) -> Path:
                     metrics.update(dev_metrics(objective, dev, cfg, table, dist_info))
                 logger.log(step, metrics)
                 bar.set_postfix(loss=f"{metrics['loss/total']:.3f}", tok_s=f"{metrics['tokens_per_s']:.0f}")
-            # checkpoint: every checkpoint.every steps, at the end, and when any rank got SIGTERM
-            if save:
+            # checkpoint: every checkpoint.every steps, at the end, and when any rank got SIGTERM; never
+            # while steps are being skipped as non-finite (resuming there would only fail again)
+            if due and streak == 0:
                 extra = {"rows": rows_done, "nonfinite_total": nonfinite_total}
-                checkpointer.save(step, objective, optimizer, scheduler, extra)
-            if log or save:  # dev evaluation and checkpoints are no step's time
+                last_saved = checkpointer.save(step, objective, optimizer, scheduler, extra)
+            if log or due:  # dev evaluation and checkpoints are no step's time
                 step_metrics.start += time.perf_counter() - paused
             # preemption: after that checkpoint, leave cleanly
             if stop:
                 if main:
-                    print(f"\nSIGTERM: checkpoint saved at step {step}; exiting", flush=True)
+                    saved = "checkpoint saved" if streak == 0 else "non-finite streak, no checkpoint"
+                    print(
+                        f"\nSIGTERM: {saved} at step {step}; last checkpoint {last_saved}; exiting",
+                        flush=True,
+                    )
                 break
     bar.close()
     logger.close()
@@ -427,6 +487,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--config", default=None, help="TOML preset, e.g. configs/tiny.toml")
     parser.add_argument("--profile", action="store_true", help="write a torch.profiler trace for a few steps")
+    add_debug_flag(parser)
     args, overrides = parser.parse_known_args(argv)
     if args.profile:
         overrides.append("--profile.enabled=true")
@@ -435,4 +496,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, None, "clmap.train"))

@@ -25,7 +25,7 @@ from clmap.metrics import active_parameters, flops_per_token, gpu_busy_share
 from clmap.model import build_model
 from clmap.objectives import MappingObjective
 from clmap.parallel import cleanup, init_distributed, resolve_reshard, shard_model, use_compile
-from clmap.train import NonfiniteGuard, build_optimizer, prepare_step, step_counts, train_step
+from clmap.train import NonfiniteGuard, NonFiniteLoss, build_optimizer, prepare_step, step_counts, train_step
 
 REPO = Path(__file__).resolve().parent.parent
 OURS = (str(REPO / "clmap") + os.sep, str(REPO / "kernels") + os.sep)
@@ -151,18 +151,18 @@ def test_train_step_never_reads_the_device(setup):
     assert check == [("tests/test_hot_path.py", "test_train_step_never_reads_the_device", "item")]
     # The step's results are device tensors, read later (at log time) in one go.
     assert all(isinstance(t, torch.Tensor) for t in (sums, grad_norm, finite)) and bool(finite)
-    assert guard.check(last_good=None) == 0
+    assert guard.check(last_saved=None) == (0, 0)
 
 
 def test_nonfinite_guard_counts_exactly_and_stops_past_the_limit_in_a_row():
     guard = NonfiniteGuard(limit=2, total=3, device=torch.device("cpu"))
     for ok in (True, False, False, True, False, False):  # two runs of 2: at the limit, not past it
         guard.add(torch.tensor(ok))
-    assert guard.check(last_good=None) == 3 + 4
+    assert guard.check(last_saved=None) == (3 + 4, 2)  # ends inside a run of 2: no checkpoint now
     guard.add(torch.tensor(False))  # continues the run of 2 across the check: 3 in a row
     guard.add(torch.tensor(True))
-    with pytest.raises(FloatingPointError, match="3 non-finite losses in a row.*last good checkpoint: ck"):
-        guard.check(last_good="ck")
+    with pytest.raises(NonFiniteLoss, match="3 non-finite losses in a row.*saved before them: ck"):
+        guard.check(last_saved="ck")
 
 
 def test_fused_skip_leaves_adamw_exactly_as_before():

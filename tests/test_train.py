@@ -120,6 +120,12 @@ def test_sigkill_then_resume_continues_the_same_curve(single_run, small_corpus, 
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert marker.exists(), "the run never wrote its first checkpoint"
+    # The workers run in their own sessions and outlive the launcher; they are told (SIGTERM on their
+    # parent's death), save and exit, releasing the run folder's lock.
+    lock = tmp_path / "train.lock"
+    while lock.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert not lock.exists(), "the workers kept running after their launcher was killed"
     (tmp_path / "checkpoints" / "step_00000099.tmp").mkdir()  # a half-written folder must be ignored
     resumed = run_train(overrides, nproc=2)
     assert "resumed from" in resumed.stdout

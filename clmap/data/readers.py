@@ -10,13 +10,17 @@ Line-oriented files (JSONL, TSV, text, FLORES) are read with the ``text`` builde
 at a time, because the JSON/CSV builders report a malformed line without its number. So every bad input raises
 :class:`DataError` naming the file, the line (or row) and what was expected, in streaming mode too. Empty
 segments are skipped and reported with their count and file. ``doc`` (the unit that train/dev splits and
-document-level sampling keep together) defaults to the file name plus a block of lines.
+document-level sampling keep together) defaults to the file name plus a block of lines. An empty file, or
+bytes that are not UTF-8 (reported with their byte offset and line), are a :class:`DataError` too, and a
+parallel file whose two sides look like one language (``clmap/data/sniff.py``) gets a warning.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
+import itertools
 import json
 import logging
 import re
@@ -28,7 +32,9 @@ from datasets import Dataset, Features, IterableDataset, Value, concatenate_data
 from datasets.distributed import split_dataset_by_node
 
 from clmap import BUNDLED_CORPUS
+from clmap.cli import UserError, root_cause
 from clmap.data.languages import is_known_lang, normalize_lang
+from clmap.data.sniff import same_language_evidence
 
 __all__ = [
     "DataError",
@@ -60,7 +66,7 @@ _JSON_EXT = (".jsonl", ".json", ".ndjson")
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad corpus input; the message names the file, the line or row, and what was expected."""
 
 
@@ -77,15 +83,60 @@ def _open_text(path: Path):
     return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
 
 
+def _not_utf8(path: Path) -> DataError | None:
+    """Where ``path`` (decompressed) stops being UTF-8: byte offset, line and bytes; None if it never does."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    consumed = newlines = line_start = 0
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+        for chunk in itertools.chain(iter(lambda: f.read(1 << 20), b""), [None]):
+            try:
+                decoder.decode(chunk or b"", final=chunk is None)
+            except UnicodeDecodeError as exc:
+                data = chunk or b""
+                at = max(0, exc.start - (len(exc.object) - len(data)))  # the decoder keeps a partial sequence
+                line = newlines + data.count(b"\n", 0, at) + 1
+                last_newline = data.rfind(b"\n", 0, at)
+                column = at - last_newline - 1 if last_newline >= 0 else consumed + at - line_start
+                return DataError(
+                    f"{path}, line {line}: not UTF-8 at byte {consumed + at} (byte {column} of the line: "
+                    f"{exc.object[exc.start : exc.end]!r}); expected UTF-8 (convert it, e.g. with iconv)"
+                )
+            if chunk:
+                newlines += chunk.count(b"\n")
+                if b"\n" in chunk:
+                    line_start = consumed + chunk.rfind(b"\n") + 1
+                consumed += len(chunk)
+    return None
+
+
+_UTF8_CHECKED: set[str] = set()
+
+
+def _check_decoded(texts: list[str], file: str | Path) -> None:
+    """The text builder replaces undecodable bytes with U+FFFD: find them in the file and say where."""
+    if str(file) not in _UTF8_CHECKED and any("\ufffd" in t for t in texts):
+        error = _not_utf8(Path(file))
+        if error is not None:
+            raise error
+        _UTF8_CHECKED.add(str(file))  # a genuine U+FFFD in valid UTF-8
+
+
+def _head_text(path: Path, read):
+    """``read(text file)``, with bytes that are not UTF-8 reported by offset and line."""
+    try:
+        with _open_text(path) as f:
+            return read(f)
+    except UnicodeDecodeError:
+        raise (_not_utf8(path) or DataError(f"{path}: not UTF-8 text")) from None
+
+
 def _first_line(path: Path) -> str:
-    with _open_text(path) as f:
-        return f.readline().rstrip("\n")
+    return _head_text(path, lambda f: f.readline().rstrip("\n"))
 
 
 def _count_lines(path: Path) -> int:
     """Line count as the ``text`` builder sees it (universal newlines, no trailing empty line)."""
-    with _open_text(path) as f:
-        return sum(1 for _ in f)
+    return _head_text(path, lambda f: sum(1 for _ in f))
 
 
 def _lang(code: object, where: str) -> str:
@@ -112,6 +163,9 @@ def _expand(path: Paths, exts: Iterable[str]) -> list[Path]:
             files.append(p)
         else:
             raise DataError(f"{p}: no such file or folder")
+    for file in files:
+        if file.stat().st_size == 0:
+            raise DataError(f"{file}: empty file; expected at least one record")
     return files
 
 
@@ -140,7 +194,16 @@ def _doc_of(rec: dict, default: str) -> str:
 
 
 def _load_text(file: Path, streaming: bool, sample_by: str = "line") -> AnyDataset:
-    return load_dataset("text", data_files=str(file), split="train", streaming=streaming, sample_by=sample_by)
+    """Lines (or paragraphs) of a text file; undecodable bytes become U+FFFD for ``_check_decoded``."""
+    return load_dataset(
+        "text",
+        data_files=str(file),
+        split="train",
+        streaming=streaming,
+        sample_by=sample_by,
+        features=Features({"text": Value("string")}),  # an empty file is 0 rows, not a schema error
+        encoding_errors="replace",
+    )
 
 
 def _load_columns(file: Path, streaming: bool) -> AnyDataset:
@@ -156,16 +219,24 @@ def _load_columns(file: Path, streaming: bool) -> AnyDataset:
         builder, kwargs = "csv", {"keep_default_na": False, "na_filter": False, "features": features}
     else:
         builder = "json"
+    builder_log = logging.getLogger("datasets")
+    level = builder_log.level
+    builder_log.setLevel(logging.CRITICAL)  # a builder logs its error before raising it: we say it once
     try:
         return load_dataset(builder, data_files=str(file), split="train", streaming=streaming, **kwargs)
     except Exception as exc:  # the builders' own errors do not name the file
-        raise DataError(f"{file}: cannot read as {builder}: {exc}") from exc
+        cause = root_cause(exc)
+        if isinstance(cause, UnicodeDecodeError):
+            raise (_not_utf8(file) or DataError(f"{file}: not UTF-8 text")) from None
+        raise DataError(
+            f"{file}: cannot read as {builder}: {str(cause).strip() or type(cause).__name__}"
+        ) from exc
+    finally:
+        builder_log.setLevel(level)
 
 
 def _is_json_array(file: Path) -> bool:
-    with _open_text(file) as f:
-        head = f.read(4096).lstrip()
-    return head.startswith("[")
+    return _head_text(file, lambda f: f.read(4096).lstrip().startswith("["))
 
 
 def _rows(batch: dict[str, list]) -> list[dict]:
@@ -313,6 +384,7 @@ _MONO_WORK = Features({**MONO_FEATURES, _SKIP: Value("int8")})
 
 
 def _parse_jsonl_parallel(batch: dict, idx: list[int], file: str, make: _ParallelRow) -> dict[str, list]:
+    _check_decoded(batch["text"], file)
     name = Path(file).name
     rows = []
     for line, i in zip(batch["text"], idx, strict=True):
@@ -342,6 +414,7 @@ def _parse_rows_parallel(
 def _parse_tsv(
     batch: dict, idx: list[int], file: str, make: _ParallelRow, langs: tuple[str, str], header: bool
 ) -> dict[str, list]:
+    _check_decoded(batch["text"], file)
     name = Path(file).name
     rows = []
     for line, i in zip(batch["text"], idx, strict=True):
@@ -544,7 +617,7 @@ def read_parallel(
     single = Path(path) if isinstance(path, (str, Path)) else None
     if single is not None and single.is_dir() and _is_flores_folder(single, kinds):
         parts = [(single, _read_flores(single, want_a, want_b, streaming))]
-        return _finish(parts, streaming, "sentence pairs")
+        return _warn_same_language(_finish(parts, streaming, "sentence pairs"), parts)
     make = _ParallelRow(want_a, want_b)
     parts = []
     for file in _expand(path, kinds):
@@ -577,7 +650,32 @@ def read_parallel(
                 "or a FLORES-style folder"
             )
         parts.append((file, ds))
-    return _finish(parts, streaming, "sentence pairs")
+    return _warn_same_language(_finish(parts, streaming, "sentence pairs"), parts)
+
+
+SNIFF_SAMPLE = 200  # records per language pair looked at by the same-language check
+
+
+def _warn_same_language(ds: AnyDataset, parts: list[tuple[Path, AnyDataset]]) -> AnyDataset:
+    """Warn when the two sides of a pair look like one language (see clmap/data/sniff.py)."""
+    sample = ds.take(SNIFF_SAMPLE) if streaming_dataset(ds) else ds.select(range(min(SNIFF_SAMPLE, len(ds))))
+    by_pair: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
+    for row in sample:
+        src, tgt = by_pair.setdefault((row["src_lang"], row["tgt_lang"]), ([], []))
+        src.append(row["src"])
+        tgt.append(row["tgt"])
+    for (a, b), (src, tgt) in by_pair.items():
+        evidence = same_language_evidence(src, tgt)
+        if evidence:
+            names = ", ".join(str(f) for f, _ in parts)
+            logger.warning(
+                "%s: the %s and %s sides look like one language (%s); check the file", names, a, b, evidence
+            )
+    return ds
+
+
+def streaming_dataset(ds: AnyDataset) -> bool:
+    return isinstance(ds, IterableDataset)
 
 
 # -- monolingual ------------------------------------------------------------------------------------------
@@ -622,6 +720,7 @@ def _mono_columns(rows: list[tuple[str, str, str, int]]) -> dict[str, list]:
 
 
 def _parse_jsonl_mono(batch: dict, idx: list[int], make: _MonoRow) -> dict[str, list]:
+    _check_decoded(batch["text"], make.file)
     rows = []
     for line, i in zip(batch["text"], idx, strict=True):
         where = f"{make.file}, line {i + 1}"
@@ -646,6 +745,7 @@ def _parse_rows_mono(batch: dict, idx: list[int], make: _MonoRow, unit: str, fir
 
 
 def _parse_plain(batch: dict, idx: list[int], file: str, lang: str, unit: str) -> dict[str, list]:
+    _check_decoded(batch["text"], file)
     name = Path(file).name
     texts = batch["text"]
     return {

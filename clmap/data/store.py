@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +32,8 @@ import numpy as np
 from datasets import Dataset, concatenate_datasets
 from tqdm.auto import tqdm
 
-from clmap.data.readers import DataError, read_monolingual, read_parallel
+from clmap.cli import UserError, add_debug_flag, run_main
+from clmap.data.readers import read_monolingual, read_parallel
 from clmap.data.tokenizer import ClmapTokenizer, load_tokenizer
 
 __all__ = ["build_store", "TokenStore", "StoreError", "main"]
@@ -47,7 +47,7 @@ VERSION = 1
 DEFAULT_SHARD_TOKENS = 1 << 28  # 256 Mi tokens: 512 MiB per uint16 shard
 
 
-class StoreError(ValueError):
+class StoreError(UserError, ValueError):
     """A store that cannot be built or used as asked (wrong tokenizer, unfinished build, ...)."""
 
 
@@ -341,6 +341,11 @@ class TokenStore:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit status 2 with one line for bad input (``--debug``: the traceback)."""
+    return run_main(_main, argv, "clmap.data.store", user_errors=(FileNotFoundError,))
+
+
+def _main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m clmap.data.store", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="tokenise a corpus into a store")
@@ -355,26 +360,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--src-lang", help="parallel: source language")
     b.add_argument("--tgt-lang", help="parallel: target language")
     b.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    add_debug_flag(b)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.kind == "mono":
         reader_kwargs = {"lang": args.lang, "text_field": args.text_field}
     else:
         reader_kwargs = {"src_lang": args.src_lang, "tgt_lang": args.tgt_lang}
-    try:
-        out = build_store(
-            args.tokenizer,
-            args.input,
-            args.kind,
-            args.out,
-            num_proc=args.num_proc,
-            shard_tokens=args.shard_tokens,
-            overwrite=args.overwrite,
-            **reader_kwargs,
-        )
-    except (DataError, StoreError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    out = build_store(
+        args.tokenizer,
+        args.input,
+        args.kind,
+        args.out,
+        num_proc=args.num_proc,
+        shard_tokens=args.shard_tokens,
+        overwrite=args.overwrite,
+        **reader_kwargs,
+    )
     meta = json.loads((out / STORE_FILE).read_text())
     print(
         f"{out}: {meta['num_records']} records, {meta['num_tokens']} tokens, {len(meta['shards'])} shard(s)"

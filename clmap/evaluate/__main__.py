@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from clmap.cli import add_debug_flag, run_main
 from clmap.evaluate import ALL_TASKS, DATA_KEYS, DEFAULT_PAIRS, PROMPT_FORMATS, evaluate
 from clmap.evaluate.lm import CheckpointError
 from clmap.evaluate.sources import EvalDataError
@@ -134,17 +135,23 @@ def run_compare(args: argparse.Namespace) -> Path:
     return out / "comparison.md"
 
 
+USER_ERRORS = (CheckpointError, EvalDataError, FileNotFoundError, ValueError, KeyError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.compare:
-            written = run_compare(args)
-        else:
-            evaluate(args.checkpoint, out_dir=args.out, **_evaluate_kwargs(args))
-            written = Path(args.out) / "report.md"
-    except (CheckpointError, EvalDataError, FileNotFoundError, ValueError, KeyError) as exc:
-        print(f"clmap.evaluate: error: {exc}", file=sys.stderr)
-        return 2
+    """Exit status 2 with one line for a user error (``--debug`` shows the traceback)."""
+    return run_main(_main, argv, "clmap.evaluate", user_errors=USER_ERRORS)
+
+
+def _main(argv: list[str]) -> int:
+    parser = build_parser()
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    if args.compare:
+        written = run_compare(args)
+    else:
+        evaluate(args.checkpoint, out_dir=args.out, **_evaluate_kwargs(args))
+        written = Path(args.out) / "report.md"
     print(written.read_text(encoding="utf-8"))
     print(f"written to {written.parent}", file=sys.stderr)
     return 0

@@ -44,6 +44,11 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint folder does not exist")
     model_dir = path / "hf" if (path / "hf" / "config.json").is_file() else path
+    if model_dir == path and (path / "checkpoints").is_dir():  # its config.json is the training config
+        raise CheckpointError(
+            f"{path} is a clmap run folder without an hf/ export, which training writes at its last step "
+            "(unless checkpoint.export_hf=false): rerun the training command to finish the run (it resumes)"
+        )
     if not (model_dir / "config.json").is_file():
         raise CheckpointError(f"{path}: neither {path}/config.json nor {path}/hf/config.json exists")
     for candidate in (model_dir, model_dir / "tokenizer", path, path / "tokenizer"):

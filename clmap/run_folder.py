@@ -1,0 +1,355 @@
+"""The run folder's contract: one training at a time, and a resume that trains what its checkpoints were.
+
+**Lock.** Rank 0 holds an exclusive ``flock`` on ``run_dir/train.lock`` for the life of the run; the file
+names the holder (host, pid, start time, command). The kernel drops the lock when its process dies, even
+by SIGKILL, so a lock left by a dead process is taken over with a message, while a second training on the
+same folder fails at once naming the holder. Under torchrun only rank 0 takes it and tells the other
+ranks. torchrun starts its workers in their own sessions, so killing the launcher's process group leaves
+them running, still holding the lock: the message says so (``stop_with_launcher`` makes such orphans
+save a checkpoint and exit).
+
+**Config drift.** ``run_dir/config.json`` records what the checkpoints were trained with. Resuming
+compares every field against it, by its class in ``RESUME_RULES``:
+
+* ``SAFE``: may differ (steps, logging, checkpoint cadence, evaluation, devices): applied and printed.
+* ``TRAINED``: alters what is trained (model shape, tokenizer, data mixture and stream, objective
+  weights, seed, batch size, the optimizer and its learning-rate schedule): refused with an error naming
+  each changed field with its old and new value, unless listed in ``--resume.allow_changes``; then it is
+  applied from the resumed step and printed. The learning rate and the other optimizer settings are
+  written into the restored optimizer and scheduler (which would otherwise keep the saved ones).
+* ``NOT_COMPARED``: where the folder lives and how this one command resumes.
+
+``config.json`` is rewritten only once the run has started (its checkpoint loaded), and every start is
+appended to ``config_history.jsonl`` with the changes it accepted.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from clmap.cli import UserError
+from clmap.config import Config, field_keys, get_field
+
+LOCK_FILE = "train.lock"
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "config_history.jsonl"
+
+SAFE, TRAINED, NOT_COMPARED = "safe", "trained", "not compared"
+
+# Every config field, classified (tests/test_faults.py checks that none is missing: a new field must be
+# classified here). When in doubt, TRAINED: a refused resume can be allowed, a silent change cannot be seen.
+RESUME_RULES: dict[str, str] = {
+    "run_dir": NOT_COMPARED,  # a copied or moved run folder resumes where it now is
+    "model.path": TRAINED,
+    "model.hidden_size": TRAINED,
+    "model.intermediate_size": TRAINED,
+    "model.num_layers": TRAINED,
+    "model.num_heads": TRAINED,
+    "model.num_kv_heads": TRAINED,
+    "model.max_position": TRAINED,
+    "model.rope_theta": TRAINED,
+    "model.tie_embeddings": TRAINED,
+    "model.attn_implementation": SAFE,  # the same attention computed by another kernel
+    "model.fsdp_wrap": SAFE,  # how parameters are sharded; DCP reshards on load
+    "tokenizer.path": TRAINED,
+    "tokenizer.vocab_size": TRAINED,
+    "tokenizer.tag_format": TRAINED,
+    "tokenizer.train_sentences": TRAINED,
+    "tokenizer.kind": TRAINED,
+    "data.corpus": TRAINED,
+    "data.languages": TRAINED,
+    "data.pairs": TRAINED,
+    "data.mono_paths": TRAINED,
+    "data.parallel_paths": TRAINED,
+    "data.seq_len": TRAINED,
+    "data.packing": TRAINED,
+    "data.temperature": TRAINED,
+    "data.ntp_share": TRAINED,
+    "data.cl_directions": TRAINED,
+    "data.parallel_as_text": TRAINED,
+    "data.max_segment_tokens": TRAINED,
+    "data.pack_window": TRAINED,
+    "data.dev_pairs": SAFE,  # evaluation only
+    "objective.lambda_cl": TRAINED,
+    "objective.lambda_map": TRAINED,
+    "objective.map_layer": TRAINED,
+    "objective.map_loss": TRAINED,
+    "objective.infonce_temperature": TRAINED,
+    "objective.z_loss": TRAINED,
+    "optim.lr": TRAINED,
+    "optim.min_lr_ratio": TRAINED,
+    "optim.warmup_steps": TRAINED,
+    "optim.weight_decay": TRAINED,
+    "optim.beta1": TRAINED,
+    "optim.beta2": TRAINED,
+    "optim.eps": TRAINED,
+    "optim.grad_clip": TRAINED,
+    "train.steps": SAFE,  # a longer or shorter run: the cosine schedule then ends at the new last step
+    "train.global_batch": TRAINED,
+    "train.micro_batch": SAFE,  # gradient accumulation only: the same step in other slices
+    "train.seed": TRAINED,
+    "train.device": SAFE,
+    "train.mixed_precision": SAFE,
+    "train.activation_checkpointing": SAFE,
+    "train.max_nonfinite_in_a_row": SAFE,
+    "train.backend": SAFE,
+    "train.compile": SAFE,  # the same blocks, compiled or not
+    "train.reshard_after_forward": SAFE,
+    "train.fsdp_prefetch": SAFE,
+    "train.prefetch_steps": SAFE,  # how far ahead rows are prepared, not which rows
+    "checkpoint.every": SAFE,
+    "checkpoint.keep": SAFE,
+    "checkpoint.resume": NOT_COMPARED,
+    "checkpoint.export_hf": SAFE,
+    "resume.allow_changes": NOT_COMPARED,
+    "metrics.log_every": SAFE,
+    "metrics.tensorboard": SAFE,
+    "metrics.eval_every": SAFE,
+    "metrics.progress": SAFE,
+    "profile.enabled": SAFE,
+    "profile.wait": SAFE,
+    "profile.warmup": SAFE,
+    "profile.active": SAFE,
+}
+
+
+class RunFolderError(UserError):
+    """The run folder cannot be used: it cannot be created or locked."""
+
+
+class RunFolderInUse(RunFolderError):
+    """Another live process holds the run folder's lock."""
+
+
+class ConfigDriftError(UserError):
+    """A resume would train something other than what the run folder's checkpoints were trained with."""
+
+
+@dataclass
+class FieldChange:
+    key: str
+    old: object
+    new: object
+    rule: str
+
+    def __str__(self) -> str:
+        return f"{self.key} {json.dumps(self.old)} → {json.dumps(self.new)}"
+
+
+# -- lock -------------------------------------------------------------------------------------------------
+def _holder() -> dict:
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": " ".join([os.path.basename(sys.executable), *sys.argv])[:500],
+    }
+
+
+def _describe_holder(holder: dict) -> str:
+    if not holder:
+        return "an unknown process"
+    return f"pid {holder.get('pid')} on host {holder.get('host')} (started {holder.get('started')})"
+
+
+class RunLock:
+    """An exclusive, process-lifetime lock on a run folder (see the module doc)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self.fd: int | None = None
+        self.holder: dict = {}
+
+    def _read(self, fd: int | None = None) -> dict:
+        try:
+            if fd is None:
+                text = self.path.read_text(encoding="utf-8")
+            else:
+                os.lseek(fd, 0, os.SEEK_SET)
+                text = os.read(fd, 1 << 16).decode("utf-8")
+            return json.loads(text) if text.strip() else {}
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self) -> str | None:
+        """Take the lock; returns a message when it took over a lock left by a dead process."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                holder = self._read()
+                raise RunFolderInUse(
+                    f"{self.path.parent} is in use by another training: {_describe_holder(holder)}, see "
+                    f"{self.path}; wait for it or stop it (a killed torchrun launcher can leave its workers "
+                    "running: stop them too), or use another run_dir"
+                ) from None
+            try:
+                same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same_file = False
+            if same_file:  # else its holder removed it between our open and flock: try again
+                break
+            os.close(fd)
+        previous = self._read(fd)
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        self.holder = _holder()
+        os.write(fd, (json.dumps(self.holder) + "\n").encode())
+        os.fsync(fd)
+        self.fd = fd
+        if previous:
+            return (
+                f"took over the lock of {self.path.parent} left by {_describe_holder(previous)}, "
+                "which no longer runs"
+            )
+        return None
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                self.path.unlink()  # while still holding it, so no one locks the old file meanwhile
+            except FileNotFoundError:
+                pass
+            os.close(self.fd)
+            self.fd = None
+
+
+def stop_with_launcher() -> None:
+    """Under torchrun: SIGTERM this worker when its launcher dies (it would otherwise run on, orphaned,
+    holding the run folder), so it saves a checkpoint and exits. Linux only; elsewhere a no-op."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the launcher died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+# -- config drift -----------------------------------------------------------------------------------------
+def _saved_value(saved: dict, key: str, default):
+    node = saved
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default  # a field newer than the saved config: it had its default then
+        node = node[part]
+    return node
+
+
+def _allowed(key: str, allow: list[str]) -> bool:
+    return key in allow or key.split(".")[0] in allow
+
+
+def config_changes(saved: dict, cfg: Config) -> list[FieldChange]:
+    """Every compared field that differs from the saved config (an unclassified one counts as TRAINED)."""
+    defaults = Config()
+    changes = []
+    for key in field_keys():
+        rule = RESUME_RULES.get(key, TRAINED)
+        if rule == NOT_COMPARED:
+            continue
+        old, new = _saved_value(saved, key, get_field(defaults, key)), get_field(cfg, key)
+        if old != new:
+            changes.append(FieldChange(key, old, new, rule))
+    return changes
+
+
+def read_saved_config(run_dir: Path) -> dict | None:
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+        return saved
+    except (OSError, ValueError) as exc:
+        raise ConfigDriftError(
+            f"{path} is unreadable ({exc}); it records what the checkpoints were trained with: restore it, "
+            "or start a new run_dir"
+        ) from None
+
+
+def check_resume_config(run_dir: Path, cfg: Config) -> list[FieldChange]:
+    """The accepted changes against the run folder's config.json; ConfigDriftError for refused ones."""
+    saved = read_saved_config(run_dir)
+    if saved is None:
+        return []
+    changes = config_changes(saved, cfg)
+    refused = [c for c in changes if c.rule == TRAINED and not _allowed(c.key, cfg.resume.allow_changes)]
+    if refused:
+        raise ConfigDriftError(
+            f"{run_dir} was trained with another config; resuming would change what is trained: "
+            + ", ".join(map(str, refused))
+            + f". Pass --resume.allow_changes={','.join(c.key for c in refused)} to apply "
+            + ("this change" if len(refused) == 1 else "these changes")
+            + " from the resumed step, or use a new run_dir (or --checkpoint.resume=false to restart it)"
+        )
+    return changes
+
+
+def describe_changes(changes: list[FieldChange]) -> str:
+    notes = {SAFE: "", TRAINED: " (allowed by resume.allow_changes)"}
+    return "; ".join(f"{c}{notes.get(c.rule, '')}" for c in changes)
+
+
+def record_start(
+    run_dir: Path, cfg: Config, step: int, changes: list[FieldChange], resumed_from: Path | None
+):
+    """After a successful start: write config.json (atomically) and append the start to the history."""
+    tmp = run_dir / f".{CONFIG_FILE}.tmp"
+    cfg.save(tmp)
+    os.replace(tmp, run_dir / CONFIG_FILE)
+    entry = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "host": socket.gethostname(),
+        "step": step,
+        "resumed_from": str(resumed_from) if resumed_from else None,
+        "changes": {c.key: {"old": c.old, "new": c.new, "rule": c.rule} for c in changes},
+    }
+    with open(run_dir / HISTORY_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry) + "\n")
+
+
+def lock_run_folder(run_dir: Path, rank: int, world_size: int) -> RunLock | None:
+    """Rank 0 takes the lock and tells every rank whether it did; all raise the same error if not. The
+    other ranks check that the lock they see (on a shared file system) is their rank 0's."""
+    from clmap.parallel import from_main
+
+    lock, outcome = None, None
+    if rank == 0:
+        lock = RunLock(run_dir)
+        try:
+            outcome = ("ok", lock.acquire(), lock.holder)
+        except RunFolderInUse as exc:
+            outcome = ("in use", str(exc), {})
+        except OSError as exc:  # told to every rank, which would otherwise wait for rank 0 forever
+            outcome = ("error", f"cannot lock the run folder {run_dir}: {exc}", {})
+    status, message, holder = from_main(outcome, world_size)
+    if status == "ok" and rank != 0:
+        seen = RunLock(run_dir)._read()
+        if seen and (seen.get("host"), seen.get("pid")) != (holder["host"], holder["pid"]):
+            status, message = (
+                "in use",
+                f"{run_dir}: rank 0 locked it, but this rank sees {_describe_holder(seen)}",
+            )
+    if status != "ok":
+        raise (RunFolderInUse if status == "in use" else RunFolderError)(message)
+    if message and rank == 0:
+        print(message, flush=True)
+    return lock
