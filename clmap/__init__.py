@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-# kernels/ sits at the repository top level (see DESIGN.md) and is installed as ``clmap.kernels``.
+# kernels/ sits at the repository top level (see docs/design.md) and is installed as ``clmap.kernels``.
 # When clmap is imported straight from a source checkout (``python -m clmap.train`` from the repo
 # root puts the checkout ahead of the installed finder), make the same import name work.
 _checkout = Path(__file__).resolve().parent.parent

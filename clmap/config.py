@@ -110,7 +110,7 @@ class DataConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """L = L_NTP + λ_CL·L_CL + λ_map·L_map (DESIGN.md, The objective)."""
+    """L = L_NTP + λ_CL·L_CL + λ_map·L_map (docs/design.md, "The objective")."""
 
     lambda_cl: float = option(1.0, "λ_CL, weight of the cross-lingual (translation) token loss, ≥ 0")
     lambda_map: float = option(

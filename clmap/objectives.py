@@ -1,4 +1,4 @@
-"""The training objective: L = L_NTP + λ_CL · L_CL + λ_map · L_map (DESIGN.md, The objective).
+"""The training objective: L = L_NTP + λ_CL · L_CL + λ_map · L_map (docs/design.md, "The objective").
 
 One forward gives, through the fused kernel, a loss sum and a token count per group (NTP per
 language, mapping per direction and pair); the mapping term pools the source spans of the two

@@ -63,7 +63,7 @@ def help_page(title: str, paragraphs: dict[str, str]) -> str:
 def help_root(tmp_path: Path) -> Path:
     pages = {
         "en-US": {
-            "text/shared/01/a.html": help_page(
+            "text/swriter/01/a.html": help_page(
                 "Insert <b>Table</b>",
                 {
                     "par_id2": 'Choose <a href="x">Format &amp; Style</a>.',
@@ -73,7 +73,7 @@ def help_root(tmp_path: Path) -> Path:
             "text/swriter/b.html": help_page("Untranslated page", {"par_id2": "Only English here."}),
         },
         "cs": {
-            "text/shared/01/a.html": help_page(
+            "text/swriter/01/a.html": help_page(
                 "Vložit <b>tabulku</b>",
                 {
                     "par_id2": 'Zvolte <a href="x">Formát &amp; styl</a>.',
@@ -83,12 +83,12 @@ def help_root(tmp_path: Path) -> Path:
             "text/swriter/b.html": help_page("Untranslated page", {"par_id2": "Only English here."}),
         },
         "ja": {
-            "text/shared/01/a.html": help_page(
+            "text/swriter/01/a.html": help_page(
                 "表の挿入", {"par_id2": "書式を選択します。", "par_id3": "%PRODUCTNAME opens the dialog."}
             ),
         },
         "zh-CN": {
-            "text/shared/01/a.html": help_page(
+            "text/swriter/01/a.html": help_page(
                 "插入表格", {"par_id2": "选择格式。", "par_id3": "打开对话框。"}
             ),
         },
@@ -105,7 +105,7 @@ def help_root(tmp_path: Path) -> Path:
 
 
 def test_parse_help_page_keeps_keyed_paragraphs_as_plain_text(help_root: Path) -> None:
-    paragraphs = bc.parse_help_page((help_root / "en-US/text/shared/01/a.html").read_text("utf-8"))
+    paragraphs = bc.parse_help_page((help_root / "en-US/text/swriter/01/a.html").read_text("utf-8"))
     assert paragraphs == {
         "hd_id1": "Insert Table",
         "par_id2": "Choose Format & Style.",
@@ -119,7 +119,7 @@ def test_help_alignment_drops_untranslated_segments(help_root: Path) -> None:
         for lang, folder in (("en", "en-US"), ("cs", "cs"), ("ja", "ja"), ("zh", "zh-CN"))
     }
     pairs = bc.help_pairs(pages)
-    doc = "help/text/shared/01/a.html"
+    doc = "help/text/swriter/01/a.html"
     assert [(r.doc, r.src, r.tgt) for r in pairs["en", "cs"]] == [
         (doc, "Insert Table", "Vložit tabulku"),
         (doc, "Choose Format & Style.", "Zvolte Formát & styl."),

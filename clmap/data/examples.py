@@ -1,6 +1,6 @@
 """How text becomes training sequences: NTP on monolingual text and the bidirectional mapping task.
 
-For a pair (x in language a, y in language b), DESIGN.md defines
+For a pair (x in language a, y in language b), docs/design.md defines
 ``seq_ab = <bos> x <2b> y <eos>`` and ``seq_ba = <bos> y <2a> x <eos>``: loss only on the target
 side, and the source span of each recorded so the mapping term can pool it (attention is causal, so
 the source span of ``seq_ab`` is an encoding of x alone). ``<bos>`` is ``tok.bos_id``: the tokenizer's

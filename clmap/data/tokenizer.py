@@ -66,7 +66,7 @@ class ClmapTokenizer:
 
     # -- text <-> ids -------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        """Token ids of ``text`` without bos/eos (the objective adds them where DESIGN.md says)."""
+        """Token ids of ``text`` without bos/eos (the objective adds them where docs/design.md says)."""
         if self.kind == "sentencepiece":
             return self.backend.encode(text)
         return self.backend(text, add_special_tokens=False)["input_ids"]

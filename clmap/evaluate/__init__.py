@@ -1,4 +1,4 @@
-"""Evaluate a clmap run or any local Hugging Face causal LM on the project's tasks (DESIGN.md,
+"""Evaluate a clmap run or any local Hugging Face causal LM on the project's tasks (docs/design.md,
 "Evaluation"): MT, CLNLU, CLQA, cross-lingual summarisation, per-language perplexity and LAC.
 
 ``evaluate(...)`` runs the chosen tasks and, given ``out_dir``, writes report.json, report.md and the

@@ -1,4 +1,4 @@
-"""Language Alignment Coefficient (DESIGN.md), mean parallel cosine and bitext retrieval, per layer.
+"""Language Alignment Coefficient (docs/design.md), mean parallel cosine and bitext retrieval, per layer.
 
 LAC is rank-based: for pair i it asks whether the translation v_i is closer to u_i than every other
 v_j (row direction) and whether u_i is closer to v_i than every other u_j is (column direction), so the
