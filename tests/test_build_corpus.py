@@ -503,6 +503,7 @@ def test_trainer_reads_train_and_dev_but_never_ood(
     every file its readers open."""
     from conftest import tiny_overrides
 
+    import clmap.data.pipeline as pipeline
     import clmap.train as train
     from clmap.config import load_config
     from clmap.parallel import DistInfo
@@ -523,8 +524,8 @@ def test_trainer_reads_train_and_dev_but_never_ood(
     def stop(*args, **kwargs):
         raise _DataLoaded
 
-    monkeypatch.setattr(train, "read_monolingual", recording(train.read_monolingual))
-    monkeypatch.setattr(train, "read_parallel", recording(train.read_parallel))
+    monkeypatch.setattr(pipeline, "read_monolingual", recording(pipeline.read_monolingual))
+    monkeypatch.setattr(pipeline, "read_parallel", recording(pipeline.read_parallel))
     monkeypatch.setattr(train, "init_distributed", lambda *a: DistInfo(0, 1, 0, torch.device("cpu")))
     monkeypatch.setattr(train, "build_model", stop)
     cfg = load_config(None, tiny_overrides(corpus, small_tokenizer, tmp_path / "run"))
