@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from clmap.checkpoint import Checkpointer, export_hf
+from clmap.checkpoint import Checkpointer, export_hf, load_model_weights
 from clmap.config import Config, check_batch, config_help, load_config
 from clmap.data.examples import IGNORE_INDEX, GroupTable
 from clmap.data.pipeline import dev_rows, load_texts, make_stream, prepare_tokenizer
@@ -225,6 +225,10 @@ def run(cfg: Config) -> Path:
     dev = dev_rows(cfg, tok, table, dist_info.world_size)
 
     lm = build_model(cfg.model, tok, dist_info.device)
+    if cfg.model.init_from and not (cfg.checkpoint.resume and Checkpointer(run_dir, dist_info).latest()):
+        loaded = load_model_weights(lm, cfg.model.init_from)  # weights only: a new optimizer and schedule
+        if main:
+            print(f"initialised from {loaded}", flush=True)
     num_params = count_parameters(lm)
     objective = MappingObjective(lm, table, cfg.objective).to(dist_info.device)
     objective = shard_model(
@@ -338,9 +342,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--config", default=None, help="TOML preset, e.g. configs/tiny.toml")
     parser.add_argument("--profile", action="store_true", help="write a torch.profiler trace for a few steps")
+    parser.add_argument("--init-from", metavar="RUN", help="same as --model.init_from=RUN")
     args, overrides = parser.parse_known_args(argv)
     if args.profile:
         overrides.append("--profile.enabled=true")
+    if args.init_from:
+        overrides.append(f"--model.init_from={args.init_from}")
     cfg = load_config(args.config, overrides)
     run(cfg)
 
