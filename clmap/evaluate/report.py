@@ -34,16 +34,17 @@ def metric(
     }
 
 
-def _fmt(value: float | None) -> str:
+def fmt(value: float | None) -> str:
+    """The one number format of the generated tables (evaluator reports, comparisons, the ablation)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.4g}" if abs(value) < 10 else f"{value:.2f}"
 
 
 def _cell(entry: dict) -> str:
-    text = _fmt(entry["value"])
+    text = fmt(entry["value"])
     if entry.get("ci"):
-        text += f" [{_fmt(entry['ci'][0])}, {_fmt(entry['ci'][1])}]"
+        text += f" [{fmt(entry['ci'][0])}, {fmt(entry['ci'][1])}]"
     return text
 
 
@@ -81,7 +82,8 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -92,7 +94,7 @@ def _pyplot():
 
 def plot_lac_per_layer(alignment: dict, path: Path) -> Path:
     """LAC (with its bootstrap band) per layer, one line per language pair."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for pair, detail in alignment.items():
         layers = [row["layer"] for row in detail["layers"]]
@@ -118,7 +120,7 @@ def plot_lac_per_layer(alignment: dict, path: Path) -> Path:
 
 
 def plot_heatmap(matrix: list[list[float]], pair: str, layer: int, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.5))
     image = ax.imshow(matrix, cmap="viridis", aspect="auto")
     src, _, tgt = pair.partition("-")
@@ -134,7 +136,7 @@ def plot_heatmap(matrix: list[list[float]], pair: str, layer: int, path: Path) -
 
 def plot_bars(groups: dict[str, dict[str, float]], title: str, ylabel: str, path: Path) -> Path:
     """Grouped bars: ``groups[x_label][series] = value``."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = list(groups)
     series = list(dict.fromkeys(s for values in groups.values() for s in values))
     width = 0.8 / max(1, len(series))
@@ -235,7 +237,7 @@ def render_comparison(comparison: dict) -> str:
                 delta = row["deltas"].get(name)
                 mark = "*" if row["outside_ci"].get(name) else ""
                 deltas.append("–" if delta is None else f"{delta:+.4g}{mark}")
-            body.append([row["key"], row["metric"], *(_fmt(row["values"][n]) for n in names), *deltas])
+            body.append([row["key"], row["metric"], *(fmt(row["values"][n]) for n in names), *deltas])
         lines += [f"## {TASK_TITLES.get(task, task)}", "", *markdown_table(header, body), ""]
     return "\n".join(lines)
 
