@@ -464,3 +464,67 @@ def export_hf(objective, tokenizer, out_dir: str | Path, dist_info: DistInfo) ->
         tokenizer.save(out_dir)
     barrier()
     return out_dir if dist_info.is_main else None
+
+
+# -- starting a run from another run's weights (model.init_from) -------------------------------------
+def init_source(path: str | Path) -> tuple[Path, Path]:
+    """(weights, tokenizer folder) that ``model.init_from`` names: a run's ``hf/`` export if it has one,
+    else its latest complete checkpoint; or one checkpoint folder (``RUN/checkpoints/step_N``). The
+    tokenizer is the one that run trained with."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model.init_from: {path} is not a folder")
+    if Checkpointer.is_complete(path):
+        run, weights = path.parent.parent, path
+    elif (path / "hf" / "config.json").is_file():
+        return path / "hf", path / "hf"
+    else:
+        run, weights = path, Checkpointer(path, DistInfo(0, 1, 0, torch.device("cpu"))).latest()
+        if weights is None:
+            raise FileNotFoundError(
+                f"model.init_from: {path} has neither an exported hf/ folder nor a complete checkpoint in "
+                f"{path / 'checkpoints'}"
+            )
+    saved = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
+    named = saved.get("tokenizer", {}).get("path") or saved.get("model", {}).get("path")
+    tokenizer = run / "tokenizer" if (run / "tokenizer").is_dir() else Path(named) if named else None
+    if tokenizer is None or not tokenizer.exists():
+        raise FileNotFoundError(
+            f"model.init_from: no tokenizer for {weights} (looked in {run / 'tokenizer'})"
+        )
+    return weights, tokenizer
+
+
+def load_model_weights(model: torch.nn.Module, run: str | Path) -> Path:
+    """Copy the weights of ``run`` (:func:`init_source`) into the unsharded ``model``; nothing else (no
+    optimizer, schedule, data position). Every rank loads the whole model, as ``model.path`` does.
+    Returns what was loaded; a model of another shape is an error naming the first differences."""
+    source, _ = init_source(run)
+    mine = model.state_dict()
+    if source.name == "hf":
+        from transformers import AutoModelForCausalLM
+
+        theirs = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, dtype=torch.float32)
+        weights = theirs.state_dict()
+        shapes = {k: tuple(v.shape) for k, v in weights.items()}
+    else:  # a DCP checkpoint holds {"model": the objective's state ("lm." + the LM's keys), "optim": ...}
+        metadata = dcp.FileSystemReader(str(source)).read_metadata().state_dict_metadata
+        prefix = "model.lm."
+        shapes = {k.removeprefix(prefix): tuple(m.size) for k, m in metadata.items() if k.startswith(prefix)}
+    problems = [f"{k} missing" for k in mine if k not in shapes]
+    problems += [
+        f"{k} is {list(shapes[k])} there, {list(v.shape)} here"
+        for k, v in mine.items()
+        if k in shapes and shapes[k] != tuple(v.shape)
+    ]
+    problems += [f"{k} is not in the configured model" for k in shapes if k not in mine]
+    if problems:
+        raise ValueError(
+            f"model.init_from: {source} does not fit the configured model ({len(problems)} differences: "
+            f"{'; '.join(problems[:3])}); configure the same model as {run}/config.json"
+        )
+    if source.name == "hf":
+        model.load_state_dict(weights)
+    else:
+        dcp.load({"model": {f"lm.{k}": v for k, v in mine.items()}}, checkpoint_id=str(source))
+    return source

@@ -57,6 +57,10 @@ class ModelConfig:
         [],
         "module classes sharded as one FSDP unit each (LlamaDecoderLayer); empty: its _no_split_modules",
     )
+    init_from: str = option(
+        "",
+        "run to start from: its weights (hf/ export, else last checkpoint) and tokenizer; fresh optimizer",
+    )
 
 
 @dataclass
@@ -102,6 +106,9 @@ class DataConfig:
     )
     parallel_as_text: bool = option(
         False, "ablation: pairs as plain concatenated NTP text, no tags, no masking"
+    )
+    parallel_as_mono: bool = option(
+        False, "each side of a pair as its own NTP document in its language (no pairing, tags or masking)"
     )
     max_segment_tokens: int = option(120, "each side of a pair is cut to this many tokens")
     pack_window: int = option(256, "samples planned together by the packer")
@@ -471,6 +478,18 @@ def validate(config: Config) -> None:
             close = difflib.get_close_matches(name, keys, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else "; see --help for the fields"
             raise ConfigError(f"resume.allow_changes: {name!r} is not a config field or section{hint}")
+    if config.data.parallel_as_mono:
+        pair_langs = {lang for pair in config.data.pairs for lang in pair.split("-")}
+        missing = sorted(pair_langs - set(config.data.languages))
+        if missing:
+            raise ConfigError(f"data.parallel_as_mono: pair languages {missing} are not in data.languages")
+        if config.data.parallel_as_text:
+            raise ConfigError("data.parallel_as_mono and data.parallel_as_text exclude each other")
+    if config.model.init_from and config.tokenizer.path:
+        raise ConfigError(
+            "model.init_from brings that run's tokenizer; leave tokenizer.path empty "
+            f"(got {config.tokenizer.path!r})"
+        )
 
 
 def check_batch(train: TrainConfig, world_size: int) -> None:

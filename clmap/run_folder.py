@@ -59,6 +59,7 @@ RESUME_RULES: dict[str, str] = {
     "model.tie_embeddings": TRAINED,
     "model.attn_implementation": SAFE,  # the same attention computed by another kernel
     "model.fsdp_wrap": SAFE,  # how parameters are sharded; DCP reshards on load
+    "model.init_from": TRAINED,  # what a new run starts from (a resume reads its own checkpoints)
     "tokenizer.path": TRAINED,
     "tokenizer.vocab_size": TRAINED,
     "tokenizer.tag_format": TRAINED,
@@ -75,6 +76,7 @@ RESUME_RULES: dict[str, str] = {
     "data.ntp_share": TRAINED,
     "data.cl_directions": TRAINED,
     "data.parallel_as_text": TRAINED,
+    "data.parallel_as_mono": TRAINED,
     "data.max_segment_tokens": TRAINED,
     "data.pack_window": TRAINED,
     "data.dev_pairs": SAFE,  # evaluation only

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from clmap.checkpoint import Checkpointer, export_hf
+from clmap.checkpoint import Checkpointer, export_hf, load_model_weights
 from clmap.cli import UserError, add_debug_flag, run_main
 from clmap.config import Config, check_batch, config_help, load_config
 from clmap.data.examples import IGNORE_INDEX, GroupTable
@@ -348,6 +348,10 @@ def train(cfg: Config, dist_info: DistInfo) -> Path:
     dev = dev_rows(cfg, tok, table, dist_info.world_size)
 
     lm = build_model(cfg.model, tok, dist_info.device)
+    if cfg.model.init_from and not resuming:
+        loaded = load_model_weights(lm, cfg.model.init_from)  # weights only: a new optimizer and schedule
+        if main:
+            print(f"initialised from {loaded}", flush=True)
     num_params, flops = count_parameters(lm), flops_per_token(lm, cfg.data.seq_len)
     objective = MappingObjective(lm, table, cfg.objective).to(dist_info.device)
     objective = shard_model(
@@ -487,10 +491,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--config", default=None, help="TOML preset, e.g. configs/tiny.toml")
     parser.add_argument("--profile", action="store_true", help="write a torch.profiler trace for a few steps")
+    parser.add_argument("--init-from", metavar="RUN", help="same as --model.init_from=RUN")
     add_debug_flag(parser)
     args, overrides = parser.parse_known_args(argv)
     if args.profile:
         overrides.append("--profile.enabled=true")
+    if args.init_from:
+        overrides.append(f"--model.init_from={args.init_from}")
     cfg = load_config(args.config, overrides)
     run(cfg)
 

@@ -1,66 +1,79 @@
-"""The ablation recipe end to end on a micro budget: two variants, three steps, a 2-layer model.
+"""The ablation recipe end to end at a toy size: the continue protocol (a 4-step base model, two variants
+continued from it, two seeds, a scale curve over 3 and 6 stage-2 steps), its results file and the
+write-up regenerated from that file.
 
-Checks that the generated table and plots exist, that every number in the table is the one in the
-runs' report.json, that the token budget is the same for both variants, and that a second invocation
-with ``--skip-existing`` reuses the finished runs and evaluations instead of redoing them.
+Checks that every run continues the base with the base's tokenizer, that the shorter budget taken from
+the long run's checkpoint is exactly a run of that many steps, that the baselines are scored in the text
+template and the CL runs in both formats, that every number in the tables is the one in the runs'
+report.json, that the docs regenerate from the results file alone, and that ``--skip-existing`` reuses
+finished runs and evaluations.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
-from conftest import LANGS, PAIRS
+import torch
+from conftest import LANGS, PAIRS, run_train, tiny_overrides
+from safetensors.torch import load_file
 
-from clmap.evaluate.report import TASK_TITLES
-from clmap.experiments import ablation
+from clmap.evaluate.report import TASK_TITLES, fmt
+from clmap.experiments import ablation, recipe, results, stats, writeup
 
 VARIANTS = ["ntp_only", "cl_map"]
+RECIPE_SETS = ("--run_dir", "--tokenizer.path", "--train.steps")  # the recipe sets these per run
+TEMPLATE = """# note
+
+prose before
+
+<!-- ablation:run -->
+old
+<!-- /ablation:run -->
+
+<!-- ablation:headline -->
+old
+<!-- /ablation:headline -->
+
+<!-- ablation:template-view -->
+<!-- /ablation:template-view -->
+
+<!-- ablation:scale -->
+<!-- /ablation:scale -->
+
+<!-- ablation:deltas -->
+<!-- /ablation:deltas -->
+
+more prose
+"""
 
 
 def _args(corpus, tokenizer, out, docs, *extra: str) -> list[str]:
-    sets = {
-        "data.corpus": corpus,
-        "data.languages": ",".join(LANGS),
-        "data.pairs": ",".join(PAIRS),
-        "model.hidden_size": 32,
-        "model.intermediate_size": 64,
-        "model.num_layers": 2,
-        "model.num_heads": 2,
-        "model.num_kv_heads": 1,
+    """The toy recipe: conftest's tiny model on the small corpus with shorter rows and batches."""
+    smaller = {
         "data.seq_len": 64,
         "data.max_segment_tokens": 14,
         "data.pack_window": 32,
         "train.global_batch": 4,
-        "train.micro_batch": 2,
-        "optim.warmup_steps": 1,
-        "checkpoint.every": 3,
     }
+    smaller.update({"optim.warmup_steps": 1, "metrics.eval_every": 0})
+    sets = [
+        o for o in tiny_overrides(corpus, tokenizer, out, **smaller) if o.split("=")[0] not in RECIPE_SETS
+    ]
     args = [
+        "--protocol",
+        "continue",
         "--variants",
         ",".join(VARIANTS),
-        "--seeds",
-        "0",
-        "--steps",
-        "3",
-        "--out",
-        str(out),
-        "--docs",
-        str(docs),
-        "--tokenizer",
-        str(tokenizer),
-        "--eval-limit",
-        "8",
-        "--tasks",
-        "mt,clnlu,ppl,lac",
-        "--pairs",
-        "en-cs",
-        "--max-new-tokens",
-        "8",
-        "--eval-batch-size",
-        "8",
+        "--scale-variants",
+        ",".join(VARIANTS),
     ]
-    return args + [f"--set={k}={v}" for k, v in sets.items()] + list(extra)
+    args += ["--seeds", "0,1", "--base-steps", "4", "--budgets", "3,6", "--main-budget", "3", "--jobs", "2"]
+    args += ["--out", str(out), "--docs", str(docs), "--tokenizer", str(tokenizer), "--eval-limit", "8"]
+    args += ["--tasks", "mt,clnlu,ppl,lac", "--pairs", "en-cs", "--splits", "test", "--max-new-tokens", "8"]
+    args += ["--eval-batch-size", "8", "--base-nproc", "1"]
+    return args + [f"--set={o[2:]}" for o in sets] + list(extra)
 
 
 def _tables(markdown: str, heading: str) -> list[list[str]]:
@@ -78,103 +91,312 @@ def _tables(markdown: str, heading: str) -> list[list[str]]:
     return rows[1:]  # without the header
 
 
+def _numbers(cell: str) -> list[float]:
+    """``"5.5 [-26.26, 37.27]"`` → [5.5, -26.26, 37.27] (the tables round to 4 significant digits)."""
+    return [float(x) for x in cell.replace("[", "").replace("]", "").replace(",", " ").split()]
+
+
+def _report(out, name: str, prompt_format: str) -> dict:
+    return json.loads((out / "eval" / name / prompt_format / "report.json").read_text())
+
+
 @pytest.fixture(scope="module")
-def recipe(small_corpus, small_tokenizer, tmp_path_factory):
+def recipe_run(small_corpus, small_tokenizer, tmp_path_factory):
     out, docs = tmp_path_factory.mktemp("ablation"), tmp_path_factory.mktemp("docs")
-    note = f"# note\n\nprose\n\n{ablation.BEGIN}\nold\n{ablation.END}\n\nmore prose\n"
-    (docs / "ablation.md").write_text(note)
+    (docs / "ablation.md").write_text(TEMPLATE)
     assert ablation.main(_args(small_corpus, small_tokenizer, out, docs)) == 0
     return out, docs
 
 
-def test_generated_table_and_plots_exist(recipe):
-    out, docs = recipe
+def test_plan_of_the_continue_protocol(small_corpus, small_tokenizer, tmp_path):
+    args = ablation.resolve(
+        ablation.build_parser().parse_args(_args(small_corpus, small_tokenizer, tmp_path, tmp_path))
+    )
+    runs = recipe.plan_runs(args, small_tokenizer)
+    assert [r.name for r in runs] == [
+        "base",
+        "ntp_only_s0_6",
+        "ntp_only_s0_3",
+        "cl_map_s0_6",
+        "cl_map_s0_3",
+        "ntp_only_s1_3",
+        "cl_map_s1_3",
+    ]
+    base, rest = runs[0], runs[1:]
+    assert "--data.parallel_as_mono=true" in base.overrides and "--objective.lambda_cl=0.0" in base.overrides
+    assert "--optim.lr=0.003" in base.overrides and "--optim.lr=0.001" in runs[1].overrides  # the cpu preset
+    assert f"--tokenizer.path={small_tokenizer}" in base.overrides and base.formats == ("template",)
+    for run in rest:
+        trained = run.parent or run
+        assert f"--model.init_from={tmp_path / 'base'}" in trained.overrides
+        assert not any(o.startswith("--tokenizer.path") for o in trained.overrides)  # the base's tokenizer
+        assert (
+            f"--train.seed={run.seed}" in trained.overrides
+            and "--optim.min_lr_ratio=1.0" in trained.overrides
+        )
+        assert run.formats == (("mapping", "template") if run.variant == "cl_map" else ("template",))
+    long = runs[1]
+    assert long.children == [runs[2]] and runs[2].parent is long and runs[2].overrides == []
+    assert "--checkpoint.every=3" in long.overrides and "--checkpoint.keep=3" in long.overrides
+    # the earlier protocol: every variant from scratch, one run per variant and seed
+    args.protocol, args.steps = "scratch", 3
+    scratch = recipe.plan_runs(args, small_tokenizer)
+    assert [r.name for r in scratch] == ["ntp_only_s0", "cl_map_s0", "ntp_only_s1", "cl_map_s1"]
+    assert all(r.steps == 3 and not any("init_from" in o for o in r.overrides) for r in scratch)
+
+
+def test_every_run_continues_the_base_with_its_tokenizer(recipe_run):
+    out, _ = recipe_run
+    base_tokenizer = (out / "base" / "hf" / "tokenizer.model").read_bytes()
+    for name in ("ntp_only_s0_6", "cl_map_s0_6", "ntp_only_s1_3", "cl_map_s1_3"):
+        config = json.loads((out / name / "config.json").read_text())
+        assert config["model"]["init_from"] == str(out / "base")
+        assert (out / name / "tokenizer" / "tokenizer.model").read_bytes() == base_tokenizer
+        assert config["optim"]["min_lr_ratio"] == 1.0
+    base = json.loads((out / "base" / "config.json").read_text())
+    assert base["data"]["parallel_as_mono"] and base["objective"]["lambda_cl"] == 0.0
+
+
+def test_a_shorter_budget_is_the_long_runs_checkpoint(recipe_run, small_corpus, small_tokenizer, tmp_path):
+    """With stage 2's constant learning rate, a 3-step run equals step 3 of the 6-step run, bit for bit
+    (a decaying schedule would differ from step 3 on: the test failed with stage 2 at min_lr_ratio 0.1)."""
+    out, docs = recipe_run
+    args = ablation.resolve(
+        ablation.build_parser().parse_args(_args(small_corpus, small_tokenizer, out, docs))
+    )
+    long = next(r for r in recipe.plan_runs(args, small_tokenizer) if r.name == "ntp_only_s0_6")
+    kept = [o for o in long.overrides if not o.startswith(("--run_dir", "--train.steps", "--checkpoint."))]
+    run_train(["--config", args.base, *kept, f"--run_dir={tmp_path / 'two'}", "--train.steps=3"])
+    separate = load_file(str(tmp_path / "two" / "hf" / "model.safetensors"))
+    exported = load_file(str(out / "ntp_only_s0_3" / "hf" / "model.safetensors"))
+    final = load_file(str(out / "ntp_only_s0_6" / "hf" / "model.safetensors"))
+    assert separate.keys() == exported.keys()
+    assert all(torch.equal(separate[k], exported[k]) for k in separate)
+    assert not torch.equal(final["model.embed_tokens.weight"], exported["model.embed_tokens.weight"])
+    assert json.loads((out / "ntp_only_s0_3" / "config.json").read_text())["train"]["steps"] == 3
+
+
+def test_prompt_formats_are_fair(recipe_run):
+    """Baselines in the text template only; CL runs in the mapping format (all tasks) and the template
+    (MT and translation choice only)."""
+    out, _ = recipe_run
+    for name in ("base", "ntp_only_s0_3", "ntp_only_s1_3"):
+        assert sorted(p.name for p in (out / "eval" / name).iterdir() if p.is_dir()) == ["template"]
+        assert "template" in _report(out, name, "template")["settings"]["prompt"]
+    for name in ("cl_map_s0_3", "cl_map_s1_3"):
+        assert _report(out, name, "mapping")["settings"]["tasks"] == "mt,clnlu,ppl,lac"
+        assert _report(out, name, "template")["settings"]["tasks"] == "mt,clnlu"
+        assert "template" in _report(out, name, "template")["settings"]["prompt"]
+        assert "mapping" in _report(out, name, "mapping")["settings"]["prompt"]
+
+
+def test_table_numbers_are_the_reports_numbers(recipe_run):
+    """Every cell of the per-metric tables: the mean of the two seeds' report values with the t interval
+    (t = 12.706 at one degree of freedom), computed here from the reports themselves."""
+    out, docs = recipe_run
+    text = (docs / "ablation_results.md").read_text()
+    checked = 0
+    for task_title in ("Machine translation", "Cross-lingual understanding", "Perplexity per language"):
+        task = {title: name for name, title in TASK_TITLES.items()}[task_title]
+        for key, metric, split, *cells in _tables(text, f"### {task_title}"):
+            assert split == "test"
+            for variant, text_cell in zip(VARIANTS, cells, strict=True):
+                own = "mapping" if variant == "cl_map" else "template"
+                values = [
+                    next(
+                        m["value"]
+                        for m in _report(out, f"{variant}_s{seed}_3", own)["tasks"][task]["metrics"]
+                        if m["key"] == key and m["metric"] == metric
+                    )
+                    for seed in (0, 1)
+                ]
+                mean, half = sum(values) / 2, 12.706 * abs(values[0] - values[1]) / 2
+                expected = (mean, mean - half, mean + half)
+                assert _numbers(text_cell) == pytest.approx(expected, rel=1e-3, abs=1e-6), (
+                    task,
+                    key,
+                    variant,
+                )
+                checked += 1
+    assert checked >= 10
+    # the deltas vs NTP-only are the paired differences of the reports
+    delta_rows = _tables(text.split("### Cross-lingual understanding", 1)[1], "Δ vs (a) NTP only:")
+    for key, _metric, _split, cell in delta_rows:
+        diffs = [
+            next(
+                m["value"]
+                for m in _report(out, f"cl_map_s{s}_3", "mapping")["tasks"]["clnlu"]["metrics"]
+                if m["key"] == key
+            )
+            - next(
+                m["value"]
+                for m in _report(out, f"ntp_only_s{s}_3", "template")["tasks"]["clnlu"]["metrics"]
+                if m["key"] == key
+            )
+            for s in (0, 1)
+        ]
+        assert _numbers(cell.rstrip("*"))[0] == pytest.approx(sum(diffs) / 2, rel=1e-3, abs=1e-6)
+
+
+def test_token_budget_and_scale_curve(recipe_run):
+    out, docs = recipe_run
+    text = (docs / "ablation_results.md").read_text()
+    rows = _tables(text, "## Token budget")
+    assert [r[0] for r in rows] == [recipe.LABELS[v] for v in ("base", *VARIANTS)]
+    assert [r[1] for r in rows] == ["4", "3", "3"] and rows[1][2] == rows[2][2] == f"{3 * 4 * 64:,}"
+    # CL source sides are inputs but not targets: fewer targets than NTP-only for the same inputs
+    assert float(rows[2][4].replace(",", "")) < float(rows[1][4].replace(",", ""))
+    scale = _tables(text, "## Scale curve")
+    chrf = [r for r in scale if r[0] == "chrF++" and r[1] == "in-domain (test)"]
+    assert [r[2] for r in chrf] == ["0 (base)", "3", "6"]
+    base_chrf = stats.headline_values(stats.run_metrics(_results(docs)["base"], "own"))["chrF++", "test"]
+    assert chrf[0][3].split(" ")[0] == fmt(sum(base_chrf.values()) / len(base_chrf))
+    assert "(n=2)" in chrf[1][3] and "(n=2)" not in chrf[2][3]  # two seeds at the main budget, one at 6
+
+
+def _results(docs) -> dict[str, dict]:
+    return {r["name"]: r for r in results.read_results(docs / "ablation_results.json")["runs"]}
+
+
+def test_docs_regenerate_from_the_results_file(recipe_run, tmp_path):
+    out, docs = recipe_run
+    note = (docs / "ablation.md").read_text()
+    assert "old" not in note and "prose before" in note and "more prose" in note
+    assert "Δ vs (a) NTP only" in note and "(d) NTP + CL + map vs (a) NTP only, in-domain (test):" in note
     for name in (
         "ablation_results.md",
-        "ablation_results.json",
-        "ablation_headline.png",
-        "ablation_choice.png",
-        "ablation_ppl.png",
-        "ablation_lac_per_layer.png",
+        "ablation_headline_test.png",
+        "ablation_scale.png",
         "ablation_training.png",
-        "ablation_mt_chrf.png",
     ):
         assert (docs / name).is_file() and (docs / name).stat().st_size > 0, name
-    assert (out / "compare" / "comparison.md").is_file()  # the evaluator's own comparison mode ran
-    note = (docs / "ablation.md").read_text()
-    assert "old" not in note and "prose" in note and "more prose" in note
-    assert "Δ vs (a) NTP only" in note and "(d) NTP + CL + map vs (a) NTP only:" in note
+    copy = tmp_path / "docs"
+    copy.mkdir()
+    (copy / "ablation.md").write_text(TEMPLATE)
+    shutil.copy(docs / "ablation_results.json", tmp_path / "results.json")
+    assert (
+        ablation.main(["--report-only", "--results", str(tmp_path / "results.json"), "--docs", str(copy)])
+        == 0
+    )
+    assert (copy / "ablation.md").read_text() == note
+    assert (copy / "ablation_results.md").read_text() == (docs / "ablation_results.md").read_text()
+    (copy / "ablation.md").write_text(TEMPLATE + "<!-- ablation:nope -->\n<!-- /ablation:nope -->\n")
+    with pytest.raises(KeyError, match="ablation:nope"):
+        ablation.main(["--report-only", "--results", str(tmp_path / "results.json"), "--docs", str(copy)])
 
 
-def test_table_numbers_are_the_reports_numbers(recipe):
-    out, docs = recipe
-    text = (docs / "ablation_results.md").read_text()
-    reports = {v: json.loads((out / "eval" / f"{v}_s0" / "report.json").read_text()) for v in VARIANTS}
-    checked = 0
-    for task_title in (
-        "Machine translation",
-        "Cross-lingual understanding",
-        "Perplexity per language",
-        "Language alignment",
-    ):
-        task = {title: name for name, title in TASK_TITLES.items()}[task_title]
-        for key, metric, *cells in _tables(text, f"### {task_title}"):
-            for variant, cell in zip(VARIANTS, cells, strict=True):
-                entry = next(
-                    m
-                    for m in reports[variant]["tasks"][task]["metrics"]
-                    if m["key"] == key and m["metric"] == metric
-                )
-                expected = ablation.fmt(entry["value"])
-                if entry["ci"]:
-                    expected += f" [{ablation.fmt(entry['ci'][0])}, {ablation.fmt(entry['ci'][1])}]"
-                assert cell == expected, (task, key, metric, variant)
-                checked += 1
-    assert checked >= 12
-    # the deltas vs NTP-only are the differences of the two reports
-    delta_rows = _tables(text.split("### Cross-lingual understanding", 1)[1], "Δ vs (a) NTP only:")
-    for key, _metric, cell in delta_rows:
-        value = {
-            v: next(m["value"] for m in reports[v]["tasks"]["clnlu"]["metrics"] if m["key"] == key)
-            for v in VARIANTS
-        }
-        assert cell.rstrip("*") == ablation.fmt_delta(value["cl_map"] - value["ntp_only"])
+def test_in_and_out_of_domain_side_by_side(recipe_run, tmp_path):
+    """A results file with an ood split (here: the test scores shifted by 0.1) renders each headline
+    metric's in-domain row beside its out-of-domain row, with deltas per split."""
+    _, docs = recipe_run
+    data = results.read_results(docs / "ablation_results.json")
+    for run in data["runs"]:
+        run["metrics"] += [{**m, "split": "ood", "value": m["value"] + 0.1} for m in run["metrics"]]
+    blocks, _ = writeup.render(data, tmp_path)
+    rows = _tables("\n" + "\n".join(blocks["headline"]), "\n")
+    lac = [r for r in rows if r[0] == "LAC"]
+    assert [r[1] for r in lac] == ["in-domain (test)", "out-of-domain (ood)"]
+    for test_cell, ood_cell in zip(lac[0][2:], lac[1][2:], strict=True):
+        assert float(ood_cell.split(" ")[0]) == pytest.approx(float(test_cell.split(" ")[0]) + 0.1, abs=1e-3)
+    assert any("out-of-domain (ood)" in line for line in blocks["deltas"])
 
 
-def test_same_token_budget_reported_from_the_runs(recipe):
-    out, docs = recipe
-    rows = _tables((docs / "ablation_results.md").read_text(), "## Token budget")
-    assert [r[0] for r in rows] == [ablation.LABELS[v] for v in VARIANTS]
-    assert {r[1] for r in rows} == {"3"} and {r[2] for r in rows} == {f"{3 * 4 * 64:,}"}
-    for row, variant in zip(rows, VARIANTS, strict=True):
-        lines = (out / f"{variant}_s0" / "metrics.jsonl").read_text().splitlines()
-        records = [json.loads(line) for line in lines]
-        assert row[4] == f"{sum(r['tokens/targets'] for r in records):,.0f}"
-    # CL source sides are inputs but not targets: fewer targets than NTP-only for the same inputs
-    assert float(rows[1][4].replace(",", "")) < float(rows[0][4].replace(",", ""))
+def test_reports_scored_on_several_splits_are_read_apart():
+    """The evaluator's multi-split report: metrics carry ``split`` and a `` (split)`` name suffix."""
+    report = {
+        "settings": {"split": "test,ood"},
+        "tasks": {
+            "mt": {
+                "metrics": [
+                    {
+                        "key": "en→cs",
+                        "metric": "chrf++ (ood)",
+                        "value": 3.0,
+                        "ci": None,
+                        "n": 8,
+                        "split": "ood",
+                    }
+                ]
+            },
+            "lac": {
+                "metrics": [
+                    {
+                        "key": "en-cs (layer 1)",
+                        "metric": "lac (test)",
+                        "value": 0.2,
+                        "ci": [0.1, 0.3],
+                        "n": 8,
+                        "split": "test",
+                    }
+                ],
+                "details": {
+                    "en-cs (ood)": {
+                        "split": "ood",
+                        "layers": [{"layer": 0, "lac": 0.1, "lac_lo": 0.0, "lac_hi": 0.2}],
+                    }
+                },
+            },
+        },
+    }
+    metrics, layers = results.report_entries(report, "mapping")
+    assert [(m["task"], m["metric"], m["split"], m["format"]) for m in metrics] == [
+        ("mt", "chrf++", "ood", "mapping"),
+        ("lac", "lac", "test", None),
+    ]
+    assert layers == [{"pair": "en-cs", "split": "ood", "layer": 0, "lac": 0.1, "lac_lo": 0.0, "lac_hi": 0.2}]
+    single = {
+        "settings": {"split": "test"},
+        "tasks": {"ppl": {"metrics": [{"key": "en", "metric": "ppl", "value": 9.0}]}},
+    }
+    assert results.report_entries(single, "template")[0][0]["split"] == "test"
 
 
-def test_skip_existing_reuses_finished_runs(recipe, small_corpus, small_tokenizer, capsys):
-    out, docs = recipe
-    before = (out / "ntp_only_s0" / "metrics.jsonl").stat().st_mtime
+def test_skip_existing_reuses_finished_runs(recipe_run, small_corpus, small_tokenizer, capsys):
+    out, docs = recipe_run
+    before = (out / "cl_map_s0_6" / "metrics.jsonl").stat().st_mtime
     assert ablation.main(_args(small_corpus, small_tokenizer, out, docs, "--skip-existing")) == 0
     printed = capsys.readouterr().out
-    assert printed.count("finished run reused") == 2 and printed.count("evaluation reused") == 2
-    assert (out / "ntp_only_s0" / "metrics.jsonl").stat().st_mtime == before
+    assert printed.count("finished run reused") == 7 and printed.count("evaluation reused") == 10
+    assert (out / "cl_map_s0_6" / "metrics.jsonl").stat().st_mtime == before
     with pytest.raises(RuntimeError, match="--skip-existing"):
         ablation.main(_args(small_corpus, small_tokenizer, out, docs))
     with pytest.raises(RuntimeError, match="another config"):
-        ablation.main(_args(small_corpus, small_tokenizer, out, docs, "--skip-existing", "--steps", "4"))
+        ablation.main(
+            _args(small_corpus, small_tokenizer, out, docs, "--skip-existing", "--set=optim.lr=1e-4")
+        )
+
+
+def test_stage1_reads_pair_sides_as_documents(small_corpus):
+    from clmap.config import ConfigError, load_config
+    from clmap.data.pipeline import load_texts
+
+    base = [
+        f"--data.corpus={small_corpus}",
+        f"--data.languages={','.join(LANGS)}",
+        f"--data.pairs={','.join(PAIRS)}",
+    ]
+    mono, parallel = load_texts(load_config(None, base), "train")
+    merged, none = load_texts(load_config(None, [*base, "--data.parallel_as_mono=true"]), "train")
+    assert none == {}
+    for pair, (src, tgt) in parallel.items():
+        a, b = pair.split("-")
+        assert set(src) <= set(merged[a]) and set(tgt) <= set(merged[b])
+    for lang in LANGS:
+        assert set(mono[lang]) <= set(merged[lang]) and len(merged[lang]) == len(set(merged[lang]))
+    with pytest.raises(ConfigError, match=r"pair languages \['cs'\] are not in data.languages"):
+        load_config(None, ["--data.languages=en,uk", "--data.pairs=en-cs", "--data.parallel_as_mono=true"])
 
 
 def test_variant_files_are_overrides_of_the_base():
-    assert ablation.variant_overrides("ntp_only") == [
+    assert recipe.variant_overrides("ntp_only") == [
         "--data.ntp_share=1.0",
         "--objective.lambda_cl=0.0",
         "--objective.lambda_map=0.0",
     ]
-    assert "--data.parallel_as_text=true" in ablation.variant_overrides("parallel_text")
-    assert "--data.cl_directions=forward" in ablation.variant_overrides("cl_forward")
+    assert "--data.parallel_as_text=true" in recipe.variant_overrides("parallel_text")
+    assert "--data.cl_directions=forward" in recipe.variant_overrides("cl_forward")
     with pytest.raises(FileNotFoundError, match="known: cl_both"):
-        ablation.variant_overrides("nope")
-    assert ablation.fmt_delta(0.5) == "+0.5" and ablation.fmt(12.345) == "12.35"
+        recipe.variant_overrides("nope")
+    assert "--optim.min_lr_ratio=1.0" in recipe.stage_overrides("stage2")
+    assert writeup.fmt_delta(0.5) == "+0.5" and fmt(12.345) == "12.35"
+    assert stats.mean_interval([1.0, 3.0]) == (2.0, 2.0 - 12.706, 2.0 + 12.706)

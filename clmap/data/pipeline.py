@@ -52,6 +52,11 @@ def load_texts(
         # read_parallel orients every record as a→b (it swaps pairs stored the other way round).
         columns = read_parallel(path, src_lang=a, tgt_lang=b).select_columns(["src", "tgt"]).to_dict()
         parallel[pair] = (columns["src"], columns["tgt"])
+    if cfg.data.parallel_as_mono:  # each side its own document; a text shared by several pairs once
+        for pair, sides in parallel.items():
+            for lang, texts in zip(pair.split("-"), sides, strict=True):
+                mono[lang] = list(dict.fromkeys([*mono.get(lang, []), *texts]))
+        parallel = {}
     if cfg.data.ntp_share == 0.0:
         mono = {}
     if cfg.data.ntp_share == 1.0:
@@ -60,7 +65,19 @@ def load_texts(
 
 
 def prepare_tokenizer(cfg: Config, run_dir: Path, dist_info: DistInfo, mono, parallel) -> ClmapTokenizer:
-    """The configured tokenizer, the model's own, or a SentencePiece model trained on the corpus (rank 0)."""
+    """The configured tokenizer, the model's own, or a SentencePiece model trained on the corpus (rank 0).
+
+    With ``model.init_from`` it is that run's tokenizer, copied into this run's folder on the first start
+    so a resume reads its own copy."""
+    if cfg.model.init_from:
+        from clmap.checkpoint import init_source
+
+        own = run_dir / "tokenizer"
+        if dist_info.is_main and not (own / META_FILE).is_file():
+            tag_format = cfg.tokenizer.tag_format or None
+            load_tokenizer(init_source(cfg.model.init_from)[1], tag_format=tag_format).save(own)
+        barrier()
+        return load_tokenizer(own)
     path = cfg.tokenizer.path or cfg.model.path
     if path:
         return load_tokenizer(path, tag_format=cfg.tokenizer.tag_format or None)

@@ -55,16 +55,17 @@ def file_stem(text: str) -> str:
     return re.sub(r"[^\w.-]+", "_", text).strip("_")
 
 
-def _fmt(value: float | None) -> str:
+def fmt(value: float | None) -> str:
+    """The one number format of the generated tables (evaluator reports, comparisons, the ablation)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.4g}" if abs(value) < 10 else f"{value:.2f}"
 
 
 def _cell(entry: dict) -> str:
-    text = _fmt(entry["value"])
+    text = fmt(entry["value"])
     if entry.get("ci"):
-        text += f" [{_fmt(entry['ci'][0])}, {_fmt(entry['ci'][1])}]"
+        text += f" [{fmt(entry['ci'][0])}, {fmt(entry['ci'][1])}]"
     return text
 
 
@@ -109,7 +110,8 @@ def render_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,7 +123,7 @@ def _pyplot():
 def plot_lac_per_layer(alignment: dict, path: Path) -> Path:
     """LAC (with its bootstrap band) per layer, one line per language pair (and split); the last point
     is the last decoder layer after the final norm, labelled so."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ticks: dict[int, str] = {}
     for pair, detail in alignment.items():
@@ -155,7 +157,7 @@ def _tick(row: dict) -> str:
 
 
 def plot_heatmap(matrix: list[list[float]], pair: str, layer: int, path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 4.5))
     image = ax.imshow(matrix, cmap="viridis", aspect="auto")
     src, _, tgt = pair.partition("-")
@@ -171,7 +173,7 @@ def plot_heatmap(matrix: list[list[float]], pair: str, layer: int, path: Path) -
 
 def plot_bars(groups: dict[str, dict[str, float]], title: str, ylabel: str, path: Path) -> Path:
     """Grouped bars: ``groups[x_label][series] = value``."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = list(groups)
     series = list(dict.fromkeys(s for values in groups.values() for s in values))
     width = 0.8 / max(1, len(series))
@@ -272,7 +274,7 @@ def render_comparison(comparison: dict) -> str:
                 delta = row["deltas"].get(name)
                 mark = "*" if row["outside_ci"].get(name) else ""
                 deltas.append("–" if delta is None else f"{delta:+.4g}{mark}")
-            body.append([row["key"], row["metric"], *(_fmt(row["values"][n]) for n in names), *deltas])
+            body.append([row["key"], row["metric"], *(fmt(row["values"][n]) for n in names), *deltas])
         lines += [f"## {TASK_TITLES.get(task, task)}", "", *markdown_table(header, body), ""]
     return "\n".join(lines)
 

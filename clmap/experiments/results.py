@@ -1,0 +1,123 @@
+"""From the recipe's run folders to one results file: every run's scores and training summary, raw.
+
+The results file (``docs/ablation_results.json``) holds per run: variant, seed, stage-2 budget, the
+prompt format it trained for, every metric of every evaluation (tagged with split and prompt format),
+its LAC-per-layer rows and a summary of its training log. The statistics, tables and plots are
+computed from this file alone, so ``--report-only --results FILE`` regenerates the write-up anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# Tasks whose prompt depends on the format (mapping vs text template); the others score plain text.
+FORMAT_TASKS = ("mt", "clnlu")
+CURVE_POINTS = 200  # training-loss points kept per run (the plot needs no more)
+
+
+def report_entries(report: dict, prompt_format: str) -> tuple[list[dict], list[dict]]:
+    """(metrics, LAC-per-layer rows) of one report.json, each tagged with its split and, for MT and
+    translation choice, the prompt format it was scored in.
+
+    A report scored on several splits marks each metric with ``split`` and a `` (split)`` suffix on its
+    name; one scored on a single split names it in ``settings.split``.
+    """
+    default_split = str(report.get("settings", {}).get("split") or "test").split(",")[0]
+    metrics, layers = [], []
+    for task, result in report.get("tasks", {}).items():
+        for m in result.get("metrics", []):
+            split = m.get("split") or default_split
+            metrics.append(
+                {
+                    "task": task,
+                    "key": m["key"],
+                    "metric": m["metric"].removesuffix(f" ({split})"),
+                    "split": split,
+                    "format": prompt_format if task in FORMAT_TASKS else None,
+                    "value": m["value"],
+                    "ci": m.get("ci"),
+                    "n": m.get("n"),
+                }
+            )
+        if task == "lac":
+            for name, detail in result.get("details", {}).items():
+                split = detail.get("split") or default_split
+                pair = name.removesuffix(f" ({split})")
+                layers += [
+                    {
+                        "pair": pair,
+                        "split": split,
+                        **{k: row[k] for k in ("layer", "lac", "lac_lo", "lac_hi")},
+                    }
+                    for row in detail["layers"]
+                ]
+    return metrics, layers
+
+
+def training_summary(run_dir: Path, upto: int | None = None) -> dict:
+    """Token budget, end-of-training losses and the NTP loss curve of one run's metrics.jsonl, up to
+    step ``upto`` (a checkpoint of a longer run is that run's log cut at the checkpoint)."""
+    from clmap.metrics import read_metrics
+
+    cfg = json.loads((run_dir / "config.json").read_text())
+    steps = upto or int(cfg["train"]["steps"])
+    records = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["step"] <= steps]
+    scale = steps / max(1, len(records))  # exact with log_every = 1; an estimate otherwise
+    tail = records[-max(1, len(records) // 10) :]
+
+    def tail_mean(key: str) -> float | None:
+        values = [r[key] for r in tail if key in r]
+        return sum(values) / len(values) if values else None
+
+    stride = max(1, len(records) // CURVE_POINTS)
+    return {
+        "steps": steps,
+        "logged_steps": len(records),
+        "budget_tokens": steps * cfg["train"]["global_batch"] * cfg["data"]["seq_len"],
+        "input_tokens": scale * sum(round(r["tokens_per_s"] * r["step_time_s"]) for r in records),
+        "target_tokens": scale * sum(r.get("tokens/targets", 0.0) for r in records),
+        "train_seconds": sum(r["step_time_s"] for r in records),
+        "final_loss_ntp": tail_mean("loss/ntp"),
+        "final_loss_cl": tail_mean("loss/cl"),
+        "final_loss_map": tail_mean("loss/map"),
+        "curve": [[r["step"], r.get("loss/ntp")] for r in records[stride - 1 :: stride]],
+    }
+
+
+def run_record(run, reports: dict[str, Path]) -> dict:
+    """The results-file entry of one :class:`clmap.experiments.recipe.Run` from its evaluations
+    (``reports``: prompt format → report.json; the first is the full one, later ones MT/choice only)."""
+    metrics, layers = [], []
+    for i, (prompt_format, path) in enumerate(reports.items()):
+        found, found_layers = report_entries(json.loads(path.read_text(encoding="utf-8")), prompt_format)
+        metrics += found if i == 0 else [m for m in found if m["format"] is not None]
+        layers += found_layers if i == 0 else []
+    trained = run.parent.run_dir if run.parent is not None else run.run_dir
+    return {
+        "name": run.name,
+        "variant": run.variant,
+        "seed": run.seed,
+        "steps": run.steps,
+        "stage": run.stage,
+        "own_format": run.formats[0] if run.formats else "template",
+        "formats": list(reports),
+        "run_dir": str(run.run_dir),
+        "metrics": metrics,
+        "lac_layers": layers,
+        "training": training_summary(trained, upto=run.steps if run.parent is not None else None),
+    }
+
+
+def write_results(path: Path, meta: dict, records: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps({"meta": meta, "runs": records}, indent=1, ensure_ascii=False)
+    path.write_text(text + "\n", encoding="utf-8")
+    return path
+
+
+def read_results(path: Path) -> dict:
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or "runs" not in data or "meta" not in data:
+        raise ValueError(f"{path}: not an ablation results file (expected 'meta' and 'runs')")
+    return data
