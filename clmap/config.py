@@ -133,6 +133,10 @@ class ObjectiveConfig:
     z_loss: float = option(
         0.0, "weight of the z-loss (squared log of the softmax normaliser) on every token loss; 0 off"
     )
+    loss_accum_dtype: Literal["fp32", "bf16"] = option(
+        "fp32",
+        "fused loss: dtype of its logits chunks and weight-gradient sum; bf16 (bf16 compute) saves memory",
+    )
 
 
 @dataclass
@@ -485,6 +489,8 @@ def validate(config: Config) -> None:
             raise ConfigError(f"data.parallel_as_mono: pair languages {missing} are not in data.languages")
         if config.data.parallel_as_text:
             raise ConfigError("data.parallel_as_mono and data.parallel_as_text exclude each other")
+    if config.objective.loss_accum_dtype == "bf16" and config.train.mixed_precision == "fp32":
+        raise ConfigError("objective.loss_accum_dtype=bf16 needs bf16 compute; train.mixed_precision is fp32")
     if config.model.init_from and config.tokenizer.path:
         raise ConfigError(
             "model.init_from brings that run's tokenizer; leave tokenizer.path empty "

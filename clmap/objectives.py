@@ -74,6 +74,17 @@ class MappingObjective(nn.Module):
         self.attn_implementation = check_packed_attention(lm)  # refuses before training if packing would leak
         self.map_layer = hidden_state_layer(cfg.map_layer, len(decoder_layers(lm)), "objective.map_layer")
 
+    def _accum_dtype(self, compute: torch.dtype) -> torch.dtype:
+        """The fused loss's chunk and weight-gradient dtype (``objective.loss_accum_dtype``)."""
+        if self.cfg.loss_accum_dtype == "fp32":
+            return torch.float32
+        if compute != torch.bfloat16:
+            raise ValueError(
+                f"objective.loss_accum_dtype=bf16 needs bf16 compute (train.mixed_precision=bf16, or auto on "
+                f"CUDA); the hidden states are {compute}"
+            )
+        return torch.bfloat16
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -115,6 +126,7 @@ class MappingObjective(nn.Module):
             ignore_index=IGNORE_INDEX,
             z_loss=self.cfg.z_loss,
             group_weights=group_weights,
+            accum_dtype=self._accum_dtype(hidden.dtype),
         )
         zero = hidden.new_zeros((), dtype=torch.float32)
         if not want_map:

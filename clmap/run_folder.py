@@ -86,6 +86,7 @@ RESUME_RULES: dict[str, str] = {
     "objective.map_loss": TRAINED,
     "objective.infonce_temperature": TRAINED,
     "objective.z_loss": TRAINED,
+    "objective.loss_accum_dtype": TRAINED,
     "optim.lr": TRAINED,
     "optim.min_lr_ratio": TRAINED,
     "optim.warmup_steps": TRAINED,

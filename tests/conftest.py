@@ -95,6 +95,33 @@ def tiny_overrides(corpus: Path, tokenizer: Path, run_dir: Path, **extra) -> lis
     return [f"--{k}={v}" for k, v in values.items()]
 
 
+@pytest.fixture(scope="module")
+def training_setup(small_corpus, small_tokenizer, tmp_path_factory):
+    """In-process training pieces: (config, one-rank DistInfo, tokenizer, group table, 3 steps of rows)."""
+    from clmap.config import load_config
+    from clmap.data.examples import GroupTable
+    from clmap.data.pipeline import load_texts, make_stream
+    from clmap.data.tokenizer import load_tokenizer
+    from clmap.parallel import cleanup, init_distributed
+
+    os.environ.pop("CLMAP_KERNEL_BACKEND", None)
+    cfg = load_config(None, tiny_overrides(small_corpus, small_tokenizer, tmp_path_factory.mktemp("run")))
+    saved_env = {key: os.environ.get(key) for key in DIST_ENV}
+    dist_info = init_distributed("cpu", "gloo")
+    tok = load_tokenizer(small_tokenizer)
+    table = GroupTable(LANGS, PAIRS)
+    mono, parallel = load_texts(cfg, "train")
+    stream = make_stream(cfg, tok, table, mono, parallel, seed=0)
+    rows = [row for _, row in zip(range(cfg.train.global_batch * 3), stream.rows(), strict=False)]
+    yield cfg, dist_info, tok, table, rows
+    cleanup()
+    for key, value in saved_env.items():  # init_distributed set them for this process only
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def child_env() -> dict[str, str]:
     """Environment for a training subprocess: one thread per process, the CPU kernel path, no stale
     process-group variables from a group made in the test process."""

@@ -14,17 +14,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import DIST_ENV, LANGS, PAIRS, tiny_overrides
 
 from clmap.config import ConfigError, load_config
-from clmap.data.examples import GroupTable
-from clmap.data.pipeline import load_texts, make_stream
 from clmap.data.prefetch import Prefetcher
-from clmap.data.tokenizer import load_tokenizer
 from clmap.metrics import active_parameters, flops_per_token, gpu_busy_share
 from clmap.model import build_model
 from clmap.objectives import MappingObjective
-from clmap.parallel import cleanup, init_distributed, resolve_reshard, shard_model, use_compile
+from clmap.parallel import resolve_reshard, shard_model, use_compile
 from clmap.train import NonfiniteGuard, NonFiniteLoss, build_optimizer, prepare_step, step_counts, train_step
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,23 +102,8 @@ def recorded_host_syncs():
 
 
 @pytest.fixture(scope="module")
-def setup(small_corpus, small_tokenizer, tmp_path_factory):
-    os.environ.pop("CLMAP_KERNEL_BACKEND", None)
-    cfg = load_config(None, tiny_overrides(small_corpus, small_tokenizer, tmp_path_factory.mktemp("hot")))
-    saved_env = {key: os.environ.get(key) for key in DIST_ENV}
-    dist_info = init_distributed("cpu", "gloo")
-    tok = load_tokenizer(small_tokenizer)
-    table = GroupTable(LANGS, PAIRS)
-    mono, parallel = load_texts(cfg, "train")
-    stream = make_stream(cfg, tok, table, mono, parallel, seed=0)
-    rows = [row for _, row in zip(range(cfg.train.global_batch * 3), stream.rows(), strict=False)]
-    yield cfg, dist_info, tok, table, rows
-    cleanup()
-    for key, value in saved_env.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+def setup(training_setup):
+    return training_setup
 
 
 def _model(setup, **shard):

@@ -6,15 +6,12 @@ import os
 
 import pytest
 import torch
-from conftest import DIST_ENV, LANGS, PAIRS, tiny_overrides
 
 from clmap.config import load_config
 from clmap.data.examples import GroupTable
-from clmap.data.pipeline import load_texts, make_stream
-from clmap.data.tokenizer import load_tokenizer
 from clmap.model import build_model
 from clmap.objectives import MappingObjective, loss_coefficients, summarize, summarize_totals
-from clmap.parallel import cleanup, init_distributed, shard_model
+from clmap.parallel import shard_model
 from clmap.train import build_optimizer, prepare_step, train_step
 
 
@@ -48,23 +45,8 @@ def test_loss_coefficients_follow_the_definition():
 
 
 @pytest.fixture(scope="module")
-def setup(small_corpus, small_tokenizer, tmp_path_factory):
-    os.environ.pop("CLMAP_KERNEL_BACKEND", None)
-    cfg = load_config(None, tiny_overrides(small_corpus, small_tokenizer, tmp_path_factory.mktemp("obj")))
-    saved_env = {key: os.environ.get(key) for key in DIST_ENV}
-    dist_info = init_distributed("cpu", "gloo")
-    tok = load_tokenizer(small_tokenizer)
-    table = GroupTable(LANGS, PAIRS)
-    mono, parallel = load_texts(cfg, "train")
-    stream = make_stream(cfg, tok, table, mono, parallel, seed=0)
-    rows = [row for _, row in zip(range(cfg.train.global_batch * 3), stream.rows(), strict=False)]
-    yield cfg, dist_info, tok, table, rows
-    cleanup()
-    for key, value in saved_env.items():  # init_distributed set them for this process only
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+def setup(training_setup):
+    return training_setup
 
 
 def _train(setup, backend: str | None, steps: int = 3, activation_checkpointing: bool = False):
@@ -132,3 +114,37 @@ def _local_state(state: dict) -> dict:
         (name, id(state)): value.to_local() if hasattr(value, "to_local") else value
         for name, value in state.items()
     }
+
+
+def test_loss_accum_dtype_reaches_the_fused_loss(setup, monkeypatch):
+    """objective.loss_accum_dtype picks the fused loss's accumulation; bf16 only under bf16 compute."""
+    import dataclasses
+
+    import clmap.objectives as objectives
+    from clmap.config import ConfigError
+    from clmap.data.stream import collate
+
+    cfg, dist_info, tok, table, rows = setup
+    seen = []
+    real = objectives.mapping_loss
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["accum_dtype"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(objectives, "mapping_loss", recording)
+    batch = collate(rows[:2])
+
+    def forward(setting: str, dtype: torch.dtype):
+        lm = build_model(cfg.model, tok, dist_info.device).to(dtype)
+        objective = MappingObjective(lm, table, dataclasses.replace(cfg.objective, loss_accum_dtype=setting))
+        with torch.no_grad():
+            return objective(**batch)
+
+    forward("fp32", torch.bfloat16)
+    out = forward("bf16", torch.bfloat16)
+    assert seen == [torch.float32, torch.bfloat16] and torch.isfinite(out.loss_sum).all()
+    with pytest.raises(ValueError, match="loss_accum_dtype=bf16 needs bf16 compute"):
+        forward("bf16", torch.float32)
+    with pytest.raises(ConfigError, match="loss_accum_dtype=bf16 needs bf16 compute"):
+        load_config(None, ["--objective.loss_accum_dtype=bf16", "--train.mixed_precision=fp32"])
