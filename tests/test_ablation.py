@@ -263,6 +263,7 @@ def test_docs_regenerate_from_the_results_file(recipe_run, tmp_path):
     note = (docs / "ablation.md").read_text()
     assert "old" not in note and "prose before" in note and "more prose" in note
     assert "Δ vs (a) NTP only" in note and "(d) NTP + CL + map vs (a) NTP only, in-domain (test):" in note
+    assert "; wall time " in note and "reused" not in note  # a first invocation did everything itself
     for name in (
         "ablation_results.md",
         "ablation_headline_test.png",
@@ -358,6 +359,8 @@ def test_skip_existing_reuses_finished_runs(recipe_run, small_corpus, small_toke
     printed = capsys.readouterr().out
     assert printed.count("finished run reused") == 7 and printed.count("evaluation reused") == 10
     assert (out / "cl_map_s0_6" / "metrics.jsonl").stat().st_mtime == before
+    # the wall time is this invocation's, and the write-up says how much of the recipe it reused
+    assert "reused 7 of 7 training jobs and 10 of 10 evaluations" in (docs / "ablation.md").read_text()
     with pytest.raises(RuntimeError, match="--skip-existing"):
         ablation.main(_args(small_corpus, small_tokenizer, out, docs))
     with pytest.raises(RuntimeError, match="another config"):

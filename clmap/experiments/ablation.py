@@ -151,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_min": (time.perf_counter() - t_start) / 60,
         "train_min": args.timing.get("train", 0.0) / 60,
         "eval_min": args.timing.get("eval", 0.0) / 60,
+        **{k: args.timing.get(k, 0) for k in ("train_jobs", "train_reused", "eval_jobs", "eval_reused")},
     }
     records = [results.run_record(run, reports[run.name]) for run in runs]
     results.write_results(args.results, meta, records)

@@ -384,8 +384,12 @@ def execute(runs: Sequence[Run], args: argparse.Namespace) -> dict[str, dict[str
     lock = threading.Lock()
 
     def timed(kind: str, seconds: float) -> None:
+        """Job seconds by kind; a reused run or evaluation (0 s) is counted as such, so the write-up can
+        say how much of the recipe this invocation did."""
         with lock:
             args.timing[kind] = args.timing.get(kind, 0.0) + seconds
+            args.timing[f"{kind}_jobs"] = args.timing.get(f"{kind}_jobs", 0) + 1
+            args.timing[f"{kind}_reused"] = args.timing.get(f"{kind}_reused", 0) + (seconds == 0.0)
 
     def evaluate_all(run: Run) -> None:
         for prompt_format in run.formats:

@@ -212,6 +212,13 @@ def run_line(meta: dict) -> str:
         f"wall time {meta['wall_min']:.1f} min (summed over parallel jobs: training "
         f"{meta['train_min']:.1f} min, evaluation {meta['eval_min']:.1f} min)",
     ]
+    if meta.get("train_reused") or meta.get("eval_reused"):
+        parts[-1] = (
+            f"wall time of the last invocation {meta['wall_min']:.1f} min (summed over its parallel jobs: "
+            f"training {meta['train_min']:.1f} min, evaluation {meta['eval_min']:.1f} min), which reused "
+            f"{meta['train_reused']} of {meta['train_jobs']} training jobs and {meta['eval_reused']} of "
+            f"{meta['eval_jobs']} evaluations from earlier invocations"
+        )
     if meta["protocol"] == "continue":
         parts.insert(3, f"stage 1: {meta['base_steps']} steps; scale budgets {meta['budgets']}")
     return "; ".join(parts) + "."
