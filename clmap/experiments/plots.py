@@ -122,8 +122,12 @@ def plot_scale(curve: dict, path: Path) -> Path | None:
     if not curve:
         return None
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(curve), figsize=(3.4 * len(curve), 3.4), squeeze=False)
-    for ax, ((label, split), by_variant) in zip(axes[0], curve.items(), strict=True):
+    cols = min(4, len(curve))
+    rows = -(-len(curve) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.2 * rows), squeeze=False)
+    for ax in axes.flat[len(curve) :]:
+        ax.axis("off")
+    for ax, ((label, split), by_variant) in zip(axes.flat, curve.items(), strict=False):
         for v, budgets in by_variant.items():
             xs = sorted(budgets)
             ys = [budgets[b][0] for b in xs]
