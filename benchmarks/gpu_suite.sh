@@ -14,6 +14,12 @@
 # ends in under 6 minutes on an H100/H200; a step that fails or times out is reported and the suite
 # goes on; the exit status is 1 if any step did not succeed. --dry-run runs the same steps on the CPU
 # with tiny sizes (no nvidia-smi, no wheel install): what the tests run.
+#
+# CLMAP_SUITE_ONLY=step,... runs only the named steps. One step is off unless named there:
+# ablation_gpu, the ablation's GPU preset (`python -m clmap.experiments.ablation --preset gpu`, written
+# to take about 8 minutes on one H200, so it needs a device call of its own: CLMAP_SUITE_ONLY=ablation_gpu
+# CLMAP_SUITE_BUDGET_S=560). It writes OUT_DIR/ablation/: the write-up docs/ablation.md refilled with the
+# GPU numbers, ablation_results.{json,md} and the figures.
 set -euo pipefail
 
 if [[ $# -lt 1 || "$1" == -* ]]; then
@@ -39,6 +45,7 @@ exec > >(tee -a "$OUT_DIR/suite.log") 2>&1
 
 FAILED=()
 STEPS_LEFT=6 # steps after the setup; each later one keeps MIN_STEP_S of the budget for itself
+OPT_IN_STEPS="ablation_gpu" # run only when CLMAP_SUITE_ONLY names them
 MIN_STEP_S=15
 SAMPLER=""
 cleanup() {
@@ -51,7 +58,12 @@ trap cleanup EXIT
 step() {
     local name=$1 cap=$2 start=$SECONDS rc=0
     shift 2
-    STEPS_LEFT=$((STEPS_LEFT - 1))
+    if [[ -n "${CLMAP_SUITE_ONLY:-}" && ",$CLMAP_SUITE_ONLY," != *",$name,"* ]] ||
+        [[ -z "${CLMAP_SUITE_ONLY:-}" && " $OPT_IN_STEPS " == *" $name "* ]]; then
+        echo "=== $name: not selected"
+        return 0
+    fi
+    if [[ -n "${CLMAP_SUITE_ONLY:-}" ]]; then STEPS_LEFT=1; else STEPS_LEFT=$((STEPS_LEFT - 1)); fi
     local left=$((BUDGET - SECONDS - STEPS_LEFT * MIN_STEP_S))
     local t=$((cap < left ? cap : left))
     if ((t < 5)); then
@@ -155,6 +167,14 @@ if [[ $DRY == 1 ]]; then
         --tokenizer.vocab_size=2000 --train.mixed_precision=fp32)
     TRAIN_AB_ARGS=(--device cpu --config tiny --steps 3 --warmup 1 --profile-steps 1 "${TINY_MODEL[@]}"
         --tokenizer.vocab_size=2000)
+    # the GPU preset's command with the recipe cut to two variants, one seed, a few steps of a tiny model
+    ABLATION_ARGS=(--preset gpu --device cpu --jobs 2 --base-threads 1 --variants ntp_only,cl_map --seeds 0
+        --base-steps 3 --budgets 2,4 --main-budget 2 --splits test --pairs en-cs --eval-limit 4
+        --eval-batch-size 4 --max-new-tokens 4)
+    for o in "${TINY_MODEL[@]}" --tokenizer.vocab_size=2000 --metrics.eval_every=0 --train.device=cpu \
+        --train.mixed_precision=fp32; do
+        ABLATION_ARGS+=("--set=${o#--}")
+    done
 else
     CAP_1B=230 CAP_AB=110
     TRAIN_1B_ARGS=(--device cuda --config 1b --steps 8 --warmup 2 --profile-steps 2)
@@ -166,6 +186,10 @@ else
     MAPPING_ARGS=(--device cuda --shapes "4096,4096,32000;16384,4096,32000"
         --impls naive,torch_lce,liger,liger_fp32,cce,clmap,clmap_deferred)
     POOLED_ARGS=(--device cuda --no-reference)
+    ABLATION_ARGS=(--preset gpu)
+fi
+if [[ ",${CLMAP_SUITE_ONLY:-}," == *",ablation_gpu,"* ]]; then # the write-up to refill with this run's numbers
+    mkdir -p "$OUT_DIR/ablation" && cp docs/ablation.md "$OUT_DIR/ablation/"
 fi
 
 # -- the steps (most wanted first: a step that the budget skips is the least missed) ----------------
@@ -176,6 +200,8 @@ step train_ab "$CAP_AB" "$PY" -m benchmarks.train_throughput --work "$WORK/throu
 step mapping_target 70 "$PY" -m benchmarks.mapping_loss "${MAPPING_TARGET_ARGS[@]}"
 step pooled_similarity 40 "$PY" -m benchmarks.pooled_similarity "${POOLED_ARGS[@]}"
 step mapping_sweep 45 "$PY" -m benchmarks.mapping_loss "${MAPPING_ARGS[@]}"
+step ablation_gpu 540 "$PY" -m clmap.experiments.ablation --protocol continue "${ABLATION_ARGS[@]}" \
+    --out "$WORK/ablation" --docs "$OUT_DIR/ablation"
 if [[ -f "$OUT_DIR/train_profiles.txt" ]]; then
     grep -E "^(===|GPU busy)" "$OUT_DIR/train_profiles.txt" || true
 fi

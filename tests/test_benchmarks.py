@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -295,3 +296,26 @@ def test_gpu_suite_dry_run(tmp_path: Path) -> None:
     files = [p for p in out.rglob("*") if p.is_file()]
     assert len(files) <= 8, files
     assert "suite finished" in log and "0 step(s) not ok" in log
+    assert "=== ablation_gpu: not selected" in log  # opt-in: it needs a device call of its own
+
+
+@pytest.mark.slow
+def test_gpu_suite_runs_the_ablation_gpu_preset_alone(tmp_path: Path) -> None:
+    out = tmp_path / "suite"
+    env = {**_env(), "PYTHON": sys.executable, "TMPDIR": str(tmp_path), "CLMAP_SUITE_ONLY": "ablation_gpu"}
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), str(out), "--dry-run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    log = (out / "suite.log").read_text() if (out / "suite.log").exists() else proc.stdout
+    assert proc.returncode == 0, log[-6000:] + proc.stderr[-2000:]
+    assert "=== gpu_check: not selected" in log and "=== ablation_gpu: ok" in log
+    meta = json.loads((out / "ablation" / "ablation_results.json").read_text())["meta"]
+    assert meta["base"].endswith("base_gpu.toml") and meta["main_budget"] == 2
+    writeup = (out / "ablation" / "ablation.md").read_text()
+    assert "--preset gpu" in writeup.split("<!-- ablation:run -->", 1)[1].split("<!-- /ablation:run -->")[0]
+    assert (out / "ablation" / "ablation_scale.png").stat().st_size > 0
