@@ -265,10 +265,10 @@ def test_unpack_row_restores_sequences() -> None:
     assert batch_tgt[1].tolist() == [7, 0, -100, -100] and mask.sum().item() == 7
 
 
-@pytest.mark.slow
-def test_gpu_suite_dry_run(tmp_path: Path) -> None:
+def _dry_run_suite(tmp_path: Path, **env: str) -> tuple[Path, str]:
+    """``gpu_suite.sh --dry-run`` into tmp_path/suite; returns that folder and the suite's log."""
     out = tmp_path / "suite"
-    env = {**_env(), "PYTHON": sys.executable, "TMPDIR": str(tmp_path)}
+    env = {**_env(), "PYTHON": sys.executable, "TMPDIR": str(tmp_path), **env}
     proc = subprocess.run(
         ["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), str(out), "--dry-run"],
         cwd=tmp_path,
@@ -279,6 +279,12 @@ def test_gpu_suite_dry_run(tmp_path: Path) -> None:
     )
     log = (out / "suite.log").read_text() if (out / "suite.log").exists() else proc.stdout
     assert proc.returncode == 0, log[-6000:] + proc.stderr[-2000:]
+    return out, log
+
+
+@pytest.mark.slow
+def test_gpu_suite_dry_run(tmp_path: Path) -> None:
+    out, log = _dry_run_suite(tmp_path)
     for name in ("gpu_check", "mapping_loss", "pooled_similarity", "train_throughput", "train_throughput_ab"):
         rows = list(csv.DictReader((out / f"{name}.csv").open()))
         assert rows and all(r["device"] for r in rows), name
@@ -301,18 +307,7 @@ def test_gpu_suite_dry_run(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_gpu_suite_runs_the_ablation_gpu_preset_alone(tmp_path: Path) -> None:
-    out = tmp_path / "suite"
-    env = {**_env(), "PYTHON": sys.executable, "TMPDIR": str(tmp_path), "CLMAP_SUITE_ONLY": "ablation_gpu"}
-    proc = subprocess.run(
-        ["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), str(out), "--dry-run"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    log = (out / "suite.log").read_text() if (out / "suite.log").exists() else proc.stdout
-    assert proc.returncode == 0, log[-6000:] + proc.stderr[-2000:]
+    out, log = _dry_run_suite(tmp_path, CLMAP_SUITE_ONLY="ablation_gpu")
     assert "=== gpu_check: not selected" in log and "=== ablation_gpu: ok" in log
     meta = json.loads((out / "ablation" / "ablation_results.json").read_text())["meta"]
     assert meta["base"].endswith("base_gpu.toml") and meta["main_budget"] == 2
