@@ -50,18 +50,23 @@ def small_corpus(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def small_tokenizer(small_corpus, tmp_path_factory) -> Path:
-    from clmap.data.tokenizer import train_sentencepiece
-
+def corpus_texts(corpus: Path) -> list[str]:
+    """Every training text of a corpus folder: monolingual texts and both sides of each pair."""
     texts = []
-    for path in sorted(small_corpus.rglob("train.jsonl.gz")):
+    for path in sorted(corpus.rglob("train.jsonl.gz")):
         with gzip.open(path, "rt", encoding="utf-8") as f:
             for line in f:
                 record = json.loads(line)
                 texts += [record[k] for k in ("text", "src", "tgt") if k in record]
+    return texts
+
+
+@pytest.fixture(scope="session")
+def small_tokenizer(small_corpus, tmp_path_factory) -> Path:
+    from clmap.data.tokenizer import train_sentencepiece
+
     out = tmp_path_factory.mktemp("tokenizer")
-    train_sentencepiece(texts, out, LANGS, vocab_size=800)
+    train_sentencepiece(corpus_texts(small_corpus), out, LANGS, vocab_size=800)
     return out
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_train, tiny_overrides
+from conftest import corpus_texts, run_train, tiny_overrides
 
 from clmap import BUNDLED_CORPUS
 from clmap.data.examples import mapping_prompt, mapping_sequence, ntp_sequence
@@ -47,16 +47,6 @@ BYTE_PIECES = [f"<0x{b:02X}>" for b in range(256)]
 
 
 # -- tiny checkpoints, built offline ---------------------------------------------------------------
-def _corpus_texts(corpus: Path) -> list[str]:
-    texts = []
-    for path in sorted(corpus.rglob("train.jsonl.gz")):
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            for line in f:
-                record = json.loads(line)
-                texts += [record[k] for k in ("text", "src", "tgt") if k in record]
-    return texts
-
-
 def _train_bpe(texts, pre_tokenizer, *, normalizer=None, specials=(), byte_level=False, vocab_size=700):
     """(vocab, merges) of a BPE model trained on ``texts`` with the family's pre-tokenisation."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -181,7 +171,7 @@ def build_checkpoint(family: str, texts: list[str], out: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def family_texts(small_corpus) -> list[str]:
-    return _corpus_texts(small_corpus)
+    return corpus_texts(small_corpus)
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
