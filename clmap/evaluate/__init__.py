@@ -167,6 +167,13 @@ def evaluate(
             notes.append(note)
         return False
 
+    def sources_for(key: str, result: dict) -> tuple[list[DataSource], bool]:
+        """The data scored for ``key`` (``--data key=PATH`` or the bundled splits), recorded in the
+        report; and whether there are several (then every metric names its split)."""
+        sources = data_sources(data.get(key), splits)
+        result["data"][key] = ", ".join(s.label for s in sources)
+        return sources, len(sources) > 1
+
     def segments(a: str, b: str, source: DataSource, n: int | None = limit):
         return parallel_segments(a, b, split=source.split or "test", path=source.path, limit=n)
 
@@ -192,9 +199,7 @@ def evaluate(
         print(f"[clmap.evaluate] {task} ...", file=sys.stderr)
         result: dict = {"metrics": [], "notes": [], "details": {}, "data": {}}
         if task == "mt":
-            sources = data_sources(data.get("mt"), splits)
-            several = len(sources) > 1
-            result["data"]["mt"] = ", ".join(s.label for s in sources)
+            sources, several = sources_for("mt", result)
             shot_labels = []
             for src, tgt in directions:
                 key = f"{src}→{tgt}"
@@ -239,9 +244,7 @@ def evaluate(
             if any(tgt == "ja" for _, tgt in directions) and mt.bleu_tokenizer_for("ja") == "char":
                 result["notes"].append("ja BLEU uses character tokens (MeCab not installed)")
         elif task == "clnlu":
-            sources = data_sources(data.get("choice"), splits)
-            several = len(sources) > 1
-            result["data"]["choice"] = ", ".join(s.label for s in sources)
+            sources, several = sources_for("choice", result)
             shot_labels = []
             for src, tgt in directions:
                 key = f"{src}→{tgt} choice"
@@ -329,9 +332,7 @@ def evaluate(
                     result["metrics"].append(metric(key, label, scores[name], n=scores["n"]))
                 result["details"][key] = scores
         elif task == "ppl":
-            sources = data_sources(data.get("ppl"), splits)
-            several = len(sources) > 1
-            result["data"]["ppl"] = ", ".join(s.label for s in sources)
+            sources, several = sources_for("ppl", result)
             for lang in _languages(pair_list):
                 scored = []
                 for source in sources:
@@ -362,9 +363,7 @@ def evaluate(
                 "token PPL depends on the tokenizer; bits per UTF-8 byte compares across them"
             )
         elif task == "lac":
-            sources = data_sources(data.get("lac"), splits)
-            several = len(sources) > 1
-            result["data"]["lac"] = ", ".join(s.label for s in sources)
+            sources, several = sources_for("lac", result)
             for a, b in pair_list:
                 pair = f"{a}-{b}"
                 scored = []
