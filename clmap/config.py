@@ -1,9 +1,11 @@
 """The one configuration of a run: dataclasses, loaded from TOML and overridden from the command line.
 
 ``python -m clmap.train --config configs/tiny.toml --optim.lr=3e-4 --data.pairs=en-cs,cs-uk``.
-An unknown key or a value of the wrong type is an error that names the valid keys. Every field carries
-a one-line doc (``option(default, doc)``, kept in the field's metadata); ``python -m clmap.train --help``
-lists them all, generated from these dataclasses by ``config_help``.
+An unknown key or a value of the wrong type is an error that names the valid keys. Every field is
+declared once, by ``option(default, doc, range=..., resume=...)``: its type (the annotation), a one-line
+doc, its allowed range (checked at load by ``validate``) and how a resume treats a change of it (read by
+clmap/run_folder.py), all in the field's metadata; ``python -m clmap.train --help`` lists them, generated
+from these dataclasses by ``config_help``.
 """
 
 from __future__ import annotations
@@ -28,11 +30,37 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-def option(default, doc: str):
-    """A config field and its one-line doc (what it does, unit, range); ``--help`` prints the doc."""
-    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata={"doc": doc})
-    return field(default=default, metadata={"doc": doc})
+# How a resume treats a change of a field against the run folder's config.json (clmap/run_folder.py).
+SAFE = "safe"  # may differ (steps, logging, checkpoint cadence, evaluation, devices): applied and printed
+TRAINED = "trained"  # alters what is trained: refused unless listed in resume.allow_changes
+NOT_COMPARED = "not compared"  # where the folder lives and how this one command resumes
+RESUME_CLASSES = (SAFE, TRAINED, NOT_COMPARED)
+
+
+def option(default, doc: str, *, range: str | None = None, resume: str | None = None):
+    """A config field, declared once: its default, one-line doc (``--help`` prints it), allowed ``range``
+    in interval notation (``"[1, inf)"``, checked at load) and its ``resume`` class (SAFE, TRAINED or
+    NOT_COMPARED). A leaf field must name its resume class: when in doubt TRAINED, since a refused resume
+    can be allowed while a silent change cannot be seen. A section (a dataclass default) takes neither."""
+    section = dataclasses.is_dataclass(default)
+    if section and (range is not None or resume is not None):
+        raise TypeError("a config section takes no range or resume class")
+    if not section and resume not in RESUME_CLASSES:
+        raise TypeError(f"option({default!r}, {doc!r}): resume must be one of {RESUME_CLASSES}")
+    if range is not None:
+        _parse_interval(range)
+    metadata = {"doc": doc, "range": range, "resume": resume}
+    if isinstance(default, (list, dict)) or section:
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _parse_interval(interval: str) -> tuple[float, float]:
+    """``"[1, inf)"`` → ``(1.0, inf)``; a malformed range is a programming error, raised at import."""
+    if interval[:1] not in "[(" or interval[-1:] not in "])" or interval.count(",") != 1:
+        raise ValueError(f"range {interval!r} is not written like [lo, hi] or (lo, inf)")
+    lo, hi = (float(x) for x in interval[1:-1].split(","))
+    return lo, hi
 
 
 @dataclass
@@ -40,26 +68,55 @@ class ModelConfig:
     """A local Hugging Face causal LM (``path``) or a Llama-architecture model built from these fields."""
 
     path: str = option(
-        "", "local Hugging Face causal-LM folder to continue from; empty: build the model below"
+        "",
+        "local Hugging Face causal-LM folder to continue from; empty: build the model below",
+        resume=TRAINED,
     )
-    hidden_size: int = option(128, "width of the built model (ignored with model.path)")
-    intermediate_size: int = option(384, "MLP inner width of the built model")
-    num_layers: int = option(4, "decoder layers of the built model")
-    num_heads: int = option(4, "attention heads of the built model; must divide hidden_size")
-    num_kv_heads: int = option(2, "key/value heads (grouped-query attention); must divide num_heads")
-    max_position: int = option(2048, "longest sequence the built model supports, in tokens (≥ data.seq_len)")
-    rope_theta: float = option(10000.0, "RoPE base frequency of the built model")
-    tie_embeddings: bool = option(True, "share the input embedding and the output projection (built model)")
+    hidden_size: int = option(
+        128, "width of the built model (ignored with model.path)", range="[1, inf)", resume=TRAINED
+    )
+    intermediate_size: int = option(
+        384, "MLP inner width of the built model", range="[1, inf)", resume=TRAINED
+    )
+    num_layers: int = option(4, "decoder layers of the built model", range="[1, inf)", resume=TRAINED)
+    num_heads: int = option(
+        4, "attention heads of the built model; must divide hidden_size", range="[1, inf)", resume=TRAINED
+    )
+    num_kv_heads: int = option(
+        2,
+        "key/value heads (grouped-query attention); must divide num_heads",
+        range="[1, inf)",
+        resume=TRAINED,
+    )
+    max_position: int = option(
+        2048,
+        "longest sequence the built model supports, in tokens (≥ data.seq_len)",
+        range="[1, inf)",
+        resume=TRAINED,
+    )
+    rope_theta: float = option(
+        10000.0, "RoPE base frequency of the built model", range="(0, inf)", resume=TRAINED
+    )
+    tie_embeddings: bool = option(
+        True, "share the input embedding and the output projection (built model)", resume=TRAINED
+    )
+    # the same attention computed by another kernel
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = option(
-        "auto", "attention kernel; auto: flash_attention_2 if flash-attn is importable on CUDA, else sdpa"
+        "auto",
+        "attention kernel; auto: flash_attention_2 if flash-attn is importable on CUDA, else sdpa",
+        resume=SAFE,
     )
+    # how parameters are sharded; DCP reshards on load
     fsdp_wrap: list[str] = option(
         [],
         "module classes sharded as one FSDP unit each (LlamaDecoderLayer); empty: its _no_split_modules",
+        resume=SAFE,
     )
+    # what a new run starts from (a resume reads its own checkpoints)
     init_from: str = option(
         "",
         "run to start from: its weights (hf/ export, else last checkpoint) and tokenizer; fresh optimizer",
+        resume=TRAINED,
     )
 
 
@@ -67,16 +124,30 @@ class ModelConfig:
 class TokenizerConfig:
     """A local tokenizer folder (``path``) or one trained on the training corpus (``kind``)."""
 
-    path: str = option("", "local tokenizer folder; empty: model.path's tokenizer, else one trained here")
-    kind: Literal["sentencepiece", "bpe"] = option(
-        "sentencepiece", "tokenizer trained when none is given: SentencePiece (byte fallback), byte-level BPE"
+    path: str = option(
+        "", "local tokenizer folder; empty: model.path's tokenizer, else one trained here", resume=TRAINED
     )
-    vocab_size: int = option(8000, "vocabulary size of a trained tokenizer (special pieces included)")
+    kind: Literal["sentencepiece", "bpe"] = option(
+        "sentencepiece",
+        "tokenizer trained when none is given: SentencePiece (byte fallback), byte-level BPE",
+        resume=TRAINED,
+    )
+    vocab_size: int = option(
+        8000,
+        "vocabulary size of a trained tokenizer (special pieces included)",
+        range="[1, inf)",
+        resume=TRAINED,
+    )
     tag_format: str = option(
-        "", 'language tag, {lang} replaced; "": <2xx> special pieces (trained), "\\n[xx] " text (pretrained)'
+        "",
+        'language tag, {lang} replaced; "": <2xx> special pieces (trained), "\\n[xx] " text (pretrained)',
+        resume=TRAINED,
     )
     train_sentences: int = option(
-        200_000, "sentences sampled from the training corpus to train the tokenizer"
+        200_000,
+        "sentences sampled from the training corpus to train the tokenizer",
+        range="[1, inf)",
+        resume=TRAINED,
     )
 
 
@@ -84,58 +155,112 @@ class TokenizerConfig:
 class DataConfig:
     """Where text comes from and how samples are mixed, built into sequences and packed."""
 
-    corpus: str = option("bundled", 'a folder laid out like clmap/assets/corpus, or "bundled"')
-    languages: list[str] = option(["en", "cs", "zh", "ja", "uk"], "languages of the NTP streams (ISO codes)")
+    corpus: str = option(
+        "bundled", 'a folder laid out like clmap/assets/corpus, or "bundled"', resume=TRAINED
+    )
+    languages: list[str] = option(
+        ["en", "cs", "zh", "ja", "uk"], "languages of the NTP streams (ISO codes)", resume=TRAINED
+    )
     pairs: list[str] = option(
-        ["en-cs", "en-zh", "en-ja", "en-uk", "cs-uk", "zh-ja"], "language pairs a-b of the mapping task"
+        ["en-cs", "en-zh", "en-ja", "en-uk", "cs-uk", "zh-ja"],
+        "language pairs a-b of the mapping task",
+        resume=TRAINED,
     )
     mono_paths: dict[str, str] = option(
-        {}, "lang → file or folder that replaces the corpus' monolingual train"
+        {},
+        "lang → file or folder that replaces the corpus' monolingual train",
+        resume=TRAINED,
     )
     parallel_paths: dict[str, str] = option(
-        {}, '"a-b" → file or folder that replaces the corpus\' parallel train'
+        {},
+        '"a-b" → file or folder that replaces the corpus\' parallel train',
+        resume=TRAINED,
     )
-    seq_len: int = option(256, "tokens per training row")
-    packing: bool = option(True, "pack several samples into one row (false: one sample per row, padded)")
+    # shorter rows leave a pair (both directions in one row) ≤ 6 tokens a side
+    seq_len: int = option(256, "tokens per training row", range="[32, inf)", resume=TRAINED)
+    packing: bool = option(
+        True, "pack several samples into one row (false: one sample per row, padded)", resume=TRAINED
+    )
     temperature: float = option(
-        3.0, "source sampling p ∝ n^(1/T), T > 0: 1 proportional to size, larger flattens towards uniform"
+        3.0,
+        "source sampling p ∝ n^(1/T), T > 0: 1 proportional to size, larger flattens towards uniform",
+        range="(0, inf)",
+        resume=TRAINED,
     )
-    ntp_share: float = option(0.5, "share of samples drawn from the monolingual (NTP) streams, in [0, 1]")
+    ntp_share: float = option(
+        0.5,
+        "share of samples drawn from the monolingual (NTP) streams, in [0, 1]",
+        range="[0, 1]",
+        resume=TRAINED,
+    )
     cl_directions: Literal["both", "forward"] = option(
-        "both", "mapping directions: both (a→b and b→a) or forward (a→b only, the one-direction ablation)"
+        "both",
+        "mapping directions: both (a→b and b→a) or forward (a→b only, the one-direction ablation)",
+        resume=TRAINED,
     )
     parallel_as_text: bool = option(
-        False, "ablation: pairs as plain concatenated NTP text, no tags, no masking"
+        False,
+        "ablation: pairs as plain concatenated NTP text, no tags, no masking",
+        resume=TRAINED,
     )
     parallel_as_mono: bool = option(
-        False, "each side of a pair as its own NTP document in its language (no pairing, tags or masking)"
+        False,
+        "each side of a pair as its own NTP document in its language (no pairing, tags or masking)",
+        resume=TRAINED,
     )
-    max_segment_tokens: int = option(120, "each side of a pair is cut to this many tokens")
-    pack_window: int = option(256, "samples planned together by the packer")
-    dev_pairs: int = option(64, "dev records per language and per pair for the periodic dev loss and LAC")
+    max_segment_tokens: int = option(
+        120, "each side of a pair is cut to this many tokens", range="[1, inf)", resume=TRAINED
+    )
+    pack_window: int = option(256, "samples planned together by the packer", range="[1, inf)", resume=TRAINED)
+    # evaluation only
+    dev_pairs: int = option(
+        64,
+        "dev records per language and per pair for the periodic dev loss and LAC",
+        range="[1, inf)",
+        resume=SAFE,
+    )
 
 
 @dataclass
 class ObjectiveConfig:
     """L = L_NTP + λ_CL·L_CL + λ_map·L_map (docs/design.md, "The objective")."""
 
-    lambda_cl: float = option(1.0, "λ_CL, weight of the cross-lingual (translation) token loss, ≥ 0")
+    lambda_cl: float = option(
+        1.0,
+        "λ_CL, weight of the cross-lingual (translation) token loss, ≥ 0",
+        range="[0, inf)",
+        resume=TRAINED,
+    )
     lambda_map: float = option(
-        0.1, "λ_map, weight of the mapping loss between the pooled spans of a pair, ≥ 0"
+        0.1,
+        "λ_map, weight of the mapping loss between the pooled spans of a pair, ≥ 0",
+        range="[0, inf)",
+        resume=TRAINED,
     )
     map_layer: int = option(
-        -1, "hidden state mapped: 0 embeddings, i after decoder layer i, -1 the middle layer"
+        -1,
+        "hidden state mapped: 0 embeddings, i after decoder layer i, -1 the middle layer",
+        range="[-1, inf)",
+        resume=TRAINED,
     )
     map_loss: Literal["cosine", "infonce"] = option(
-        "cosine", "mapping loss: cosine (1 − cos per pair) or infonce (over the batch's pairs)"
+        "cosine",
+        "mapping loss: cosine (1 − cos per pair) or infonce (over the batch's pairs)",
+        resume=TRAINED,
     )
-    infonce_temperature: float = option(0.05, "softmax temperature of the infonce mapping loss, > 0")
+    infonce_temperature: float = option(
+        0.05, "softmax temperature of the infonce mapping loss, > 0", range="(0, inf)", resume=TRAINED
+    )
     z_loss: float = option(
-        0.0, "weight of the z-loss (squared log of the softmax normaliser) on every token loss; 0 off"
+        0.0,
+        "weight of the z-loss (squared log of the softmax normaliser) on every token loss; 0 off",
+        range="[0, inf)",
+        resume=TRAINED,
     )
     loss_accum_dtype: Literal["fp32", "bf16"] = option(
         "fp32",
         "fused loss: dtype of its logits chunks and weight-gradient sum; bf16 (bf16 compute) saves memory",
+        resume=TRAINED,
     )
 
 
@@ -143,51 +268,95 @@ class ObjectiveConfig:
 class OptimConfig:
     """AdamW with linear warm-up then cosine decay."""
 
-    lr: float = option(1e-3, "peak learning rate, reached after warmup_steps")
-    min_lr_ratio: float = option(0.1, "final learning rate as a fraction of lr, in [0, 1]")
-    warmup_steps: int = option(20, "optimizer steps of linear warm-up from lr/warmup_steps to lr")
-    weight_decay: float = option(
-        0.1, "AdamW decoupled weight decay on matrices and embeddings (none on norms and biases)"
+    lr: float = option(
+        1e-3, "peak learning rate, reached after warmup_steps", range="(0, inf)", resume=TRAINED
     )
-    beta1: float = option(0.9, "AdamW β1, in [0, 1)")
-    beta2: float = option(0.95, "AdamW β2, in [0, 1)")
-    eps: float = option(1e-8, "AdamW ε")
-    grad_clip: float = option(1.0, "clip the global gradient norm to this; 0 disables")
+    min_lr_ratio: float = option(
+        0.1, "final learning rate as a fraction of lr, in [0, 1]", range="[0, 1]", resume=TRAINED
+    )
+    warmup_steps: int = option(
+        20, "optimizer steps of linear warm-up from lr/warmup_steps to lr", range="[0, inf)", resume=TRAINED
+    )
+    weight_decay: float = option(
+        0.1,
+        "AdamW decoupled weight decay on matrices and embeddings (none on norms and biases)",
+        range="[0, inf)",
+        resume=TRAINED,
+    )
+    beta1: float = option(0.9, "AdamW β1, in [0, 1)", range="[0, 1)", resume=TRAINED)
+    beta2: float = option(0.95, "AdamW β2, in [0, 1)", range="[0, 1)", resume=TRAINED)
+    eps: float = option(1e-8, "AdamW ε", range="(0, inf)", resume=TRAINED)
+    grad_clip: float = option(
+        1.0, "clip the global gradient norm to this; 0 disables", range="[0, inf)", resume=TRAINED
+    )
 
 
 @dataclass
 class TrainConfig:
     """Steps, batch sizes, precision and the process group."""
 
-    steps: int = option(200, "optimizer steps of the whole run")
+    # a longer or shorter run: the cosine schedule then ends at the new last step
+    steps: int = option(200, "optimizer steps of the whole run", range="[1, inf)", resume=SAFE)
     global_batch: int = option(
-        16, "rows per optimizer step, all ranks together; a multiple of micro_batch × world size"
+        16,
+        "rows per optimizer step, all ranks together; a multiple of micro_batch × world size",
+        resume=TRAINED,
     )
-    micro_batch: int = option(8, "rows per forward on one rank (gradient accumulation fills global_batch)")
-    seed: int = option(0, "seed of the model initialisation, the data stream and the tokenizer sample")
-    device: Literal["auto", "cpu", "cuda"] = option("auto", "device; auto: cuda if available, else cpu")
+    # gradient accumulation only: the same step in other slices
+    micro_batch: int = option(
+        8, "rows per forward on one rank (gradient accumulation fills global_batch)", resume=SAFE
+    )
+    seed: int = option(
+        0,
+        "seed of the model initialisation, the data stream and the tokenizer sample",
+        range="[0, inf)",
+        resume=TRAINED,
+    )
+    device: Literal["auto", "cpu", "cuda"] = option(
+        "auto", "device; auto: cuda if available, else cpu", resume=SAFE
+    )
     mixed_precision: Literal["auto", "bf16", "fp32"] = option(
-        "auto", "compute precision (parameters stay fp32); auto: bf16 on CUDA, fp32 on CPU"
+        "auto",
+        "compute precision (parameters stay fp32); auto: bf16 on CUDA, fp32 on CPU",
+        resume=SAFE,
     )
-    activation_checkpointing: bool = option(False, "recompute each decoder layer's activations in backward")
+    activation_checkpointing: bool = option(
+        False, "recompute each decoder layer's activations in backward", resume=SAFE
+    )
     max_nonfinite_in_a_row: int = option(
-        5, "non-finite steps (skipped, not applied) tolerated in a row; checked at log and checkpoint steps"
+        5,
+        "non-finite steps (skipped, not applied) tolerated in a row; checked at log and checkpoint steps",
+        range="[0, inf)",
+        resume=SAFE,
     )
     backend: Literal["auto", "nccl", "gloo"] = option(
-        "auto", "torch.distributed backend; auto: nccl on CUDA, gloo on CPU"
+        "auto",
+        "torch.distributed backend; auto: nccl on CUDA, gloo on CPU",
+        resume=SAFE,
     )
+    # the same blocks, compiled or not
     compile: Literal["auto", "true", "false"] = option(
-        "auto", "torch.compile each decoder block; auto: on CUDA only (CPU compile time outweighs the gain)"
+        "auto",
+        "torch.compile each decoder block; auto: on CUDA only (CPU compile time outweighs the gain)",
+        resume=SAFE,
     )
     reshard_after_forward: Literal["auto", "true", "false"] = option(
         "auto",
         "FSDP2: free gathered block parameters after forward (re-gathered in backward); auto: ranks > 1",
+        resume=SAFE,
     )
     fsdp_prefetch: int = option(
-        0, "FSDP2: blocks whose all-gather is issued ahead, forward and backward; 0: FSDP2's implicit one"
+        0,
+        "FSDP2: blocks whose all-gather is issued ahead, forward and backward; 0: FSDP2's implicit one",
+        range="[0, inf)",
+        resume=SAFE,
     )
+    # how far ahead rows are prepared, not which rows
     prefetch_steps: int = option(
-        2, "steps of data a background thread prepares ahead (rows drawn, collated, pinned), ≥ 1"
+        2,
+        "steps of data a background thread prepares ahead (rows drawn, collated, pinned), ≥ 1",
+        range="[1, inf)",
+        resume=SAFE,
     )
 
 
@@ -195,12 +364,23 @@ class TrainConfig:
 class CheckpointConfig:
     """Distributed checkpoints in run_dir/checkpoints and the final Hugging Face export."""
 
-    every: int = option(100, "save a checkpoint every this many steps (and always at the last step)")
-    keep: int = option(2, "newest complete checkpoints kept; older ones are deleted")
-    resume: bool = option(
-        True, "continue from run_dir's newest usable checkpoint; false: step 0, old ones moved to replaced-*/"
+    every: int = option(
+        100,
+        "save a checkpoint every this many steps (and always at the last step)",
+        range="[1, inf)",
+        resume=SAFE,
     )
-    export_hf: bool = option(True, "at the end, write a Hugging Face model and tokenizer to run_dir/hf")
+    keep: int = option(
+        2, "newest complete checkpoints kept; older ones are deleted", range="[1, inf)", resume=SAFE
+    )
+    resume: bool = option(
+        True,
+        "continue from run_dir's newest usable checkpoint; false: step 0, old ones moved to replaced-*/",
+        resume=NOT_COMPARED,
+    )
+    export_hf: bool = option(
+        True, "at the end, write a Hugging Face model and tokenizer to run_dir/hf", resume=SAFE
+    )
 
 
 @dataclass
@@ -208,7 +388,9 @@ class ResumeConfig:
     """What a resumed run may change against the run folder's config.json (the contract of the run)."""
 
     allow_changes: list[str] = option(
-        [], "fields (section.key or a whole section) a resume may change although they alter what is trained"
+        [],
+        "fields (section.key or a whole section) a resume may change although they alter what is trained",
+        resume=NOT_COMPARED,
     )
 
 
@@ -219,27 +401,39 @@ class MetricsConfig:
     log_every: int = option(
         1,
         "log metrics (means over the steps since the last line) every this many steps; only these sync",
+        range="[1, inf)",
+        resume=SAFE,
     )
-    tensorboard: bool = option(True, "also write TensorBoard event files to run_dir/tensorboard")
-    eval_every: int = option(100, "dev loss per task + LAC on a small dev set every this many steps; 0 off")
-    progress: bool = option(True, "show a progress bar on rank 0")
+    tensorboard: bool = option(True, "also write TensorBoard event files to run_dir/tensorboard", resume=SAFE)
+    eval_every: int = option(
+        100,
+        "dev loss per task + LAC on a small dev set every this many steps; 0 off",
+        range="[0, inf)",
+        resume=SAFE,
+    )
+    progress: bool = option(True, "show a progress bar on rank 0", resume=SAFE)
 
 
 @dataclass
 class ProfileConfig:
     """A torch.profiler trace over a few steps, written to run_dir/profile."""
 
-    enabled: bool = option(False, "trace the first wait + warmup + active steps (also: --profile)")
-    wait: int = option(1, "steps skipped before the profiler warms up")
-    warmup: int = option(1, "steps the profiler runs without recording")
-    active: int = option(3, "steps recorded in the trace")
+    enabled: bool = option(
+        False, "trace the first wait + warmup + active steps (also: --profile)", resume=SAFE
+    )
+    wait: int = option(1, "steps skipped before the profiler warms up", range="[0, inf)", resume=SAFE)
+    warmup: int = option(1, "steps the profiler runs without recording", range="[0, inf)", resume=SAFE)
+    active: int = option(3, "steps recorded in the trace", range="[1, inf)", resume=SAFE)
 
 
 @dataclass
 class Config:
     """Everything about one run; each section is a ``[table]`` of the TOML file."""
 
-    run_dir: str = option("runs/tiny", "folder of the run: config, metrics, checkpoints, tokenizer, export")
+    # a copied or moved run folder resumes where it now is
+    run_dir: str = option(
+        "runs/tiny", "folder of the run: config, metrics, checkpoints, tokenizer, export", resume=NOT_COMPARED
+    )
     model: ModelConfig = option(ModelConfig(), "the model")
     tokenizer: TokenizerConfig = option(TokenizerConfig(), "the tokenizer")
     data: DataConfig = option(DataConfig(), "corpus, sampling and packing")
@@ -371,54 +565,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config
 
 
-# Allowed range of every numeric field that has one, in interval notation (checked at load time).
-RANGES: dict[str, str] = {
-    "model.hidden_size": "[1, inf)",
-    "model.intermediate_size": "[1, inf)",
-    "model.num_layers": "[1, inf)",
-    "model.num_heads": "[1, inf)",
-    "model.num_kv_heads": "[1, inf)",
-    "model.max_position": "[1, inf)",
-    "model.rope_theta": "(0, inf)",
-    "tokenizer.vocab_size": "[1, inf)",
-    "tokenizer.train_sentences": "[1, inf)",
-    "data.seq_len": "[32, inf)",  # shorter rows leave a pair (both directions in one row) ≤ 6 tokens a side
-    "data.temperature": "(0, inf)",
-    "data.ntp_share": "[0, 1]",
-    "data.max_segment_tokens": "[1, inf)",
-    "data.pack_window": "[1, inf)",
-    "data.dev_pairs": "[1, inf)",
-    "objective.lambda_cl": "[0, inf)",
-    "objective.lambda_map": "[0, inf)",
-    "objective.map_layer": "[-1, inf)",
-    "objective.infonce_temperature": "(0, inf)",
-    "objective.z_loss": "[0, inf)",
-    "optim.lr": "(0, inf)",
-    "optim.min_lr_ratio": "[0, 1]",
-    "optim.warmup_steps": "[0, inf)",
-    "optim.weight_decay": "[0, inf)",
-    "optim.beta1": "[0, 1)",
-    "optim.beta2": "[0, 1)",
-    "optim.eps": "(0, inf)",
-    "optim.grad_clip": "[0, inf)",
-    "train.steps": "[1, inf)",
-    "train.seed": "[0, inf)",
-    "train.max_nonfinite_in_a_row": "[0, inf)",
-    "train.prefetch_steps": "[1, inf)",
-    "train.fsdp_prefetch": "[0, inf)",
-    "checkpoint.every": "[1, inf)",
-    "checkpoint.keep": "[1, inf)",
-    "metrics.log_every": "[1, inf)",
-    "metrics.eval_every": "[0, inf)",
-    "profile.wait": "[0, inf)",
-    "profile.warmup": "[0, inf)",
-    "profile.active": "[1, inf)",
-}
-
-
 def in_range(value: float, interval: str) -> bool:
     """``value`` lies in ``interval``, written ``[lo, hi]``, ``(lo, inf)``, ...; NaN never does."""
-    lo, hi = (float(x) for x in interval[1:-1].split(","))
+    lo, hi = _parse_interval(interval)
     above = value >= lo if interval[0] == "[" else value > lo
     below = value <= hi if interval[-1] == "]" else value < hi
     return above and below and not math.isnan(value)
@@ -434,22 +583,27 @@ def get_field(config: Config, key: str):
 
 def field_keys(obj=None, prefix: str = "") -> list[str]:
     """Every leaf field as ``section.key`` (``run_dir`` for top-level ones), in declaration order."""
+    return list(field_metadata(obj, prefix))
+
+
+def field_metadata(obj=None, prefix: str = "") -> dict[str, dict]:
+    """Every leaf field's ``option`` metadata (doc, range, resume) by ``section.key``, in order."""
     obj = Config() if obj is None else obj
-    keys = []
+    found = {}
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
-            keys += field_keys(value, f"{prefix}{f.name}.")
+            found.update(field_metadata(value, f"{prefix}{f.name}."))
         else:
-            keys.append(f"{prefix}{f.name}")
-    return keys
+            found[f"{prefix}{f.name}"] = dict(f.metadata)
+    return found
 
 
 def validate(config: Config) -> None:
     """Ranges and cross-field checks that a type alone cannot express (choices are checked by ``_coerce``)."""
-    for key, interval in RANGES.items():
-        value = get_field(config, key)
-        if not in_range(value, interval):
+    for key, meta in field_metadata(config).items():
+        interval, value = meta["range"], get_field(config, key)
+        if interval is not None and not in_range(value, interval):
             raise ConfigError(f"{key}: {value} is outside the allowed range {interval}")
     for pair in config.data.pairs:
         a, _, b = pair.partition("-")
@@ -530,7 +684,8 @@ def _shown(value) -> str:
 
 
 def config_help() -> str:
-    """Every ``--section.key`` with its type, default and doc, one block per section (for ``--help``)."""
+    """Every ``--section.key`` with its type, default, range, resume class and doc, one block per section
+    (for ``--help``)."""
     lines = []
 
     def describe(obj, prefix: str) -> None:
@@ -541,7 +696,11 @@ def config_help() -> str:
                 lines.extend(["", f"[{f.name}] {f.metadata.get('doc', '')}"])
                 describe(value, f"{prefix}{f.name}.")
             else:
-                lines.append(f"  --{prefix}{f.name}  {_type_name(hints[f.name])}, default {_shown(value)}")
+                where = f", range {f.metadata['range']}" if f.metadata.get("range") else ""
+                lines.append(
+                    f"  --{prefix}{f.name}  {_type_name(hints[f.name])}, default {_shown(value)}{where}"
+                    f"; on resume: {f.metadata['resume']}"
+                )
                 lines.append(f"      {f.metadata.get('doc', '(no doc)')}")
 
     describe(Config(), "")

@@ -9,7 +9,7 @@ them running, still holding the lock: the message says so (``stop_with_launcher`
 save a checkpoint and exit).
 
 **Config drift.** ``run_dir/config.json`` records what the checkpoints were trained with. Resuming
-compares every field against it, by its class in ``RESUME_RULES``:
+compares every field against it, by the resume class its ``option(...)`` declares (clmap/config.py):
 
 * ``SAFE``: may differ (steps, logging, checkpoint cadence, evaluation, devices): applied and printed.
 * ``TRAINED``: alters what is trained (model shape, tokenizer, data mixture and stream, objective
@@ -36,92 +36,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clmap.cli import UserError
-from clmap.config import Config, field_keys, get_field
+from clmap.config import NOT_COMPARED, SAFE, TRAINED, Config, field_metadata, get_field
 
 LOCK_FILE = "train.lock"
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
-
-SAFE, TRAINED, NOT_COMPARED = "safe", "trained", "not compared"
-
-# Every config field, classified (tests/test_faults.py checks that none is missing: a new field must be
-# classified here). When in doubt, TRAINED: a refused resume can be allowed, a silent change cannot be seen.
-RESUME_RULES: dict[str, str] = {
-    "run_dir": NOT_COMPARED,  # a copied or moved run folder resumes where it now is
-    "model.path": TRAINED,
-    "model.hidden_size": TRAINED,
-    "model.intermediate_size": TRAINED,
-    "model.num_layers": TRAINED,
-    "model.num_heads": TRAINED,
-    "model.num_kv_heads": TRAINED,
-    "model.max_position": TRAINED,
-    "model.rope_theta": TRAINED,
-    "model.tie_embeddings": TRAINED,
-    "model.attn_implementation": SAFE,  # the same attention computed by another kernel
-    "model.fsdp_wrap": SAFE,  # how parameters are sharded; DCP reshards on load
-    "model.init_from": TRAINED,  # what a new run starts from (a resume reads its own checkpoints)
-    "tokenizer.path": TRAINED,
-    "tokenizer.vocab_size": TRAINED,
-    "tokenizer.tag_format": TRAINED,
-    "tokenizer.train_sentences": TRAINED,
-    "tokenizer.kind": TRAINED,
-    "data.corpus": TRAINED,
-    "data.languages": TRAINED,
-    "data.pairs": TRAINED,
-    "data.mono_paths": TRAINED,
-    "data.parallel_paths": TRAINED,
-    "data.seq_len": TRAINED,
-    "data.packing": TRAINED,
-    "data.temperature": TRAINED,
-    "data.ntp_share": TRAINED,
-    "data.cl_directions": TRAINED,
-    "data.parallel_as_text": TRAINED,
-    "data.parallel_as_mono": TRAINED,
-    "data.max_segment_tokens": TRAINED,
-    "data.pack_window": TRAINED,
-    "data.dev_pairs": SAFE,  # evaluation only
-    "objective.lambda_cl": TRAINED,
-    "objective.lambda_map": TRAINED,
-    "objective.map_layer": TRAINED,
-    "objective.map_loss": TRAINED,
-    "objective.infonce_temperature": TRAINED,
-    "objective.z_loss": TRAINED,
-    "objective.loss_accum_dtype": TRAINED,
-    "optim.lr": TRAINED,
-    "optim.min_lr_ratio": TRAINED,
-    "optim.warmup_steps": TRAINED,
-    "optim.weight_decay": TRAINED,
-    "optim.beta1": TRAINED,
-    "optim.beta2": TRAINED,
-    "optim.eps": TRAINED,
-    "optim.grad_clip": TRAINED,
-    "train.steps": SAFE,  # a longer or shorter run: the cosine schedule then ends at the new last step
-    "train.global_batch": TRAINED,
-    "train.micro_batch": SAFE,  # gradient accumulation only: the same step in other slices
-    "train.seed": TRAINED,
-    "train.device": SAFE,
-    "train.mixed_precision": SAFE,
-    "train.activation_checkpointing": SAFE,
-    "train.max_nonfinite_in_a_row": SAFE,
-    "train.backend": SAFE,
-    "train.compile": SAFE,  # the same blocks, compiled or not
-    "train.reshard_after_forward": SAFE,
-    "train.fsdp_prefetch": SAFE,
-    "train.prefetch_steps": SAFE,  # how far ahead rows are prepared, not which rows
-    "checkpoint.every": SAFE,
-    "checkpoint.keep": SAFE,
-    "checkpoint.resume": NOT_COMPARED,
-    "checkpoint.export_hf": SAFE,
-    "resume.allow_changes": NOT_COMPARED,
-    "metrics.log_every": SAFE,
-    "metrics.tensorboard": SAFE,
-    "metrics.eval_every": SAFE,
-    "metrics.progress": SAFE,
-    "profile.enabled": SAFE,
-    "profile.wait": SAFE,
-    "profile.warmup": SAFE,
-    "profile.active": SAFE,
-}
 
 
 class RunFolderError(UserError):
@@ -259,11 +178,11 @@ def _allowed(key: str, allow: list[str]) -> bool:
 
 
 def config_changes(saved: dict, cfg: Config) -> list[FieldChange]:
-    """Every compared field that differs from the saved config (an unclassified one counts as TRAINED)."""
+    """Every compared field that differs from the saved config."""
     defaults = Config()
     changes = []
-    for key in field_keys():
-        rule = RESUME_RULES.get(key, TRAINED)
+    for key, meta in field_metadata().items():
+        rule = meta["resume"]
         if rule == NOT_COMPARED:
             continue
         old, new = _saved_value(saved, key, get_field(defaults, key)), get_field(cfg, key)

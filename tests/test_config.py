@@ -40,10 +40,10 @@ def test_help_lists_every_field_with_type_default_and_doc(capsys):
         entry = next((i for i, line in enumerate(lines) if line.startswith(f"--{key}  ")), None)
         assert entry is not None, f"--help does not list --{key}"
         assert lines[entry + 1] == f.metadata.get("doc"), key
-    assert "--train.device  {auto,cpu,cuda}, default 'auto'" in lines
-    assert "--data.pairs  list[str], default en-cs,en-zh,en-ja,en-uk,cs-uk,zh-ja" in lines
-    assert "--checkpoint.resume  bool, default true" in lines
-    assert "--optim.lr  float, default 0.001" in lines
+    assert "--train.device  {auto,cpu,cuda}, default 'auto'; on resume: safe" in lines
+    assert "--data.pairs  list[str], default en-cs,en-zh,en-ja,en-uk,cs-uk,zh-ja; on resume: trained" in lines
+    assert "--checkpoint.resume  bool, default true; on resume: not compared" in lines
+    assert "--optim.lr  float, default 0.001, range (0, inf); on resume: trained" in lines
 
 
 def test_overrides_through_the_command_line_still_name_the_valid_keys():

@@ -22,11 +22,11 @@ from conftest import REPO, child_env, tiny_overrides
 
 from clmap.checkpoint import MANIFEST, Checkpointer
 from clmap.cli import run_main
-from clmap.config import Config, ConfigError, field_keys, load_config
+from clmap.config import NOT_COMPARED, SAFE, TRAINED, Config, ConfigError, field_metadata, load_config, option
 from clmap.data.readers import DataError, read_monolingual, read_parallel
 from clmap.launch import train_command
 from clmap.metrics import read_metrics
-from clmap.run_folder import HISTORY_FILE, LOCK_FILE, RESUME_RULES, RunFolderInUse, RunLock, config_changes
+from clmap.run_folder import HISTORY_FILE, LOCK_FILE, RunFolderInUse, RunLock, config_changes
 
 LOSS_KEYS = ["loss/total", "loss/ntp", "loss/cl_forward", "loss/cl_backward", "loss/map"]
 STEPS = 6
@@ -79,7 +79,11 @@ def _error_line(proc: subprocess.CompletedProcess) -> str:
 
 # -- 1, 2, 9: config drift on resume ----------------------------------------------------------------------
 def test_every_config_field_is_classified_for_resume():
-    assert set(RESUME_RULES) == set(field_keys()), "classify each new config field in RESUME_RULES"
+    assert {meta["resume"] for meta in field_metadata().values()} <= {SAFE, TRAINED, NOT_COMPARED}
+    assert field_metadata()["train.steps"]["resume"] == SAFE
+    assert field_metadata()["optim.lr"]["resume"] == TRAINED
+    with pytest.raises(TypeError, match="resume must be one of"):
+        option(1, "a field declared without its resume class")
 
 
 def test_changed_model_shape_or_lr_is_refused_and_config_json_kept(copy):
