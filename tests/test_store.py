@@ -342,3 +342,48 @@ def test_changed_store_is_refused_on_resume(stores, small_tokenizer, tmp_path):
         StoreError, match=r"changed since: uk \(.*mono/uk: fingerprint [0-9a-f]+ -> [0-9a-f]+\)"
     ):
         train_data(moved, run_dir, dist_info, resuming=True)
+
+
+def test_two_process_run_from_stores_resumes_on_the_curve_of_the_texts(
+    stores, small_corpus, small_tokenizer, tmp_path
+):
+    """One run from the texts (1 process, 6 steps) is the reference; a run from the stores stops after 3 steps
+    (1 process) and resumes to 6 under 2 processes, each reading its own rows: every step's losses are the
+    reference's (same rows, exact resume)."""
+    from conftest import run_train
+
+    from clmap.metrics import read_metrics
+
+    _, store_cfg, _ = stores
+    flat_lr = {
+        "optim.min_lr_ratio": 1.0,
+        "checkpoint.every": 3,
+        "metrics.eval_every": 0,
+    }  # lr free of train.steps
+    reference = run_train(
+        tiny_overrides(small_corpus, small_tokenizer, tmp_path / "texts", **flat_lr), nproc=1
+    )
+    assert "data mixture" in reference.stdout
+    run = tmp_path / "stores"
+    args = {**flat_lr, "data.store": store_cfg.data.store}
+    first = run_train(
+        tiny_overrides(small_corpus, small_tokenizer, run, **args, **{"train.steps": 3}), nproc=2
+    )
+    assert "ntp:en" in first.stdout and (run / "data_index").is_dir()
+    resumed = run_train(tiny_overrides(small_corpus, small_tokenizer, run, **args), nproc=2)
+    assert "resumed from" in resumed.stdout
+    keys = [
+        "loss/total",
+        "loss/ntp",
+        "loss/cl_forward",
+        "loss/cl_backward",
+        "loss/map",
+        "mix/en",
+        "mix/en-cs",
+    ]
+    want = {r["step"]: r for r in read_metrics(tmp_path / "texts" / "metrics.jsonl")}
+    got = {r["step"]: r for r in read_metrics(run / "metrics.jsonl")}
+    assert sorted(got) == sorted(want) == list(range(1, 7))
+    for step in want:
+        for key in keys:
+            assert got[step][key] == pytest.approx(want[step][key], rel=2e-4, abs=1e-5), (step, key)
