@@ -82,7 +82,10 @@ def _files(folder) -> dict[str, bytes]:
 
 def test_mono_store_round_trip_and_shards(corpus, tmp_path):
     tok = corpus["tok"]
-    out = build_store(corpus["tok_dir"], [corpus["mono"]], "mono", tmp_path / "s", shard_tokens=1000)
+    # blocks of 50 records: a shard is filled by several blocks, and a block spans shards
+    out = build_store(
+        corpus["tok_dir"], [corpus["mono"]], "mono", tmp_path / "s", shard_tokens=1000, batch_size=50
+    )
     store = TokenStore(out, tokenizer=tok)
     ds = read_monolingual(corpus["mono"])
     assert len(store) == len(ds) == 360
