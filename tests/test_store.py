@@ -29,6 +29,7 @@ from clmap.data.store import (
     build_config_stores,
     build_store,
     main,
+    repeat_store,
 )
 from clmap.data.tokenizer import load_tokenizer, train_sentencepiece
 from clmap.parallel import DistInfo
@@ -106,6 +107,14 @@ def test_mono_store_round_trip_and_shards(corpus, tmp_path):
     assert pickle.loads(pickle.dumps(store))[5].tolist() == expected[5]
     with pytest.raises(IndexError):
         store[len(store)]
+    tripled = TokenStore(repeat_store(out, tmp_path / "x3", 3), tokenizer=tok)  # the benchmarks' 100x
+    assert (
+        len(tripled) == 3 * len(store)
+        and tripled.meta["counts"]["zh"]["tokens"] == 3 * meta["counts"]["zh"]["tokens"]
+    )
+    assert all(
+        tripled[i + r * len(store)].tolist() == expected[i] for r in range(3) for i in range(0, 360, 7)
+    )
 
 
 def test_parallel_store_and_num_proc(corpus, tmp_path):

@@ -48,7 +48,7 @@ from clmap.cli import UserError, add_debug_flag, run_main
 from clmap.data.readers import read_monolingual, read_parallel
 from clmap.data.tokenizer import ClmapTokenizer, load_tokenizer
 
-__all__ = ["build_store", "TokenStore", "StoreError", "tokenizer_fingerprint", "main"]
+__all__ = ["build_store", "repeat_store", "TokenStore", "StoreError", "tokenizer_fingerprint", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -323,7 +323,6 @@ def build_store(
 def _finish_store(out, kind, tok_path, tok, fingerprint, dtype, progress, sources, shard_tokens) -> None:
     """Assemble the per-shard records into index/*.npy, then write store.json (last)."""
     parts = [np.load(out / BUILD_DIR / f"shard-{i:05d}.npz") for i in range(len(progress["shards"]))]
-    (out / INDEX_DIR).mkdir(exist_ok=True)
     index: dict[str, np.ndarray] = {}
     fields = parts[0].files if parts else []
     dtypes = {"length": np.int32, "offset": np.int64, "lang": np.uint16}
@@ -332,44 +331,48 @@ def _finish_store(out, kind, tok_path, tok, fingerprint, dtype, progress, source
         index[field] = np.concatenate([p[field] for p in parts]).astype(dtypes[kind_of])
     counts_in_shard = [s["records"] for s in progress["shards"]]
     index["shard"] = np.repeat(np.arange(len(counts_in_shard), dtype=np.uint32), counts_in_shard)
+    tokenizer = {"path": tok_path, "kind": tok.kind, "vocab_size": tok.vocab_size, "fingerprint": fingerprint}
+    shards = [{**s, "bytes": int(s["tokens"]) * dtype.itemsize} for s in progress["shards"]]
+    head = {"kind": kind, "tokenizer": tokenizer, "dtype": dtype.name, "shard_tokens": shard_tokens}
+    _write_store(out, head, index, shards, progress["languages"], sources)
+    shutil.rmtree(out / BUILD_DIR)
+
+
+def _write_store(out: Path, head: dict, index: dict, shards: list, languages: list, sources: list) -> None:
+    """index/*.npy, then store.json (last): counts per language/pair and the store's fingerprint (the
+    tokenizer's and every record's place and length)."""
+    (out / INDEX_DIR).mkdir(exist_ok=True)
     for field, values in index.items():
         np.save(out / INDEX_DIR / f"{field}.npy", values)
-    n = int(progress["records"])
-    languages = progress["languages"]
+    kind = head["kind"]
+    n = len(index["shard"])
     total = (
         index["length"].astype(np.int64)
         if kind == "mono"
         else (index["src_length"].astype(np.int64) + index["tgt_length"])
     )
-    if kind == "mono":
-        keys = np.asarray(languages, dtype=object)[index["lang"]] if n else np.zeros(0, object)
+    names = np.asarray(languages, dtype=object)
+    if not n:
+        keys = np.zeros(0, object)
+    elif kind == "mono":
+        keys = names[index["lang"]]
     else:
-        names = np.asarray(languages, dtype=object)
-        keys = names[index["src_lang"]] + "-" + names[index["tgt_lang"]] if n else np.zeros(0, object)
+        keys = names[index["src_lang"]] + "-" + names[index["tgt_lang"]]
     counts = {}
     for key in sorted(set(keys.tolist())):
         mask = keys == key
         counts[key] = {"records": int(mask.sum()), "tokens": int(total[mask].sum())}
-    digest = hashlib.sha256(fingerprint.encode())
+    digest = hashlib.sha256(head["tokenizer"]["fingerprint"].encode())
     for field in sorted(index):
         digest.update(field.encode())
         digest.update(np.ascontiguousarray(index[field]).tobytes())
-    shards = [{**s, "bytes": int(s["tokens"]) * dtype.itemsize} for s in progress["shards"]]
     meta = {
         "format": FORMAT,
         "version": VERSION,
-        "kind": kind,
-        "tokenizer": {
-            "path": tok_path,
-            "kind": tok.kind,
-            "vocab_size": tok.vocab_size,
-            "fingerprint": fingerprint,
-        },
+        **head,
         "fingerprint": digest.hexdigest()[:16],
-        "dtype": dtype.name,
         "num_records": n,
         "num_tokens": int(sum(s["tokens"] for s in shards)),
-        "shard_tokens": shard_tokens,
         "shards": shards,
         "languages": languages,
         "counts": counts,
@@ -377,8 +380,41 @@ def _finish_store(out, kind, tok_path, tok, fingerprint, dtype, progress, source
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     _write_json(out / STORE_FILE, meta)
-    shutil.rmtree(out / BUILD_DIR)
     logger.info("%s: %d records, %d tokens in %d shard(s)", out, n, meta["num_tokens"], len(shards))
+
+
+def repeat_store(source: str | Path, out: str | Path, times: int) -> Path:
+    """A store of ``source``'s records repeated ``times`` times, in order (scale benchmarks): what a build
+    of the corpus written out ``times`` times would hold, made by hard-linking the shards (copying where
+    links are not possible) instead of tokenising again."""
+    if times < 1:
+        raise StoreError(f"times={times}; expected at least 1")
+    src = TokenStore(source)
+    out = Path(out)
+    if out.exists():
+        raise StoreError(f"{out}: exists; repeat_store writes a new folder")
+    out.mkdir(parents=True)
+    shards = []
+    for r in range(times):
+        for i, shard in enumerate(src.meta["shards"]):
+            j = r * len(src.meta["shards"]) + i
+            target = out / _shard_name(j)
+            try:
+                os.link(src.directory / shard["file"], target)
+            except OSError:
+                shutil.copyfile(src.directory / shard["file"], target)
+            shards.append({**shard, "file": _shard_name(j)})
+    index = {}
+    for field, values in src.index.items():
+        tiled = np.tile(np.asarray(values), times)
+        if field == "shard":
+            step = np.repeat(np.arange(times, dtype=np.uint32) * len(src.meta["shards"]), len(values))
+            tiled = (tiled + step).astype(np.uint32)
+        index[field] = tiled
+    head = {k: src.meta[k] for k in ("kind", "tokenizer", "dtype", "shard_tokens")}
+    sources = [{**s, "repeated": times} for s in src.meta.get("sources", [])]
+    _write_store(out, head, index, shards, src.languages, sources)
+    return out
 
 
 class TokenStore:
