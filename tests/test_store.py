@@ -26,7 +26,6 @@ from clmap.data.store import (
     STORE_FILE,
     StoreError,
     TokenStore,
-    build_config_stores,
     build_store,
     main,
     repeat_store,
@@ -221,7 +220,8 @@ def stores(small_corpus, small_tokenizer, tmp_path_factory):
     root = tmp_path_factory.mktemp("stores")
     overrides = tiny_overrides(small_corpus, small_tokenizer, root / "run")
     cfg = load_config(None, overrides)
-    build_config_stores(cfg, root / "s", shard_tokens=3000)
+    argv = ["build", "--config", str(REPO / "configs" / "tiny.toml"), "--out", str(root / "s")]
+    assert main([*argv, "--shard-tokens", "3000", *overrides]) == 0  # the config's corpus and tokenizer
     store_cfg = load_config(None, [*overrides, f"--data.store={root / 's'}"])
     return cfg, store_cfg, root
 
@@ -399,3 +399,20 @@ def test_two_process_run_from_stores_resumes_on_the_curve_of_the_texts(
     for step in want:
         for key in keys:
             assert got[step][key] == pytest.approx(want[step][key], rel=2e-4, abs=1e-5), (step, key)
+
+
+def test_tokenizer_sample_is_bounded_seeded_and_read_lazily(stores):
+    """The tokenizer's sample: ``n`` texts, the first ``n`` of a seeded permutation of all texts end to end
+    (what the trainer has always drawn), the same from in-memory lists and from lazy dataset columns."""
+    from clmap.data.pipeline import corpus_columns, sample_texts
+
+    cfg, _, _ = stores
+    lazy = corpus_columns(cfg)
+    mono, parallel = load_texts(cfg, "train")
+    lists = [*mono.values(), *(side for sides in parallel.values() for side in sides)]
+    assert [len(c) for c in lazy] == [len(c) for c in lists]
+    flat = [t for column in lists for t in column]
+    expected = [flat[i] for i in np.random.default_rng(5).permutation(len(flat))[:200]]
+    assert sample_texts(lists, 200, 5) == expected
+    assert sample_texts(lazy, 200, 5) == expected
+    assert sample_texts(lazy, 200, 6) != expected and len(sample_texts(lists, 10**6, 5)) == len(flat)

@@ -97,6 +97,11 @@ def _tokenizer(path: str) -> ClmapTokenizer:
     return _TOKENIZERS[path]
 
 
+def _pool(procs: int):
+    """Tokenising processes (spawned: a forked tokenizer backend may deadlock)."""
+    return multiprocessing.get_context("spawn").Pool(procs)
+
+
 def _encode_block(tokenizer_path: str, columns: list[list[str]]) -> list[tuple[np.ndarray, np.ndarray]]:
     """(lengths, flat ids) of each column of a block of records (runs in a pool worker)."""
     tok = _tokenizer(tokenizer_path)
@@ -231,12 +236,15 @@ def build_store(
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
     overwrite: bool = False,
     batch_size: int = 1000,
+    pool: Any = None,
     **reader_kwargs: Any,
 ) -> Path:
     """Tokenise ``inputs`` (read with the mono/parallel reader, ``reader_kwargs`` passed on) into a store.
 
     Blocks of ``batch_size`` records are tokenised by ``num_proc`` processes (in order) and written by
-    this one; an unfinished build of the same inputs and tokenizer in ``out`` is continued."""
+    this one (``pool``: a pool of ``num_proc`` processes to use instead of starting one, so a series of
+    builds pays the processes' start-up once); an unfinished build of the same inputs and tokenizer in
+    ``out`` is continued."""
     if kind not in ("mono", "parallel"):
         raise StoreError(f"kind={kind!r}; expected 'mono' or 'parallel'")
     if shard_tokens < 1:
@@ -288,7 +296,9 @@ def build_store(
     n, start = len(ds), progress["records"]
     blocks = range(start, n, batch_size)
     procs = num_proc or 1
-    pool = multiprocessing.get_context("spawn").Pool(procs) if procs > 1 else None
+    own_pool = pool is None and procs > 1
+    if own_pool:
+        pool = _pool(procs)
     pending: deque = deque()
 
     def submit(b: int):
@@ -313,7 +323,7 @@ def build_store(
                 if b is not None:
                     pending.append(submit(b))
     finally:
-        if pool is not None:
+        if own_pool:
             pool.terminate()
     writer.finish()
     _finish_store(out, kind, tok_path, tok, fingerprint, dtype, progress, sources, shard_tokens)
@@ -729,15 +739,29 @@ def build_config_stores(
         ("parallel", pair, path, {"src_lang": pair.split("-")[0], "tgt_lang": pair.split("-")[1]})
         for pair, path in parallel.items()
     ]
-    for kind, name, path, kwargs in jobs:
-        folder = store_folder(out, kind, name)
-        if (folder / STORE_FILE).is_file():
-            TokenStore(folder, tokenizer=_tokenizer(str(tok_dir.resolve())))  # complete and consistent
-            print(f"{folder}: done", flush=True)
-            continue
-        build_store(tok_dir, [path], kind, folder, num_proc=num_proc, shard_tokens=shard_tokens, **kwargs)
-        meta = json.loads((folder / STORE_FILE).read_text())
-        print(f"{folder}: {meta['num_records']} records, {meta['num_tokens']} tokens", flush=True)
+    pool = _pool(num_proc) if num_proc and num_proc > 1 else None  # one for every store
+    try:
+        for kind, name, path, kwargs in jobs:
+            folder = store_folder(out, kind, name)
+            if (folder / STORE_FILE).is_file():
+                TokenStore(folder, tokenizer=_tokenizer(str(tok_dir.resolve())))  # complete and consistent
+                print(f"{folder}: done", flush=True)
+                continue
+            build_store(
+                tok_dir,
+                [path],
+                kind,
+                folder,
+                num_proc=num_proc,
+                shard_tokens=shard_tokens,
+                pool=pool,
+                **kwargs,
+            )
+            meta = json.loads((folder / STORE_FILE).read_text())
+            print(f"{folder}: {meta['num_records']} records, {meta['num_tokens']} tokens", flush=True)
+    finally:
+        if pool is not None:
+            pool.terminate()
     return out
 
 
