@@ -30,6 +30,7 @@ from clmap.data.store import (
     main,
     repeat_store,
 )
+from clmap.data.stream import token_counts
 from clmap.data.tokenizer import load_tokenizer, train_sentencepiece
 from clmap.parallel import DistInfo
 
@@ -240,6 +241,7 @@ def test_rows_from_stores_equal_rows_from_texts(stores, small_tokenizer, monkeyp
     texts = make_stream(cfg, tok, table, mono, parallel, seed=3)
     smono, spar = open_stores(store_cfg, tok)
     assert len(json.loads((root / "s" / "mono" / "en" / STORE_FILE).read_text())["shards"]) > 1
+    monkeypatch.setattr("clmap.data.store.CHUNK", 7)  # the derived indexes are built chunk by chunk
     from_store = make_stream(store_cfg, tok, table, smono, spar, seed=3, cache_dir=tmp_path / "index")
     assert [(s.name, len(s.records), s.dropped) for s in texts.sources] == [
         (s.name, len(s.records), s.dropped) for s in from_store.sources
@@ -275,7 +277,7 @@ def test_rows_from_stores_equal_rows_from_texts(stores, small_tokenizer, monkeyp
     assert 0 < len(reads) <= 2 * spans_mine  # a pair reads its two sides; a document piece one span
 
 
-def test_mixture_weights_and_token_budget(stores, small_tokenizer, tmp_path):
+def test_mixture_weights_and_token_budget(stores, small_tokenizer, tmp_path, monkeypatch):
     """Counts per source over a window of draws are within sampling error of p ∝ weight × n^(1/T) (per task);
     a budgeted source keeps its first records within the budget."""
     cfg, store_cfg, root = stores
@@ -295,6 +297,9 @@ def test_mixture_weights_and_token_budget(stores, small_tokenizer, tmp_path):
     smono, spar = open_stores(mixed, tok)
     stream = make_stream(mixed, tok, table, smono, spar, seed=0, cache_dir=tmp_path)
     by_name = {s.name: s for s in stream.sources}
+    monkeypatch.setattr("clmap.data.store.CHUNK", 7)  # the start-up passes' chunks, several per store
+    for source in stream.sources:  # the printed totals, chunk by chunk, budgeted view included
+        assert source.records.total_tokens() == int(token_counts(source.records).sum()), source.name
     cs = by_name["ntp:cs"].records
     full = make_stream(store_cfg, tok, table, smono, spar, seed=0).sources[1].records
     assert (

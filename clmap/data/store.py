@@ -575,6 +575,26 @@ class TokenStore:
 
 
 # -- training from stores: the stream's records, read lazily ------------------------------------------
+CHUNK = 1 << 21  # index entries read at a time by the start-up passes over a whole store
+
+
+def _chunks(store: TokenStore, *fields: str, ids: np.ndarray | None = None):
+    """(first position, arrays) of index ``fields`` in chunks of ``CHUNK`` entries (at ``ids`` when given),
+    through maps opened for this pass and dropped after it: a start-up pass over a large store leaves no
+    pages resident in the process (RSS stays flat in corpus size)."""
+    maps = [np.load(store.directory / INDEX_DIR / f"{f}.npy", mmap_mode="r") for f in fields]
+    n = len(maps[0]) if ids is None else len(ids)
+    try:
+        for start in range(0, n, CHUNK):
+            if ids is None:
+                yield start, [np.array(m[start : start + CHUNK]) for m in maps]
+            else:
+                take = np.asarray(ids[start : start + CHUNK])
+                yield start, [np.asarray(m[take]) for m in maps]
+    finally:
+        del maps  # unmapped with the last reference (every chunk above is a copy)
+
+
 def _derived(cache_dir: Path | None, store: TokenStore, name: str, compute) -> np.ndarray:
     """An index derived from a store's lengths (``compute()``): built once by rank 0 into ``cache_dir``
     (named by the store's fingerprint) and memory-mapped by every rank; in memory without a cache."""
@@ -600,13 +620,12 @@ class StorePieces:
 
     def __init__(self, store: TokenStore, body: int, cache_dir: Path | None = None):
         self.store, self.body = store, body
-        lengths = store.index["length"]
-        self.ends = _derived(
-            cache_dir,
-            store,
-            f"pieces{body}",
-            lambda: np.cumsum((lengths.astype(np.int64) + body - 1) // body),
-        )  # pieces of documents 0..d
+
+        def ends() -> np.ndarray:  # pieces of documents 0..d
+            per_doc = [(n.astype(np.int64) + body - 1) // body for _, (n,) in _chunks(store, "length")]
+            return np.cumsum(np.concatenate(per_doc)) if per_doc else np.zeros(0, np.int64)
+
+        self.ends = _derived(cache_dir, store, f"pieces{body}", ends)
 
     def __len__(self) -> int:
         return int(self.ends[-1]) if len(self.ends) else 0
@@ -640,6 +659,16 @@ class StorePieces:
         first = np.repeat(np.concatenate([[0], self.ends[:-1]]), pieces)
         return np.minimum(self.body, lengths[doc] - (np.arange(len(doc)) - first) * self.body)
 
+    def total_tokens(self) -> int:
+        """Tokens of all pieces: of each document its first pieces' tokens, summed chunk by chunk."""
+        total = 0
+        for start, (lengths,) in _chunks(self.store, "length"):
+            ends = np.asarray(self.ends[start : start + CHUNK], dtype=np.int64)
+            before = int(self.ends[start - 1]) if start else 0
+            pieces = np.diff(np.concatenate([[before], ends]))
+            total += int(np.minimum(lengths.astype(np.int64), pieces * self.body).sum())
+        return total
+
     def head(self, k: int) -> StorePieces:
         """The first ``k`` pieces (a token budget)."""
         view = object.__new__(StorePieces)
@@ -671,6 +700,11 @@ class StorePairs:
         idx = self.store.index
         return idx["src_length"][self.keep].astype(np.int64) + idx["tgt_length"][self.keep]
 
+    def total_tokens(self) -> int:
+        """Tokens of both sides of every kept pair, summed chunk by chunk."""
+        chunks = _chunks(self.store, "src_length", "tgt_length", ids=self.keep)
+        return sum(int(src.astype(np.int64).sum() + tgt.sum()) for _, (src, tgt) in chunks)
+
     def head(self, k: int) -> StorePairs:
         return StorePairs(self.store, self.keep[:k])
 
@@ -696,12 +730,14 @@ def store_sources(
     side_cap = pair_side_cap(tok, list(parallel), seq_len, max_segment_tokens)
     for pair, store in parallel.items():
         a, b = pair.split("-")
-        src, tgt = store.index["src_length"], store.index["tgt_length"]
 
-        def kept(src=src, tgt=tgt) -> np.ndarray:
-            both = (src > 0) & (tgt > 0)
-            fits = np.flatnonzero(both & (src <= side_cap) & (tgt <= side_cap))
-            return np.concatenate([[int(both.sum())], fits]).astype(np.int64)
+        def kept(store=store) -> np.ndarray:
+            both, fits = 0, []
+            for start, (src, tgt) in _chunks(store, "src_length", "tgt_length"):
+                has = (src > 0) & (tgt > 0)
+                both += int(has.sum())
+                fits.append(np.flatnonzero(has & (src <= side_cap) & (tgt <= side_cap)) + start)
+            return np.concatenate([[both], *fits]).astype(np.int64)
 
         found = _derived(cache_dir, store, f"pairs{side_cap}", kept)  # [pairs with both sides, kept ids...]
         kind = "text" if parallel_as_text else "cl"

@@ -187,7 +187,11 @@ def source_weights(
 def mixture_lines(sources: list[Source], weights: np.ndarray) -> list[str]:
     """The mixture a run trains on, one line per source: records, tokens, sample share and the share of
     tokens it gets (sample share × mean record length, normalised)."""
-    means = np.array([float(token_counts(s.records).mean()) for s in sources])
+    totals = [
+        s.records.total_tokens() if hasattr(s.records, "total_tokens") else int(token_counts(s.records).sum())
+        for s in sources
+    ]
+    means = np.array([total / len(s.records) for total, s in zip(totals, sources, strict=True)])
     token_share = weights * means / float((weights * means).sum())
     return [
         f"  {s.name:<14} {len(s.records):>10} records {int(means[i] * len(s.records)):>13} tokens  "
@@ -236,6 +240,8 @@ class TrainingStream:
         perm = self._perms.get(key)
         if perm is None:
             perm = np.random.default_rng([self.seed, source_id, epoch]).permutation(len(records))
+            if len(records) < 1 << 31:  # the same order in half the memory (a large store's sources)
+                perm = perm.astype(np.int32)
             self._perms[key] = perm
             for old in [k for k in self._perms if k[0] == source_id and k[1] < epoch - 1]:
                 del self._perms[old]
