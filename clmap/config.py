@@ -212,6 +212,23 @@ class DataConfig:
         120, "each side of a pair is cut to this many tokens", range="[1, inf)", resume=TRAINED
     )
     pack_window: int = option(256, "samples planned together by the packer", range="[1, inf)", resume=TRAINED)
+    store: str = option(
+        "",
+        "folder of token stores (python -m clmap.data.store build --config ...) to train from, read "
+        "memory-mapped; empty: read and tokenise the corpus files",
+        resume=TRAINED,
+    )
+    weights: dict[str, float] = option(
+        {},
+        'language or pair → sampling weight ("en=2,en-cs=0.5"): p ∝ weight × n^(1/T) within its task; '
+        "1 when not named",
+        resume=TRAINED,
+    )
+    token_budget: dict[str, int] = option(
+        {},
+        "language or pair → most tokens of its training data used (its first records); not named: all",
+        resume=TRAINED,
+    )
     # evaluation only
     dev_pairs: int = option(
         64,
@@ -479,7 +496,8 @@ def _coerce(value, annotation, where: str):
             value = dict(kv.split("=", 1) for kv in value.split(",") if kv)
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return {str(k): str(v) for k, v in value.items()}
+        _, item = typing.get_args(annotation) or (str, str)
+        return {str(k): _coerce(v, item, f"{where}[{k!r}]") for k, v in value.items()}
     if annotation is bool:
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
             return value.lower() in ("true", "1", "yes")
@@ -636,6 +654,22 @@ def validate(config: Config) -> None:
             close = difflib.get_close_matches(name, keys, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else "; see --help for the fields"
             raise ConfigError(f"resume.allow_changes: {name!r} is not a config field or section{hint}")
+    names = set(config.data.languages) | set(config.data.pairs)
+    for key in ("weights", "token_budget"):
+        for name, value in getattr(config.data, key).items():
+            if name not in names:
+                raise ConfigError(
+                    f"data.{key}: {name!r} is neither one of data.languages nor one of data.pairs "
+                    f"({', '.join([*config.data.languages, *config.data.pairs])})"
+                )
+            if not (math.isfinite(value) and value >= (0 if key == "weights" else 1)):
+                rule = "a finite weight ≥ 0" if key == "weights" else "at least 1 token"
+                raise ConfigError(f"data.{key}[{name!r}]: {value} is not {rule}")
+    if config.data.store and config.data.parallel_as_mono:
+        raise ConfigError(
+            "data.parallel_as_mono merges identical texts, which a token store does not keep; train it "
+            "from the corpus files (data.store empty)"
+        )
     if config.data.parallel_as_mono:
         pair_langs = {lang for pair in config.data.pairs for lang in pair.split("-")}
         missing = sorted(pair_langs - set(config.data.languages))

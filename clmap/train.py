@@ -27,7 +27,7 @@ from clmap.checkpoint import Checkpointer, export_hf, load_model_weights
 from clmap.cli import UserError, add_debug_flag, run_main
 from clmap.config import Config, check_batch, config_help, load_config
 from clmap.data.examples import IGNORE_INDEX, GroupTable
-from clmap.data.pipeline import dev_rows, load_texts, make_stream, prepare_tokenizer
+from clmap.data.pipeline import describe_mixture, dev_rows, make_stream, mixture_keys, train_data
 from clmap.data.prefetch import Prefetcher
 from clmap.data.stream import Row, collate, to_device
 from clmap.metrics import MetricLogger, flops_per_token, gpu_busy_share, peak_flops, peak_memory_gib
@@ -102,6 +102,7 @@ class StepBatch:
     rows: list[Row]  # the global batch, all ranks' rows
     micro: list[dict[str, torch.Tensor]]  # this rank's micro-batches, collated on the host (pinned on CUDA)
     coef: torch.Tensor  # [G] loss weight of each group for this step (loss_coefficients)
+    counts: torch.Tensor  # [G] target tokens of each group in the global batch (the realised mixture)
     map_coef: float  # weight of the summed mapping term
     tokens: int  # real (non-padding) tokens of the global batch (tokens/s, MFU)
 
@@ -117,7 +118,7 @@ def prepare_step(rows: list[Row], cfg: Config, table: GroupTable, dist_info: Dis
     mb = cfg.train.micro_batch
     micro = [collate(mine[i : i + mb], pin_memory=pin) for i in range(0, len(mine), mb)]
     tokens = sum(row.num_tokens for row in rows)  # from the row layout: a pad id can equal a real token's
-    return StepBatch(rows, micro, coef.pin_memory() if pin else coef, map_coef, tokens)
+    return StepBatch(rows, micro, coef.pin_memory() if pin else coef, counts, map_coef, tokens)
 
 
 def train_step(objective, optimizer, batch: StepBatch, cfg: Config, dist_info: DistInfo):
@@ -237,6 +238,7 @@ class StepMetrics:
         self.cfg, self.table, self.dist_info = cfg, table, dist_info
         self.peak = peak_flops(dist_info.device)
         self.flops_per_token = flops_per_token
+        self.mix_keys = mixture_keys(table, cfg.data.pairs)  # group → its source's language or pair
         self._reset(time.perf_counter())
 
     def _reset(self, now: float) -> None:
@@ -245,9 +247,13 @@ class StepMetrics:
         self.skipped = torch.zeros((), dtype=torch.float64, device=device)
         self.grad_norm = torch.zeros((), dtype=torch.float64, device=device)
         self.steps, self.tokens, self.data_time, self.start = 0, 0, 0.0, now
+        self.counts = torch.zeros(len(self.table), dtype=torch.float64)
 
-    def add(self, sums, grad_norm, finite, tokens: int, data_time: float) -> None:
-        """One step's device outputs (``train_step``), its token count and its wait for data."""
+    def add(self, sums, grad_norm, finite, tokens: int, data_time: float, counts=None) -> None:
+        """One step's device outputs (``train_step``), its token count, its wait for data and its target
+        tokens per group (host)."""
+        if counts is not None:
+            self.counts += counts
         self.sums += sums
         self.skipped += (~finite).double()
         self.grad_norm = grad_norm
@@ -275,6 +281,10 @@ class StepMetrics:
                 "skipped": skipped,
             }
         )
+        total = float(self.counts.sum())
+        if total > 0:  # realised mixture: share of target tokens per language / pair in the window
+            for key, groups in self.mix_keys.items():
+                metrics[f"mix/{key}"] = float(self.counts[groups].sum()) / total
         if self.peak:
             world = self.dist_info.world_size
             metrics["mfu"] = self.tokens * self.flops_per_token / elapsed / (self.peak * world)
@@ -341,10 +351,12 @@ def train(cfg: Config, dist_info: DistInfo) -> Path:
     resuming = cfg.checkpoint.resume and checkpointer.has_checkpoints()
     changes = check_resume_config(run_dir, cfg) if resuming else []
 
-    mono, parallel = load_texts(cfg, "train")
-    tok = prepare_tokenizer(cfg, run_dir, dist_info, mono, parallel)
+    tok, mono, parallel = train_data(cfg, run_dir, dist_info, resuming)
     table = GroupTable(cfg.data.languages, cfg.data.pairs)
-    stream = make_stream(cfg, tok, table, mono, parallel, cfg.train.seed)
+    # indexes derived from stores: built once by rank 0 beside the run, memory-mapped by every rank
+    stream = make_stream(cfg, tok, table, mono, parallel, cfg.train.seed, cache_dir=run_dir / "data_index")
+    if main:
+        print(describe_mixture(stream), flush=True)
     dev = dev_rows(cfg, tok, table, dist_info.world_size)
 
     lm = build_model(cfg.model, tok, dist_info.device)
@@ -387,7 +399,10 @@ def train(cfg: Config, dist_info: DistInfo) -> Path:
     profiler = _profiler(cfg, run_dir) if cfg.profile.enabled else nullcontext()
     # data: each step's global batch is drawn and collated ahead on a thread; every rank draws the same
     # rows and keeps its share. rows_done counts rows trained on, not rows prepared (exact resume).
-    rows_iter = stream.rows(rows_done)
+    # A rank reads the tokens of its own rows only; the others' layout comes from the index (loss counts).
+    per_rank = cfg.train.global_batch // dist_info.world_size
+    lo, hi = dist_info.rank * per_rank, (dist_info.rank + 1) * per_rank
+    rows_iter = stream.rows(rows_done, keep=lambda p: lo <= p % cfg.train.global_batch < hi)
     batches = Prefetcher(
         lambda: prepare_step([next(rows_iter) for _ in range(cfg.train.global_batch)], cfg, table, dist_info),
         depth=cfg.train.prefetch_steps,
@@ -411,7 +426,7 @@ def train(cfg: Config, dist_info: DistInfo) -> Path:
             scheduler.step()
             step += 1
             rows_done += len(batch.rows)
-            step_metrics.add(sums, grad_norm, finite, batch.tokens, data_time)
+            step_metrics.add(sums, grad_norm, finite, batch.tokens, data_time, batch.counts)
             nonfinite.add(finite)
             if prof is not None:
                 prof.step()

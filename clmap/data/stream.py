@@ -88,11 +88,7 @@ def build_sources(
             for i in range(0, len(ids), body)
         ]
         sources.append(Source(f"ntp:{lang}", "ntp", pieces, (lang,)))
-    # Both directions of a pair share a row: 2 × (bos + src + tag + tgt + eos) ≤ seq_len.
-    tag_len = max((len(tok.lang_tag(lang)) for pair in parallel for lang in pair.split("-")), default=0)
-    side_cap = min(max_segment_tokens, (seq_len - 4 - 2 * tag_len) // 4)
-    if side_cap < 1:
-        raise ValueError(f"data.seq_len={seq_len} leaves no room for a pair in both directions")
+    side_cap = pair_side_cap(tok, list(parallel), seq_len, max_segment_tokens)
     for pair, (src_texts, tgt_texts) in parallel.items():
         a, b = pair.split("-")
         src_ids, tgt_ids = tok.encode_batch(src_texts), tok.encode_batch(tgt_texts)
@@ -100,6 +96,23 @@ def build_sources(
         records = [(s, t) for s, t in both if len(s) <= side_cap and len(t) <= side_cap]
         kind = "text" if parallel_as_text else "cl"
         sources.append(Source(f"{kind}:{pair}", kind, records, (a, b), dropped=len(both) - len(records)))
+    return check_sources(sources, side_cap, max_segment_tokens, seq_len)
+
+
+def pair_side_cap(tok: ClmapTokenizer, pairs: list[str], seq_len: int, max_segment_tokens: int) -> int:
+    """Longest side a pair may have: both directions share a row, 2 × (bos + src + tag + tgt + eos) ≤
+    seq_len (and no side over ``data.max_segment_tokens``)."""
+    tag_len = max((len(tok.lang_tag(lang)) for pair in pairs for lang in pair.split("-")), default=0)
+    side_cap = min(max_segment_tokens, (seq_len - 4 - 2 * tag_len) // 4)
+    if side_cap < 1:
+        raise ValueError(f"data.seq_len={seq_len} leaves no room for a pair in both directions")
+    return side_cap
+
+
+def check_sources(
+    sources: list[Source], side_cap: int, max_segment_tokens: int, seq_len: int
+) -> list[Source]:
+    """Print the dropped pairs once (rank 0) and refuse a source left without records."""
     dropped = {s.name: s for s in sources if s.dropped}
     if dropped and (not dist.is_initialized() or dist.get_rank() == 0):
         counts = ", ".join(f"{name} {s.dropped}/{s.dropped + len(s.records)}" for name, s in dropped.items())
@@ -116,9 +129,43 @@ def build_sources(
     return sources
 
 
-def source_weights(sources: list[Source], ntp_share: float, temperature: float) -> np.ndarray:
-    """Task shares first (NTP vs pairs), then temperature-smoothed sizes within each task."""
-    weights = np.zeros(len(sources))
+def source_key(source: Source) -> str:
+    """How ``data.weights`` and ``data.token_budget`` name a source: its language or its pair."""
+    return "-".join(source.langs)
+
+
+def token_counts(records) -> np.ndarray:
+    """Tokens of every record of a source, in order (lists of texts or a store view)."""
+    if hasattr(records, "token_counts"):
+        return np.asarray(records.token_counts(), dtype=np.int64)
+    return np.array(
+        [len(r.ids) if isinstance(r, Piece) else len(r[0]) + len(r[1]) for r in records], np.int64
+    )
+
+
+def apply_token_budget(sources: list[Source], budget: dict[str, int]) -> list[Source]:
+    """Keep of each budgeted source its first records (corpus order) whose tokens fit its budget."""
+    for source in sources:
+        limit = budget.get(source_key(source))
+        if limit is None:
+            continue
+        k = int(np.searchsorted(np.cumsum(token_counts(source.records)), limit, side="right"))
+        if k == 0:
+            raise ValueError(
+                f"data.token_budget[{source_key(source)!r}]={limit} is less than its first record"
+            )
+        records = source.records
+        source.records = records.head(k) if hasattr(records, "head") else records[:k]
+    return sources
+
+
+def source_weights(
+    sources: list[Source], ntp_share: float, temperature: float, weights: dict[str, float] | None = None
+) -> np.ndarray:
+    """Task shares first (NTP vs pairs), then within each task p_i ∝ w_i · n_i^(1/T): temperature-smoothed
+    sizes times the source's ``data.weights`` entry (its language or pair; 1 when not named)."""
+    weights = weights or {}
+    out = np.zeros(len(sources))
     by_task = {"ntp": [i for i, s in enumerate(sources) if s.kind == "ntp"]}
     by_task["pairs"] = [i for i, s in enumerate(sources) if s.kind != "ntp"]
     shares = {"ntp": ntp_share, "pairs": 1.0 - ntp_share}
@@ -126,9 +173,31 @@ def source_weights(sources: list[Source], ntp_share: float, temperature: float) 
         shares = {task: 1.0 for task in by_task}
     for task, members in by_task.items():
         if members:
-            within = temperature_weights([len(sources[i].records) for i in members], temperature)
-            weights[members] = shares[task] * np.asarray(within)
-    return weights / weights.sum()
+            within = np.asarray(temperature_weights([len(sources[i].records) for i in members], temperature))
+            if weights:
+                within = within * [float(weights.get(source_key(sources[i]), 1.0)) for i in members]
+                if not within.sum() > 0:
+                    names = ", ".join(source_key(sources[i]) for i in members)
+                    raise ValueError(f"data.weights gives every {task} source ({names}) weight 0")
+                within = within / within.sum()
+            out[members] = shares[task] * within
+    return out / out.sum()
+
+
+def mixture_lines(sources: list[Source], weights: np.ndarray) -> list[str]:
+    """The mixture a run trains on, one line per source: records, tokens, sample share and the share of
+    tokens it gets (sample share × mean record length, normalised)."""
+    totals = [
+        s.records.total_tokens() if hasattr(s.records, "total_tokens") else int(token_counts(s.records).sum())
+        for s in sources
+    ]
+    means = np.array([total / len(s.records) for total, s in zip(totals, sources, strict=True)])
+    token_share = weights * means / float((weights * means).sum())
+    return [
+        f"  {s.name:<14} {len(s.records):>10} records {int(means[i] * len(s.records)):>13} tokens  "
+        f"samples {weights[i]:6.1%}  tokens {token_share[i]:6.1%}"
+        for i, s in enumerate(sources)
+    ]
 
 
 class TrainingStream:
@@ -152,6 +221,7 @@ class TrainingStream:
         self.seq_len, self.packing, self.window = seq_len, packing, window
         self.directions, self.seed = directions, seed
         self._index: tuple[np.ndarray, np.ndarray] | None = None
+        self._perms: dict[tuple[int, int], np.ndarray] = {}
 
     # -- sample order ---------------------------------------------------------------------------
     def _blend(self, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
@@ -161,11 +231,22 @@ class TrainingStream:
             self._index = blended_index(self.weights, sizes, size)
         return self._index
 
-    def _record(self, source_id: int, sample: int):
-        """The ``sample``-th draw from a source: a seeded permutation per epoch of that source."""
+    def _record(self, source_id: int, sample: int, shape: bool = False):
+        """The ``sample``-th draw from a source: a seeded permutation per epoch of that source (cached,
+        the two newest epochs of each source). ``shape``: only its layout (a store view's zeros)."""
         records = self.sources[source_id].records
         epoch, offset = divmod(int(sample), len(records))
-        perm = np.random.default_rng([self.seed, source_id, epoch]).permutation(len(records))
+        key = (source_id, epoch)
+        perm = self._perms.get(key)
+        if perm is None:
+            perm = np.random.default_rng([self.seed, source_id, epoch]).permutation(len(records))
+            if len(records) < 1 << 31:  # the same order in half the memory (a large store's sources)
+                perm = perm.astype(np.int32)
+            self._perms[key] = perm
+            for old in [k for k in self._perms if k[0] == source_id and k[1] < epoch - 1]:
+                del self._perms[old]
+        if shape and hasattr(records, "shape"):
+            return records.shape(int(perm[offset]))
         return records[perm[offset]]
 
     def _unit(self, source_id: int, record) -> Unit:
@@ -185,30 +266,43 @@ class TrainingStream:
         return pair_unit(self.tok, self.groups, record[0], record[1], a, b, self.directions)
 
     # -- rows -----------------------------------------------------------------------------------
-    def window_rows(self, w: int) -> list[Row]:
-        """All rows of packing window ``w`` (a pure function of ``w``)."""
+    def window_rows(self, w: int, keep=None) -> list[Row]:
+        """All rows of packing window ``w`` (a pure function of ``w``).
+
+        ``keep(i)`` (i: the row's index in the window) says which rows need their tokens: the others
+        get the layout only (zeros for ids, read from a store's index without touching its shards), so
+        a rank reads only the rows it trains while every rank knows every row's loss counts."""
         first = w * self.window
         source_ids, samples = self._blend(first + self.window)
-        units = [
-            self._unit(int(source_ids[i]), self._record(int(source_ids[i]), int(samples[i])))
-            for i in range(first, first + self.window)
-        ]
-        return self._pack(units, w)
+        draws = [(int(source_ids[i]), int(samples[i])) for i in range(first, first + self.window)]
+        lazy = keep is not None and any(hasattr(s.records, "shape") for s in self.sources)
+        units = [self._unit(sid, self._record(sid, n, shape=lazy)) for sid, n in draws]
+        bins, order = self._plan(units, w)
+        if lazy:
+            for i, b in enumerate(order):
+                if keep(i):
+                    for j in bins[b]:
+                        units[j] = self._unit(draws[j][0], self._record(*draws[j]))
+        return [self._make_row([units[j] for j in bins[b]]) for b in order]
 
     def every_record_rows(self) -> list[Row]:
         """Each record of each source exactly once, packed: a fixed evaluation set (no blending)."""
         units = [self._unit(i, record) for i, source in enumerate(self.sources) for record in source.records]
         return self._pack(units, 0)
 
-    def _pack(self, units: list[Unit], w: int) -> list[Row]:
+    def _plan(self, units: list[Unit], w: int) -> tuple[list[list[int]], list[int]]:
+        """Which units go into which row (bins), and the order the rows come out in."""
         if self.packing:
             bins = pack_bins(np.array([len(u) for u in units], dtype=np.int64), self.seq_len)
         else:
             bins = [[i] for i in range(len(units))]
-        rows = [self._make_row([units[i] for i in members]) for members in bins]
         # Best-fit decreasing orders bins by size (long NTP texts first): shuffle so every step mixes tasks.
-        order = np.random.default_rng([self.seed, w, 7]).permutation(len(rows))
-        return [rows[i] for i in order]
+        order = np.random.default_rng([self.seed, w, 7]).permutation(len(bins))
+        return bins, order.tolist()
+
+    def _pack(self, units: list[Unit], w: int) -> list[Row]:
+        bins, order = self._plan(units, w)
+        return [self._make_row([units[i] for i in bins[b]]) for b in order]
 
     def _make_row(self, units: list[Unit]) -> Row:
         input_ids, targets, positions, groups, spans, pairs, seq_lens = [], [], [], [], [], [], []
@@ -233,14 +327,18 @@ class TrainingStream:
         groups += [0] * pad
         return Row(input_ids, targets, positions, groups, spans, pairs, seq_lens)
 
-    def rows(self, start: int = 0) -> Iterator[Row]:
+    def rows(self, start: int = 0, keep=None) -> Iterator[Row]:
         """Rows from global row position ``start`` onwards, forever (sources wrap into new epochs).
 
         Windows before ``start`` are re-planned to count their rows: cheap next to a training step.
+        ``keep(p)`` (p: global row position) names the rows whose tokens are read (``window_rows``).
         """
         w, before = 0, 0
         while True:
-            rows = self.window_rows(w)
+            if keep is None:
+                rows = self.window_rows(w)
+            else:
+                rows = self.window_rows(w, keep=lambda i, b=before: keep(b + i) and b + i >= start)
             if before + len(rows) > start:
                 yield from rows[max(0, start - before) :]
             before += len(rows)
