@@ -190,6 +190,8 @@ def test_cli_end_to_end(checkpoints, task_data, tmp_path, capsys):
     assert choice["items"]["ids"] == metrics["mt", "en→cs", "chrf++"]["items"]["ids"] == lac["item_ids"]
     assert report["tasks"]["mt"]["details"]["cs→en"]["item_ids"] == lac["item_ids"]
     assert report["settings"]["items"] == "sample"
+    ppl = report["tasks"]["ppl"]["details"]["cs"]
+    assert len(ppl["item_ids"]) == 3 and ppl["documents"] == metrics["ppl", "cs", "ppl"]["documents"]
     markdown = (out / "report.md").read_text(encoding="utf-8")
     assert "too few documents for an interval" in markdown
     for title in ("Machine translation", "Language alignment", "Perplexity per language", "Cross-lingual QA"):
