@@ -129,7 +129,7 @@ def test_too_few_documents_give_no_interval_and_say_so():
     assert fields["ci"] is None and fields["documents"] == MIN_DOCUMENTS - 1
     report = {"tasks": {"clnlu": {"metrics": [metric("en→cs choice", "accuracy", 0.5, n=180, **fields)]}}}
     text = render_markdown(report)
-    assert TOO_FEW in text and "180 items from 9" in text
+    assert TOO_FEW in text and "180 items from 9 documents" in text
 
 
 # -- paired comparison -----------------------------------------------------------------------------

@@ -112,6 +112,28 @@ def test_lac_has_no_interval_from_too_few_documents():
     assert lac == pytest.approx(1.0) and (lo, hi) == (None, None)
 
 
+def test_lac_views_are_floor_map_best_and_stay_out_of_the_ablation_lac_headline():
+    from clmap.evaluate.alignment import LayerAlignment, PairAlignment, lac_views
+    from clmap.experiments.stats import headline_values
+
+    layers = [
+        LayerAlignment(i, f"layer {i}", lac, None, None, 0.5, 0.5, 0.5)
+        for i, lac in enumerate([0.2, 0.5, 0.7])
+    ]
+    result = PairAlignment("en-cs", 12, 1, layers=layers, map_layer=1, best_layer=2)
+    result.above_floor = {"lac": 0.3, "lo": 0.1, "hi": 0.5}
+    views = lac_views(result)
+    assert {name: v[0] for name, v in views.items()} == {
+        "lac@floor": 0.2,
+        "lac@map": 0.5,
+        "lac@best": 0.7,
+        "lac@map-floor": 0.3,
+    }
+    metrics = {("lac", "en-cs", name, "test"): {"value": v[0]} for name, v in views.items()}
+    metrics["lac", "en-cs (layer 1)", "lac", "test"] = {"value": 0.5}
+    assert headline_values(metrics)["LAC", "test"] == {"en-cs (layer 1) lac": 0.5}
+
+
 def test_lac_rejects_non_square():
     with pytest.raises(ValueError, match="square"):
         language_alignment_coefficient(torch.zeros(3, 4))

@@ -181,9 +181,9 @@ def test_cli_end_to_end(checkpoints, task_data, tmp_path, capsys):
     assert lac["documents"] < MIN_DOCUMENTS and all(row["lac_lo"] is None for row in lac["layers"])
     assert lac["floor_layer"] == 0 and lac["map_layer"] == 1  # the run's objective.map_layer (-1: middle)
     best = max(row["lac"] for row in lac["layers"])
-    views = {name: metrics["lac", "en-cs", f"lac {name}"]["value"] for name in ("floor", "map", "best")}
+    views = {name: metrics["lac", "en-cs", f"lac@{name}"]["value"] for name in ("floor", "map", "best")}
     assert views == {"floor": lac["layers"][0]["lac"], "map": lac["layers"][1]["lac"], "best": best}
-    lift = metrics["lac", "en-cs", "lac map-floor"]
+    lift = metrics["lac", "en-cs", "lac@map-floor"]
     assert lift["value"] == pytest.approx(views["map"] - views["floor"]) and lift["ci"] is None
     # items: recorded by id, the same ones for MT, choice and LAC of a pair
     choice = metrics["clnlu", "en→cs choice", "accuracy"]

@@ -474,7 +474,8 @@ def evaluate(
                                 source.split,
                                 documents=aligned.documents,
                                 interval=interval_method(aligned.documents, n_boot),
-                                items=aligned.items[name.removeprefix("lac ")],
+                                table="LAC at the floor (embeddings), the map layer and the best layer",
+                                items=aligned.items[name.removeprefix("lac@")],
                             )
                         )
                     layer_names = [aligned.layers[i].label for i in (aligned.map_layer, aligned.best_layer)]
@@ -487,8 +488,8 @@ def evaluate(
                 "LAC with a 95 % bootstrap interval over documents (all pairs of a drawn document together) "
                 "at the reported layer; the per-layer curve is in report.json and lac_per_layer.png "
                 "(0 = embeddings, i = output of decoder layer i, the last = after the final norm). Headline: "
-                "lac map-floor: LAC at the layer the map term trains minus LAC at the embeddings "
-                "(the lexical floor: shared characters, numbers, placeholders); lac best is chosen on the "
+                "lac@map-floor: LAC at the layer the map term trains minus LAC at the embeddings "
+                "(the lexical floor: shared characters, numbers, placeholders); lac@best is chosen on the "
                 "same items (exploratory)"
             )
         for entry in result["metrics"]:

@@ -165,12 +165,12 @@ def trained_map_layer(checkpoint) -> tuple[int, str]:
 
 def lac_views(result: PairAlignment) -> dict[str, tuple[float, float | None, float | None]]:
     """(LAC, lo, hi) at the floor (embeddings), the map layer, the best layer, and the headline
-    ``lac map-floor`` (its interval from the same document resamples as each layer's)."""
+    ``lac@map-floor`` (its interval from the same document resamples as each layer's)."""
     rows = {name: result.layers[i] for name, i in (("floor", result.floor_layer), ("map", result.map_layer))}
     rows["best"] = result.layers[result.best_layer]
-    views = {f"lac {name}": (row.lac, row.lac_lo, row.lac_hi) for name, row in rows.items()}
+    views = {f"lac@{name}": (row.lac, row.lac_lo, row.lac_hi) for name, row in rows.items()}
     lift = result.above_floor
-    views["lac map-floor"] = (lift["lac"], lift["lo"], lift["hi"])
+    views["lac@map-floor"] = (lift["lac"], lift["lo"], lift["hi"])
     return views
 
 

@@ -5,8 +5,8 @@ direction, pair or language; split = the bundled split scored, None for local da
 scored on several splits, each metric name carries its split (``bleu (test)``, ``bleu (ood)``), so
 (task, key, metric) stays unique and the markdown table shows the splits in adjacent columns. The
 markdown tables, the comparison and its bar charts all read that one list, so a new metric shows up
-everywhere without touching this module. A task result may also say which ``data`` it used and which
-``prompt`` format it was scored with.
+everywhere without touching this module (a metric's ``table`` puts it in a second table of its task).
+A task result may also say which ``data`` it used and which ``prompt`` format it was scored with.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def _cell(entry: dict) -> str:
     if entry.get("ci"):
         text += f" [{fmt(entry['ci'][0])}, {fmt(entry['ci'][1])}]"
     elif str(entry.get("interval", "")).startswith(TOO_FEW):
-        text += f" ({entry['interval']})"
+        text += f" ({TOO_FEW})"  # how many documents: the task's notes
     return text
 
 
@@ -83,9 +83,8 @@ def documents_note(metrics: Sequence[dict]) -> list[str]:
     for m in metrics:
         if m.get("documents") is not None:
             where = f" ({m['split']})" if m.get("split") else ""
-            seen.setdefault(
-                (m["key"], m.get("split")), f"{m['key']}{where}: {m['n']} items from {m['documents']}"
-            )
+            line = f"{m['key']}{where}: {m['n']} items from {m['documents']} documents"
+            seen.setdefault((m["key"], m.get("split")), line)
     if not seen:
         return []
     return ["items and the documents they come from: " + "; ".join(seen.values())]
@@ -114,14 +113,16 @@ def render_markdown(report: dict) -> str:
         if result.get("data") or result.get("prompt"):
             lines.append("")
         metrics = result.get("metrics", [])
-        if metrics:
-            names = list(dict.fromkeys(m["metric"] for m in metrics))
-            keys = list(dict.fromkeys(m["key"] for m in metrics))
-            by = {(m["key"], m["metric"]): m for m in metrics}
+        tables = list(dict.fromkeys(m.get("table") for m in metrics))  # None: the task's main table
+        for table in tables:
+            chosen = [m for m in metrics if m.get("table") == table]
+            names = list(dict.fromkeys(m["metric"] for m in chosen))
+            keys = list(dict.fromkeys(m["key"] for m in chosen))
+            by = {(m["key"], m["metric"]): m for m in chosen}
             rows = [
                 [key] + [_cell(by[key, name]) if (key, name) in by else "" for name in names] for key in keys
             ]
-            lines += markdown_table(["", *names], rows)
+            lines += ([f"{table}:", ""] if table else []) + markdown_table(["", *names], rows)
             lines.append("")
         notes = [*result.get("notes", []), *documents_note(metrics)]
         for note in notes:
