@@ -104,6 +104,7 @@ def make_stream(cfg: Config, tok, table, mono, parallel, seed: int) -> TrainingS
         seq_len=cfg.data.seq_len,
         max_segment_tokens=cfg.data.max_segment_tokens,
         parallel_as_text=cfg.data.parallel_as_text,
+        placebo_seed=cfg.train.seed if cfg.data.placebo_pairs else None,
     )
     weights = source_weights(sources, cfg.data.ntp_share, cfg.data.temperature)
     return TrainingStream(
