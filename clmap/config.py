@@ -203,6 +203,12 @@ class DataConfig:
         "ablation: pairs as plain concatenated NTP text, no tags, no masking",
         resume=TRAINED,
     )
+    placebo_pairs: bool = option(
+        False,
+        "ablation placebo: each source paired with the target of another pair of its language pair "
+        "(seeded by train.seed), everything else as real pairs",
+        resume=TRAINED,
+    )
     parallel_as_mono: bool = option(
         False,
         "each side of a pair as its own NTP document in its language (no pairing, tags or masking)",
@@ -677,6 +683,10 @@ def validate(config: Config) -> None:
             raise ConfigError(f"data.parallel_as_mono: pair languages {missing} are not in data.languages")
         if config.data.parallel_as_text:
             raise ConfigError("data.parallel_as_mono and data.parallel_as_text exclude each other")
+        if config.data.placebo_pairs:
+            raise ConfigError(
+                "data.placebo_pairs shuffles pairs; data.parallel_as_mono has no pairs to shuffle"
+            )
     if config.objective.loss_accum_dtype == "bf16" and config.train.mixed_precision == "fp32":
         raise ConfigError("objective.loss_accum_dtype=bf16 needs bf16 compute; train.mixed_precision is fp32")
     if config.model.init_from and config.tokenizer.path:

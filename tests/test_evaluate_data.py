@@ -202,6 +202,29 @@ def test_belebele_repository_layout(checkpoints, downloads):
     assert "Nebe je dnes modré." in prompt and "Where does the cat sleep?" in prompt
 
 
+def test_belebele_items_are_sampled_over_passages_and_carry_ids(checkpoints, downloads):
+    lm = load_checkpoint(checkpoints["run"])
+    every = belebele_items(lm, downloads["belebele"], "cs", "en")
+    link = "https://en.wikibooks.org/wiki/Page_{}"
+    assert [(i.doc, i.id) for i in every] == [
+        (link.format(k), f"{link.format(k)}#{q}") for k in (0, 1) for q in (1, 2)
+    ]
+    pairs = [("cs", "en"), ("en", "cs")]
+    drawn = belebele_items(lm, downloads["belebele"], "cs", "en", limit=2, items="sample", seed=0)
+    assert sorted(i.doc for i in drawn) == [link.format(0), link.format(1)]  # one question per passage
+    picks = {}
+    for seed in range(8):  # the same questions for every pair and run given the seed; seeds differ
+        ids = [
+            [i.id for i in belebele_items(lm, downloads["belebele"], p, q, 2, "sample", seed)]
+            for p, q in pairs
+        ]
+        assert ids[0] == ids[1]
+        picks[seed] = tuple(ids[0])
+    assert len(set(picks.values())) > 1
+    first = belebele_items(lm, downloads["belebele"], "cs", "en", limit=2, items="first")
+    assert [i.id for i in first] == [i.id for i in every[:2]]
+
+
 def test_belebele_files_in_different_orders_with_ambiguous_keys_are_refused(checkpoints, downloads, tmp_path):
     lm = load_checkpoint(checkpoints["run"])
     folder = tmp_path / "belebele"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -37,11 +38,13 @@ def test_lac_reversed_is_minus_one():
     assert language_alignment_coefficient(S, n_boot=100)[0] == pytest.approx(-1.0)
 
 
-def _bootstrap_by_loops(S: torch.Tensor, n_boot: int, seed: int) -> tuple[float, float]:
-    """The bootstrap interval written out: the same seeded draws of pair indices, each replicate's LAC over
-    all ordered pairs of drawn positions whose pairs differ (copies of one pair are no comparison)."""
-    n = S.shape[0]
-    draws = torch.randint(0, n, (n_boot, n), generator=torch.Generator().manual_seed(seed)).tolist()
+def _bootstrap_by_loops(S: torch.Tensor, docs: list[str], n_boot: int, seed: int) -> tuple[float, float]:
+    """The document bootstrap written out: each replicate draws as many documents as there are, with
+    replacement (the same seeded draws as clmap.evaluate.bootstrap.document_counts), takes every pair of
+    each drawn document, and averages over all ordered pairs of drawn positions whose pairs differ (two
+    copies of one pair are no comparison)."""
+    names = list(dict.fromkeys(docs))
+    draws = np.random.default_rng(seed).integers(0, len(names), size=(n_boot, len(names))).tolist()
     s = S.double().tolist()
 
     def sign(x: float) -> float:
@@ -49,24 +52,24 @@ def _bootstrap_by_loops(S: torch.Tensor, n_boot: int, seed: int) -> tuple[float,
 
     stats = []
     for row in draws:
+        positions = [i for d in row for i, doc in enumerate(docs) if doc == names[d]]
         total, count = 0.0, 0
-        for i in row:
-            for j in row:
+        for i in positions:
+            for j in positions:
                 if i != j:
                     total += 0.5 * (sign(s[i][i] - s[i][j]) + sign(s[i][i] - s[j][i]))
                     count += 1
         if count:
             stats.append(total / count)
-    lo, hi = torch.quantile(
-        torch.tensor(stats, dtype=torch.float64), torch.tensor([0.025, 0.975], dtype=torch.float64)
-    )
+    lo, hi = np.quantile(np.array(stats), [0.025, 0.975])
     return float(lo), float(hi)
 
 
 def test_lac_bootstrap_interval_equals_the_loop_definition():
-    S = torch.randn(12, 12, generator=torch.Generator().manual_seed(4)) + 0.4 * torch.eye(12)
-    _, lo, hi = language_alignment_coefficient(S, n_boot=60, seed=7)
-    ref_lo, ref_hi = _bootstrap_by_loops(S, n_boot=60, seed=7)
+    S = torch.randn(24, 24, generator=torch.Generator().manual_seed(4)) + 0.4 * torch.eye(24)
+    docs = [f"d{i // 2}" for i in range(24)]  # 12 documents of 2 pairs
+    _, lo, hi = language_alignment_coefficient(S, n_boot=60, seed=7, docs=docs)
+    ref_lo, ref_hi = _bootstrap_by_loops(S, docs, n_boot=60, seed=7)
     assert (lo, hi) == (pytest.approx(ref_lo, abs=1e-12), pytest.approx(ref_hi, abs=1e-12))
 
 
@@ -97,9 +100,38 @@ def test_lac_matches_the_definition_by_loops():
 def test_lac_bootstrap_skips_copies_of_the_same_pair():
     # Perfect alignment: every valid comparison is +1, so every replicate must be exactly 1 (a bootstrap
     # that counted copy-vs-copy comparisons as 0 would pull the lower bound below 1).
-    S = torch.eye(5)
+    S = torch.eye(12)
     lac, lo, hi = language_alignment_coefficient(S, n_boot=500)
     assert (lac, lo, hi) == (pytest.approx(1.0), pytest.approx(1.0), pytest.approx(1.0))
+
+
+def test_lac_has_no_interval_from_too_few_documents():
+    # 12 pairs but from 3 documents: below MIN_DOCUMENTS there is no interval, however many pairs.
+    S = torch.eye(12) + 0.1
+    lac, lo, hi = language_alignment_coefficient(S, n_boot=100, docs=[f"d{i % 3}" for i in range(12)])
+    assert lac == pytest.approx(1.0) and (lo, hi) == (None, None)
+
+
+def test_lac_views_are_floor_map_best_and_stay_out_of_the_ablation_lac_headline():
+    from clmap.evaluate.alignment import LayerAlignment, PairAlignment, lac_views
+    from clmap.experiments.stats import headline_values
+
+    layers = [
+        LayerAlignment(i, f"layer {i}", lac, None, None, 0.5, 0.5, 0.5)
+        for i, lac in enumerate([0.2, 0.5, 0.7])
+    ]
+    result = PairAlignment("en-cs", 12, 1, layers=layers, map_layer=1, best_layer=2)
+    result.above_floor = {"lac": 0.3, "lo": 0.1, "hi": 0.5}
+    views = lac_views(result)
+    assert {name: v[0] for name, v in views.items()} == {
+        "lac@floor": 0.2,
+        "lac@map": 0.5,
+        "lac@best": 0.7,
+        "lac@map-floor": 0.3,
+    }
+    metrics = {("lac", "en-cs", name, "test"): {"value": v[0]} for name, v in views.items()}
+    metrics["lac", "en-cs (layer 1)", "lac", "test"] = {"value": 0.5}
+    assert headline_values(metrics)["LAC", "test"] == {"en-cs (layer 1) lac": 0.5}
 
 
 def test_lac_rejects_non_square():
@@ -196,7 +228,7 @@ def test_choice_accuracy_is_one_for_a_gold_preferring_scorer():
     result = choice_accuracy(items, oracle)
     assert result["accuracy"] == 1.0 and result["n"] == 15 and result["correct"] == 15
     # Wilson at p = 1: lower bound n / (n + z²), upper bound 1
-    assert result["ci"] == [pytest.approx(15 / (15 + 1.959964**2), abs=1e-9), pytest.approx(1.0)]
+    assert result["wilson_ci"] == [pytest.approx(15 / (15 + 1.959964**2), abs=1e-9), pytest.approx(1.0)]
 
 
 def test_wilson_interval_hand_value():
@@ -259,7 +291,7 @@ def test_compare_reports_deltas_and_interval_flags():
     assert lac_row["outside_ci"] == {"b": True, "c": False}
     cos_row = next(r for r in comparison["rows"] if r["metric"] == "cos")
     assert cos_row["outside_ci"]["b"] is None and "c" not in cos_row["deltas"]
-    assert "+0.25*" in render_comparison(comparison)
+    assert "+0.25†" in render_comparison(comparison)
 
 
 def test_translation_choice_limited_items_draw_from_the_whole_pool():

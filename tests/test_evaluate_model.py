@@ -12,6 +12,7 @@ import torch
 from evaluator_fixtures import build_checkpoints
 
 from clmap.evaluate.__main__ import main
+from clmap.evaluate.bootstrap import MIN_DOCUMENTS
 from clmap.evaluate.clnlu import belebele_items
 from clmap.evaluate.clqa import clqa_items
 from clmap.evaluate.lm import (
@@ -176,8 +177,23 @@ def test_cli_end_to_end(checkpoints, task_data, tmp_path, capsys):
     assert metrics["ppl", "cs", "ppl"]["value"] > 1
     lac = report["tasks"]["lac"]["details"]["en-cs"]
     assert len(lac["layers"]) == 3  # embeddings + 2 decoder layers
-    assert all(row["lac_lo"] <= row["lac"] <= row["lac_hi"] for row in lac["layers"])
+    # 3 items from fewer than MIN_DOCUMENTS documents: no interval anywhere, and the report says so
+    assert lac["documents"] < MIN_DOCUMENTS and all(row["lac_lo"] is None for row in lac["layers"])
+    assert lac["floor_layer"] == 0 and lac["map_layer"] == 1  # the run's objective.map_layer (-1: middle)
+    best = max(row["lac"] for row in lac["layers"])
+    views = {name: metrics["lac", "en-cs", f"lac@{name}"]["value"] for name in ("floor", "map", "best")}
+    assert views == {"floor": lac["layers"][0]["lac"], "map": lac["layers"][1]["lac"], "best": best}
+    lift = metrics["lac", "en-cs", "lac@map-floor"]
+    assert lift["value"] == pytest.approx(views["map"] - views["floor"]) and lift["ci"] is None
+    # items: recorded by id, the same ones for MT, choice and LAC of a pair
+    choice = metrics["clnlu", "en→cs choice", "accuracy"]
+    assert choice["items"]["ids"] == metrics["mt", "en→cs", "chrf++"]["items"]["ids"] == lac["item_ids"]
+    assert report["tasks"]["mt"]["details"]["cs→en"]["item_ids"] == lac["item_ids"]
+    assert report["settings"]["items"] == "sample"
+    ppl = report["tasks"]["ppl"]["details"]["cs"]
+    assert len(ppl["item_ids"]) == 3 and ppl["documents"] == metrics["ppl", "cs", "ppl"]["documents"]
     markdown = (out / "report.md").read_text(encoding="utf-8")
+    assert "too few documents for an interval" in markdown
     for title in ("Machine translation", "Language alignment", "Perplexity per language", "Cross-lingual QA"):
         assert f"## {title}" in markdown
     for plot in ("lac_per_layer.png", "similarity_en-cs.png", "perplexity.png"):
@@ -223,10 +239,13 @@ def test_cli_compare(checkpoints, tmp_path):
         theirs = next(
             m for m in other["tasks"]["lac"]["metrics"] if (m["key"], m["metric"]) == (row["key"], "lac")
         )
-        lo, hi = mine["ci"]
-        assert row["outside_ci"]["1:plain"] is (not lo <= theirs["value"] <= hi)
+        assert mine["ci"] is None and row["outside_ci"]["1:plain"] is None  # 3 items: too few documents
         assert row["deltas"]["1:plain"] == pytest.approx(theirs["value"] - mine["value"])
-    assert "Δ 1:plain" in (out / "comparison.md").read_text(encoding="utf-8")
+        paired = row["paired"]["1:plain"]  # the same 3 items in both runs, too few documents to resample
+        assert paired["items"] == 3 and paired["lo"] is None
+        assert paired["delta"] == pytest.approx(row["deltas"]["1:plain"])
+    text = (out / "comparison.md").read_text(encoding="utf-8")
+    assert "Δ 1:plain" in text and "paired bootstrap" in text and "too few documents" in text
     for task in ("ppl", "lac"):
         assert (out / f"compare_{task}.png").is_file()
     assert (out / "run1_plain" / "report.json").is_file()

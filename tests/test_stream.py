@@ -18,7 +18,7 @@ from clmap.data.examples import (
     ntp_sequence,
     pair_unit,
 )
-from clmap.data.stream import Row, TrainingStream, build_sources, collate, source_weights
+from clmap.data.stream import Row, TrainingStream, build_sources, collate, placebo_records, source_weights
 from clmap.data.tokenizer import load_tokenizer
 
 
@@ -242,3 +242,32 @@ def test_real_tokens_are_counted_from_the_layout_not_the_pad_id(tok):
         seq_lens=[3, 4],
     )
     assert row.num_tokens == 7 and row.segments() == [3, 4, 2]
+
+
+def test_placebo_pairs_keep_every_text_but_pair_none_with_its_translation(tok):
+    src = [f"veta {i}" for i in range(9)]
+    tgt = [f"sentence {i}" for i in range(9)]
+    (real,) = build_sources(tok, {}, {"en-cs": (src, tgt)}, seq_len=40, max_segment_tokens=16)
+    (placebo,) = build_sources(
+        tok, {}, {"en-cs": (src, tgt)}, seq_len=40, max_segment_tokens=16, placebo_seed=3
+    )
+    assert [s for s, _ in placebo.records] == [s for s, _ in real.records]  # sources in place
+    assert sorted(map(tuple, (t for _, t in placebo.records))) == sorted(
+        map(tuple, (t for _, t in real.records))
+    )
+    assert all(p != r for p, r in zip(placebo.records, real.records, strict=True))  # no pair is its own
+    assert placebo.kind == "cl"  # trained as pairs: tags, masking and the map term as for real pairs
+    assert placebo_records(real.records, 3, "en-cs") == placebo.records  # seeded
+    assert placebo_records(real.records, 4, "en-cs") != placebo.records
+    with pytest.raises(ValueError, match="data.placebo_pairs: en-cs has 1 pair"):
+        placebo_records(real.records[:1], 0, "en-cs")
+    # the training pipeline shuffles when the config says so, seeded by train.seed
+    from clmap.config import load_config
+    from clmap.data.pipeline import make_stream
+
+    table = GroupTable(LANGS, PAIRS)
+    for seed in (3, 4):
+        cfg = load_config(None, ["--data.placebo_pairs=true", f"--train.seed={seed}", "--data.seq_len=40"])
+        cfg.data.max_segment_tokens = 16
+        stream = make_stream(cfg, tok, table, {}, {"en-cs": (src, tgt)}, seed=0)
+        assert stream.sources[0].records == placebo_records(real.records, seed, "en-cs")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from clmap import BUNDLED_CORPUS
-from clmap.config import Config
+from clmap.config import Config, ConfigError
 from clmap.data.examples import GroupTable
 from clmap.data.readers import read_monolingual, read_parallel
 from clmap.data.store import StoreError, TokenStore, store_sources
@@ -268,9 +268,15 @@ def make_stream(
     }
     stores = [*mono.values(), *parallel.values()]
     if stores and all(isinstance(s, TokenStore) for s in stores):
+        if cfg.data.placebo_pairs:
+            raise ConfigError(
+                "data.placebo_pairs: the placebo arm reads texts; it is not available with data.store "
+                f"({cfg.data.store}) — train it from the corpus files"
+            )
         sources = store_sources(tok, mono, parallel, cache_dir=cache_dir, **kwargs)
     else:
-        sources = build_sources(tok, mono, parallel, **kwargs)
+        placebo_seed = cfg.train.seed if cfg.data.placebo_pairs else None
+        sources = build_sources(tok, mono, parallel, placebo_seed=placebo_seed, **kwargs)
     sources = apply_token_budget(sources, cfg.data.token_budget if budget else {})
     weights = source_weights(sources, cfg.data.ntp_share, cfg.data.temperature, cfg.data.weights)
     return TrainingStream(

@@ -67,6 +67,19 @@ class Row:
         return self.seq_lens + ([pad] if pad else [])
 
 
+def placebo_records(records: list, seed: int, pair: str) -> list:
+    """The placebo arm (``data.placebo_pairs``): every source keeps its text but gets the target of
+    another pair of the same language pair, a seeded derangement (one random cycle through all pairs), so
+    the targets' languages, lengths and token counts are those of the real pairs and nothing is parallel."""
+    if len(records) < 2:
+        raise ValueError(f"data.placebo_pairs: {pair} has {len(records)} pair(s); a shuffle needs 2 or more")
+    rng = np.random.default_rng([seed, *pair.encode("utf-8")])
+    cycle = rng.permutation(len(records))
+    target_of = np.empty(len(records), dtype=np.int64)
+    target_of[cycle] = np.roll(cycle, -1)  # cycle[k] takes the target of cycle[k + 1]: no pair keeps its own
+    return [(records[i][0], records[int(target_of[i])][1]) for i in range(len(records))]
+
+
 def build_sources(
     tok: ClmapTokenizer,
     mono: dict[str, list[str]],
@@ -75,6 +88,7 @@ def build_sources(
     seq_len: int,
     max_segment_tokens: int,
     parallel_as_text: bool = False,
+    placebo_seed: int | None = None,
 ) -> list[Source]:
     """Tokenise the corpus once: mono texts are cut into pieces that fit a row (only a document's last
     piece ends in <eos>); a pair with a side too long for a row is dropped, never cut, since a truncated
@@ -94,6 +108,8 @@ def build_sources(
         src_ids, tgt_ids = tok.encode_batch(src_texts), tok.encode_batch(tgt_texts)
         both = [(s, t) for s, t in zip(src_ids, tgt_ids, strict=True) if s and t]
         records = [(s, t) for s, t in both if len(s) <= side_cap and len(t) <= side_cap]
+        if placebo_seed is not None:
+            records = placebo_records(records, placebo_seed, pair)
         kind = "text" if parallel_as_text else "cl"
         sources.append(Source(f"{kind}:{pair}", kind, records, (a, b), dropped=len(both) - len(records)))
     return check_sources(sources, side_cap, max_segment_tokens, seq_len)

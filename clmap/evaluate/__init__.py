@@ -81,6 +81,7 @@ def evaluate(
     lac_layer: int | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    items: str = "sample",
 ) -> dict:
     """Run ``tasks`` on ``checkpoint`` for ``pairs``; returns the report (and writes it to ``out_dir``).
 
@@ -93,10 +94,16 @@ def evaluate(
     ``template``) is how MT and translation choice prompt the model; ``auto`` follows what the run
     trained (:func:`clmap.evaluate.mt.choose_prompt_format`). Every task result records the data it
     used and, for MT and translation choice, the prompt format and why.
+
+    ``limit`` items per pair / language are a sample stratified over documents, seeded by ``seed``
+    (``items="first"``: the first rows): the same items for every checkpoint, recorded by id. chrF++,
+    accuracies and LAC carry a 95 % bootstrap interval over documents (``n_boot`` resamples), or say
+    that there are too few documents for one (:mod:`clmap.evaluate.bootstrap`).
     """
     import torch
 
     from clmap.evaluate import alignment, clnlu, clqa, clsum, mt, perplexity
+    from clmap.evaluate.bootstrap import interval_method, summary
     from clmap.evaluate.lm import load_checkpoint
     from clmap.evaluate.report import metric, split_suffix, write_report
     from clmap.evaluate.sources import (
@@ -107,11 +114,13 @@ def evaluate(
         check_bundled_coverage,
         data_sources,
         flores_split_folder,
-        monolingual_texts,
+        monolingual_rows,
         parallel_segments,
+        select_items,
     )
     from clmap.objectives import hidden_state_layer
 
+    select_items([], None, items, seed, "")  # an unknown --items fails before the model loads
     tasks = list(ALL_TASKS if not tasks else tasks)
     unknown = [t for t in tasks if t not in ALL_TASKS]
     if unknown:
@@ -137,6 +146,8 @@ def evaluate(
     lm = load_checkpoint(checkpoint, device=device)
     if "lac" in tasks:
         hidden_state_layer(-1 if lac_layer is None else lac_layer, lm.num_layers, "--lac-layer")
+        map_layer, map_layer_from = alignment.trained_map_layer(checkpoint)
+        hidden_state_layer(map_layer, lm.num_layers, f"objective.map_layer ({map_layer_from})")
     report: dict = {
         "checkpoint": str(checkpoint),
         "settings": {
@@ -144,6 +155,7 @@ def evaluate(
             "pairs": ",".join(f"{a}-{b}" for a, b in pair_list),
             "split": ",".join(splits),
             "limit": limit,
+            "items": items,
             "num_beams": num_beams,
             "device": device,
             "prompt_format": prompt_format,
@@ -175,7 +187,10 @@ def evaluate(
         return sources, len(sources) > 1
 
     def segments(a: str, b: str, source: DataSource, n: int | None = limit):
-        return parallel_segments(a, b, split=source.split or "test", path=source.path, limit=n)
+        """The scored segments (``n`` drawn as ``items`` says; the same for both directions of a pair)."""
+        return parallel_segments(
+            a, b, split=source.split or "test", path=source.path, limit=n, items=items, seed=seed
+        )
 
     def shots_for(a: str, b: str, path: Path | None) -> tuple[list, str]:
         """Few-shot examples for the text template: the dev folder of a FLORES download, else the
@@ -222,25 +237,31 @@ def evaluate(
                         max_new_tokens=max_new_tokens,
                     )
                     scores.update(split=source.split, data=source.label)
+                    per_item = scores.pop("scores")
+                    scores.update(item_ids=per_item.ids, documents=per_item.documents)
                     result["details"][key + split_suffix(source.split, several)] = scores
-                    scored.append((source, scores))
+                    scored.append((source, scores, summary(per_item, n_boot, seed)))
                 for name, field in (
                     ("bleu", "bleu"),
                     ("spbleu", "spbleu"),
                     ("chrf++", "chrf++"),
                     ("empty", "empty_generations"),
                 ):
-                    for source, scores in scored:
+                    for source, scores, clustered in scored:
                         if field in scores:
                             label_ = name + split_suffix(source.split, several)
+                            extra = clustered if name == "chrf++" else {"documents": scores["documents"]}
                             result["metrics"].append(
-                                metric(key, label_, scores[field], n=scores["n"], split=source.split)
+                                metric(key, label_, scores[field], n=scores["n"], split=source.split, **extra)
                             )
             result["prompt"] = {"mt": prompt_record(shot_labels)}
             if not mt.flores200_spm_available():
                 result["notes"].append(
                     "spBLEU omitted: sacrebleu's flores200 SentencePiece model is not cached"
                 )
+            result["notes"].append(
+                "chrF++ with a 95 % bootstrap interval over documents (corpus chrF++ of each resample)"
+            )
             if any(tgt == "ja" for _, tgt in directions) and mt.bleu_tokenizer_for("ja") == "char":
                 result["notes"].append("ja BLEU uses character tokens (MeCab not installed)")
         elif task == "clnlu":
@@ -254,15 +275,24 @@ def evaluate(
                     if not usable(source, src, tgt, result["notes"]):
                         continue
                     pool = segments(src, tgt, source, n=None)  # distractors from the whole file/split
-                    items = clnlu.translation_choice_items(
-                        lm, pool, src, tgt, prompt.name, shots, seed=seed, n_items=limit, template=mt_template
+                    chosen = [s.index for s in segments(src, tgt, source)]  # the items MT and LAC score
+                    questions = clnlu.translation_choice_items(
+                        lm, pool, src, tgt, prompt.name, shots, seed=seed, template=mt_template, chosen=chosen
                     )
                     desc = f"choice {src}->{tgt} {source.split or ''}".strip()
-                    acc = clnlu.choice_accuracy(items, clnlu.model_scorer(lm, batch_size, desc))
+                    acc = clnlu.choice_accuracy(questions, clnlu.model_scorer(lm, batch_size, desc))
                     acc.update(split=source.split, data=source.label)
+                    per_item = acc.pop("scores")
                     suffix = split_suffix(source.split, several)
                     result["metrics"].append(
-                        metric(key, "accuracy" + suffix, acc["accuracy"], acc["ci"], acc["n"], source.split)
+                        metric(
+                            key,
+                            "accuracy" + suffix,
+                            acc["accuracy"],
+                            n=acc["n"],
+                            split=source.split,
+                            **summary(per_item, n_boot, seed),
+                        )
                     )
                     result["details"][key + suffix] = acc
             result["prompt"] = {"choice": prompt_record(shot_labels)}
@@ -273,18 +303,28 @@ def evaluate(
                     "reason": "Belebele's passage / question / answer prompt, for every model",
                 }
                 for a, b in pair_list:
-                    items = clnlu.belebele_items(lm, data["clnlu"], a, b, limit=limit)
-                    acc = clnlu.choice_accuracy(
-                        items, clnlu.model_scorer(lm, batch_size, f"belebele {a}-{b}")
+                    questions = clnlu.belebele_items(
+                        lm, data["clnlu"], a, b, limit=limit, items=items, seed=seed
                     )
+                    acc = clnlu.choice_accuracy(
+                        questions, clnlu.model_scorer(lm, batch_size, f"belebele {a}-{b}")
+                    )
+                    per_item = acc.pop("scores")
                     key = f"belebele P:{a} Q:{b}"
-                    result["metrics"].append(metric(key, "accuracy", acc["accuracy"], acc["ci"], acc["n"]))
+                    result["metrics"].append(
+                        metric(
+                            key, "accuracy", acc["accuracy"], n=acc["n"], **summary(per_item, n_boot, seed)
+                        )
+                    )
                     result["details"][key] = acc
             else:
                 result["notes"].append(
                     "Belebele skipped: pass --data clnlu=FOLDER (per-language JSONL files)"
                 )
-            result["notes"].append("accuracy with a 95 % Wilson interval; chance = 0.25")
+            result["notes"].append(
+                "accuracy with a 95 % bootstrap interval over documents (Belebele: passages); the Wilson "
+                "interval that treats items as independent is in report.json (wilson_ci); chance = 0.25"
+            )
         elif task == "clqa":
             if "clqa" not in data:
                 result["notes"].append("skipped: pass --data clqa=FOLDER (XQuAD/MLQA JSON per language)")
@@ -300,10 +340,10 @@ def evaluate(
                     f"BERTScore-P: {bertscore_model}, layer {scorer_layer[0]} ({scorer_layer[1]})"
                 )
             for a, b in pair_list if "clqa" in data else []:
-                items = clqa.clqa_items(data["clqa"], a, b, limit=limit)
+                qa_items = clqa.clqa_items(data["clqa"], a, b, limit=limit)
                 scores = clqa.evaluate_clqa(
                     lm,
-                    items,
+                    qa_items,
                     a,
                     b,
                     batch_size=batch_size,
@@ -341,11 +381,18 @@ def evaluate(
                             f"{lang}: no bundled monolingual '{source.split}' split; skipped"
                         )
                         continue
-                    texts = monolingual_texts(
-                        lang, split=source.split or "test", path=source.path, limit=limit
+                    rows = monolingual_rows(
+                        lang,
+                        split=source.split or "test",
+                        path=source.path,
+                        limit=limit,
+                        items=items,
+                        seed=seed,
                     )
+                    texts = [r.text for r in rows]
                     scores = perplexity.evaluate_perplexity(lm, texts, batch_size=batch_size, lang=lang)
                     scores.update(split=source.split, data=source.label)
+                    scores.update(item_ids=[r.id for r in rows], documents=len({r.doc for r in rows}))
                     result["details"][lang + split_suffix(source.split, several)] = scores
                     scored.append((source, scores))
                 for name in ("ppl", "bits_per_byte"):
@@ -357,6 +404,7 @@ def evaluate(
                                 scores[name],
                                 n=scores["n"],
                                 split=source.split,
+                                documents=scores["documents"],
                             )
                         )
             result["notes"].append(
@@ -364,6 +412,7 @@ def evaluate(
             )
         elif task == "lac":
             sources, several = sources_for("lac", result)
+            views = []  # after every pair's rows at the reported layer, so those keep their order
             for a, b in pair_list:
                 pair = f"{a}-{b}"
                 scored = []
@@ -380,8 +429,11 @@ def evaluate(
                         layer=lac_layer,
                         split=source.split,
                         data=source.label,
+                        map_layer=map_layer,
                     )
-                    result["details"][pair + split_suffix(source.split, several)] = asdict(aligned)
+                    detail = asdict(aligned)
+                    detail.pop("items")  # in the metrics, for paired comparisons
+                    result["details"][pair + split_suffix(source.split, several)] = detail
                     scored.append((source, aligned))
                 for name in ("lac", "parallel_cos", f"p@1 {a}→{b}", f"p@1 {b}→{a}"):
                     for source, aligned in scored:
@@ -392,7 +444,13 @@ def evaluate(
                             f"p@1 {a}→{b}": row.p_at_1_ab,
                             f"p@1 {b}→{a}": row.p_at_1_ba,
                         }[name]
-                        ci = (row.lac_lo, row.lac_hi) if name == "lac" else None
+                        ci = (row.lac_lo, row.lac_hi) if name == "lac" and row.lac_lo is not None else None
+                        extra = {"documents": aligned.documents}
+                        if name == "lac":
+                            extra.update(
+                                interval=interval_method(aligned.documents, n_boot),
+                                items=aligned.items["report"],
+                            )
                         result["metrics"].append(
                             metric(
                                 f"{pair} ({row.label})",
@@ -401,12 +459,38 @@ def evaluate(
                                 ci,
                                 aligned.n,
                                 source.split,
+                                **extra,
                             )
                         )
+                for source, aligned in scored:  # the floor, the map layer, the best layer, the headline
+                    for name, (value, lo, hi) in alignment.lac_views(aligned).items():
+                        views.append(
+                            metric(
+                                pair,
+                                name + split_suffix(source.split, several),
+                                value,
+                                (lo, hi) if lo is not None else None,
+                                aligned.n,
+                                source.split,
+                                documents=aligned.documents,
+                                interval=interval_method(aligned.documents, n_boot),
+                                table="LAC at the floor (embeddings), the map layer and the best layer",
+                                items=aligned.items[name.removeprefix("lac@")],
+                            )
+                        )
+                    layer_names = [aligned.layers[i].label for i in (aligned.map_layer, aligned.best_layer)]
+                    result["notes"].append(
+                        f"{pair}{split_suffix(source.split, True)}: floor = embeddings, map = "
+                        f"{layer_names[0]} (objective.map_layer, {map_layer_from}), best = {layer_names[1]}"
+                    )
+            result["metrics"] += views
             result["notes"].append(
-                "LAC with a 95 % bootstrap interval over pairs at the reported layer; the per-layer curve "
-                "is in report.json and lac_per_layer.png (0 = embeddings, i = output of decoder layer i, "
-                "the last = after the final norm)"
+                "LAC with a 95 % bootstrap interval over documents (all pairs of a drawn document together) "
+                "at the reported layer; the per-layer curve is in report.json and lac_per_layer.png "
+                "(0 = embeddings, i = output of decoder layer i, the last = after the final norm). Headline: "
+                "lac@map-floor: LAC at the layer the map term trains minus LAC at the embeddings "
+                "(the lexical floor: shared characters, numbers, placeholders); lac@best is chosen on the "
+                "same items (exploratory)"
             )
         for entry in result["metrics"]:
             if entry["metric"].split(" (")[0] == "empty" and entry["value"]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from clmap.cli import add_debug_flag, run_main
 from clmap.evaluate import ALL_TASKS, DATA_KEYS, DEFAULT_PAIRS, PROMPT_FORMATS, evaluate
 from clmap.evaluate.lm import CheckpointError
-from clmap.evaluate.sources import EvalDataError
+from clmap.evaluate.sources import ITEM_SELECTIONS, EvalDataError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", default="eval_report", help="output folder")
     parser.add_argument("--limit", type=int, default=None, help="at most N examples per task and pair")
+    parser.add_argument(
+        "--items",
+        default="sample",
+        choices=ITEM_SELECTIONS,
+        help="how --limit picks the items: sample (seeded by --seed, stratified over documents, the same "
+        "for every checkpoint) or first (the first rows)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--num-beams", type=int, default=1, help="beam size for MT (1 = greedy)")
@@ -78,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="hidden state reported for LAC: 0 = embeddings, i = output of decoder layer i, "
         "the last = after the final norm; default (-1): the middle layer",
     )
-    parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates for the LAC interval")
+    parser.add_argument(
+        "--n-boot", type=int, default=1000, help="bootstrap replicates (over documents) for the intervals"
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser
 
@@ -112,6 +121,7 @@ def _evaluate_kwargs(args: argparse.Namespace) -> dict:
         lac_layer=args.lac_layer,
         n_boot=args.n_boot,
         seed=args.seed,
+        items=args.items,
     )
 
 
@@ -131,7 +141,7 @@ def run_compare(args: argparse.Namespace) -> Path:
         else:
             report = evaluate(folder, out_dir=out / f"run{index}_{folder.name}", **_evaluate_kwargs(args))
         named.append((name, report))
-    write_comparison(compare_reports(named), out)
+    write_comparison(compare_reports(named, args.n_boot, args.seed), out)
     return out / "comparison.md"
 
 

@@ -45,6 +45,8 @@ class ChoiceItem:
     candidates: list[str]
     gold: int
     candidate_ids: list[list[int]] | None = None
+    id: str = ""  # stable across runs ("doc#row", Belebele "link#question"): what paired comparisons match
+    doc: str = ""  # the document (Belebele: the passage): the bootstrap's cluster
 
 
 # A scorer returns one score per candidate of each item (higher = preferred).
@@ -86,20 +88,27 @@ def model_scorer(lm: LoadedModel, batch_size: int = 8, desc: str = "choices") ->
 
 
 def choice_accuracy(items: Sequence[ChoiceItem], scorer: Scorer) -> dict:
-    """Accuracy (ties count as wrong unless the gold is the first maximum) with a Wilson interval."""
+    """Accuracy (ties count as wrong unless the gold is the first maximum), the Wilson interval that
+    treats items as independent (``wilson_ci``) and each item's 0/1 (``scores``: :class:`ItemScores`,
+    for the interval clustered by document, :func:`clmap.evaluate.bootstrap.summary`)."""
+    from clmap.evaluate.bootstrap import ItemScores
+
     scores = scorer(items)
-    correct = sum(
-        1
+    hits = [
+        int(max(range(len(s)), key=s.__getitem__) == item.gold)
         for item, s in zip(items, scores, strict=False)
-        if max(range(len(s)), key=s.__getitem__) == item.gold
-    )
+    ]
+    correct = sum(hits)
     lo, hi = wilson_interval(correct, len(items))
+    ids = [item.id or str(index) for index, item in enumerate(items)]
+    docs = [item.doc or item_id for item, item_id in zip(items, ids, strict=True)]
     return {
         "accuracy": correct / len(items) if items else 0.0,
-        "ci": [lo, hi],
+        "wilson_ci": [lo, hi],
         "n": len(items),
         "correct": correct,
         "chance": 1 / len(items[0].candidates) if items else None,
+        "scores": ItemScores(ids, docs, [[float(h)] for h in hits]),
     }
 
 
@@ -107,9 +116,14 @@ def choice_accuracy(items: Sequence[ChoiceItem], scorer: Scorer) -> dict:
 
 
 def translation_choice_candidates(
-    segments: Sequence[ParallelSegment], n_candidates: int = 4, seed: int = 0, n_items: int | None = None
+    segments: Sequence[ParallelSegment],
+    n_candidates: int = 4,
+    seed: int = 0,
+    n_items: int | None = None,
+    chosen: Sequence[int] | None = None,
 ) -> list[tuple[list[str], int]]:
-    """(candidates, gold index) for the first ``n_items`` segments (default all): gold target + distractors.
+    """(candidates, gold index) for the segments at ``chosen`` (default the first ``n_items``, default
+    all): gold target + distractors.
 
     Distractors are drawn from all ``segments``, so a small ``--limit`` still has a full pool.
 
@@ -123,22 +137,23 @@ def translation_choice_candidates(
     for index, segment in enumerate(segments):
         by_doc.setdefault(segment.doc, []).append(index)
     items = []
-    for index, segment in enumerate(segments[:n_items]):
+    for index in range(len(segments[:n_items])) if chosen is None else chosen:
+        segment = segments[index]
         rng = random.Random(seed * 1_000_003 + index)
-        chosen: list[str] = []
+        picked: list[str] = []
         same_doc = [segments[j].tgt for j in by_doc[segment.doc] if segments[j].tgt != segment.tgt]
         rng.shuffle(same_doc)
         for text in same_doc:
-            if text not in chosen and len(chosen) < n_candidates - 1:
-                chosen.append(text)
-        if len(chosen) < n_candidates - 1:
+            if text not in picked and len(picked) < n_candidates - 1:
+                picked.append(text)
+        if len(picked) < n_candidates - 1:
             others = sorted(
-                {s.tgt for s in segments} - {segment.tgt, *chosen},
+                {s.tgt for s in segments} - {segment.tgt, *picked},
                 key=lambda t: (abs(len(t) - len(segment.tgt)), t),
             )
-            chosen.extend(others[: n_candidates - 1 - len(chosen)])
+            picked.extend(others[: n_candidates - 1 - len(picked)])
         gold = rng.randrange(n_candidates)
-        candidates = chosen[:gold] + [segment.tgt] + chosen[gold:]
+        candidates = picked[:gold] + [segment.tgt] + picked[gold:]
         items.append((candidates, gold))
     return items
 
@@ -153,19 +168,30 @@ def translation_choice_items(
     seed: int = 0,
     n_items: int | None = None,
     template: str | None = None,
+    chosen: Sequence[int] | None = None,
 ) -> list[ChoiceItem]:
     """Prompt = the MT prompt in ``prompt_format`` (with the same few-shot examples as MT), candidates =
-    4 target segments; after a text template each candidate follows the prompt with a space."""
+    4 target segments; after a text template each candidate follows the prompt with a space. The
+    scored segments are those at ``chosen`` (default the first ``n_items``); distractors come from all."""
     from clmap.evaluate.mt import mt_prompts
 
-    choices = translation_choice_candidates(segments, seed=seed, n_items=n_items)
-    sources = [s.src for s in segments[: len(choices)]]
-    prompts, texts = mt_prompts(lm, sources, src_lang, tgt_lang, prompt_format, shots, template)
+    if chosen is None:
+        chosen = range(len(segments[:n_items]))
+    choices = translation_choice_candidates(segments, seed=seed, chosen=chosen)
+    scored = [segments[i] for i in chosen]
+    prompts, texts = mt_prompts(
+        lm, [s.src for s in scored], src_lang, tgt_lang, prompt_format, shots, template
+    )
     items = []
     for index, (prompt, (candidates, gold)) in enumerate(zip(prompts, choices, strict=True)):
         context = texts[index] if texts is not None else None
         ids = [continuation_ids(lm.tokenizer, context, c) for c in candidates]
-        items.append(ChoiceItem(prompt=prompt, candidates=candidates, gold=gold, candidate_ids=ids))
+        segment = scored[index]
+        items.append(
+            ChoiceItem(
+                prompt, candidates, gold, ids, id=segment.id if segment.index >= 0 else "", doc=segment.doc
+            )
+        )
     return items
 
 
@@ -203,20 +229,31 @@ def _join_belebele(
 
 
 def belebele_items(
-    lm: LoadedModel, data: str | Path, passage_lang: str, question_lang: str, limit: int | None = None
+    lm: LoadedModel,
+    data: str | Path,
+    passage_lang: str,
+    question_lang: str,
+    limit: int | None = None,
+    items: str = "first",
+    seed: int = 0,
 ) -> list[ChoiceItem]:
     """Passage from the ``passage_lang`` file, question and options from the ``question_lang`` file
-    (``eng_Latn.jsonl`` ..., in ``data`` or its ``data/`` sub-folder as in the dataset repository)."""
+    (``eng_Latn.jsonl`` ..., in ``data`` or its ``data/`` sub-folder as in the dataset repository).
+    ``limit`` questions taken as ``items`` says (:func:`clmap.evaluate.sources.select_items`; the
+    passage is the document), the same questions for every pair given the seed."""
+    from clmap.evaluate.sources import select_items
+
     passage_path = language_file(data, passage_lang, (".jsonl",))
     question_path = language_file(data, question_lang, (".jsonl",))
     passages = read_jsonl_records(passage_path, ("flores_passage",))
     questions = read_jsonl_records(question_path, BELEBELE_FIELDS[1:])
     passages = _join_belebele(passages, questions, passage_path, question_path)
-    if limit is not None:
-        passages, questions = passages[:limit], questions[:limit]
+    docs = [str(q.get("link", number)) for number, q in enumerate(questions, 1)]
+    chosen = select_items(docs, limit, items, seed, "belebele")
     tok = lm.tokenizer
-    items = []
-    for number, (p, q) in enumerate(zip(passages, questions, strict=False), 1):
+    scored = []
+    for index in chosen:
+        number, p, q = index + 1, passages[index], questions[index]
         try:
             gold = int(q["correct_answer_num"]) - 1
         except (TypeError, ValueError) as exc:
@@ -231,11 +268,10 @@ def belebele_items(
         )
         options = [str(q[f"mc_answer{k}"]) for k in range(1, 5)]
         ids = [continuation_ids(tok, text, option) for option in options]
-        items.append(
-            ChoiceItem(
-                prompt=[tok.bos_id] + tok.encode(text), candidates=options, gold=gold, candidate_ids=ids
-            )
+        item_id = f"{docs[index]}#{q.get('question_number', number)}"
+        scored.append(
+            ChoiceItem([tok.bos_id] + tok.encode(text), options, gold, ids, id=item_id, doc=docs[index])
         )
-    if not items:
+    if not scored:
         raise EvalDataError(f"{question_path}: no Belebele records")
-    return items
+    return scored

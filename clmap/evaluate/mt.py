@@ -64,6 +64,15 @@ def score_translations(hypotheses: Sequence[str], references: Sequence[str], tgt
     return scores
 
 
+def chrf_item_statistics(hypotheses: Sequence[str], references: Sequence[str]) -> list[list[float]]:
+    """sacrebleu's chrF++ n-gram statistics of each sentence; their sum gives the corpus chrF++
+    (what :func:`clmap.evaluate.bootstrap.clustered_interval` resamples)."""
+    from sacrebleu.metrics import CHRF
+
+    stats = CHRF(word_order=2)._extract_corpus_statistics(list(hypotheses), [list(references)])
+    return [[float(x) for x in row] for row in stats]
+
+
 def few_shot_prompt(
     src: str, src_lang: str, tgt_lang: str, shots: Sequence[ParallelSegment], template: str = DEFAULT_TEMPLATE
 ) -> str:
@@ -161,7 +170,10 @@ def evaluate_mt(
     num_beams: int = 1,
     max_new_tokens: int = 128,
 ) -> dict:
-    """Translate ``segments`` src→tgt and score them; empty outputs are counted, not hidden."""
+    """Translate ``segments`` src→tgt and score them; empty outputs are counted, not hidden. ``scores``
+    holds each sentence's chrF++ statistics (:class:`clmap.evaluate.bootstrap.ItemScores`)."""
+    from clmap.evaluate.bootstrap import ItemScores
+
     prompts, texts = mt_prompts(
         lm, [s.src for s in segments], src_lang, tgt_lang, prompt_format, shots, template
     )
@@ -175,7 +187,8 @@ def evaluate_mt(
         stop=first_line if templated else None,
         desc=f"MT {src_lang}->{tgt_lang}",
     )
-    scores = score_translations(hypotheses, [s.tgt for s in segments], tgt_lang)
+    references = [s.tgt for s in segments]
+    scores = score_translations(hypotheses, references, tgt_lang)
     scores.update(
         n=len(segments),
         empty_generations=sum(1 for h in hypotheses if not h.strip()),
@@ -183,5 +196,11 @@ def evaluate_mt(
         examples=[
             {"src": s.src, "ref": s.tgt, "hyp": h} for s, h in zip(segments[:5], hypotheses[:5], strict=True)
         ],
+        scores=ItemScores(
+            [s.id for s in segments],
+            [s.doc for s in segments],
+            chrf_item_statistics(hypotheses, references),
+            "chrf++",
+        ),
     )
     return scores

@@ -5,8 +5,8 @@ direction, pair or language; split = the bundled split scored, None for local da
 scored on several splits, each metric name carries its split (``bleu (test)``, ``bleu (ood)``), so
 (task, key, metric) stays unique and the markdown table shows the splits in adjacent columns. The
 markdown tables, the comparison and its bar charts all read that one list, so a new metric shows up
-everywhere without touching this module. A task result may also say which ``data`` it used and which
-``prompt`` format it was scored with.
+everywhere without touching this module (a metric's ``table`` puts it in a second table of its task).
+A task result may also say which ``data`` it used and which ``prompt`` format it was scored with.
 """
 
 from __future__ import annotations
@@ -34,7 +34,10 @@ def metric(
     ci: Sequence[float] | None = None,
     n: int | None = None,
     split: str | None = None,
+    **extra,
 ) -> dict:
+    """One row of a task's metrics; ``extra`` adds what a score with items carries
+    (:func:`clmap.evaluate.bootstrap.summary`: ``documents``, ``interval``, ``items``)."""
     return {
         "key": key,
         "metric": name,
@@ -42,6 +45,7 @@ def metric(
         "ci": list(ci) if ci is not None else None,
         "n": n,
         "split": split,
+        **extra,
     }
 
 
@@ -63,10 +67,27 @@ def fmt(value: float | None) -> str:
 
 
 def _cell(entry: dict) -> str:
+    from clmap.evaluate.bootstrap import TOO_FEW
+
     text = fmt(entry["value"])
     if entry.get("ci"):
         text += f" [{fmt(entry['ci'][0])}, {fmt(entry['ci'][1])}]"
+    elif str(entry.get("interval", "")).startswith(TOO_FEW):
+        text += f" ({TOO_FEW})"  # how many documents: the task's notes
     return text
+
+
+def documents_note(metrics: Sequence[dict]) -> list[str]:
+    """One line per key and split saying how many documents its items came from (the intervals' clusters)."""
+    seen: dict[tuple, str] = {}
+    for m in metrics:
+        if m.get("documents") is not None:
+            where = f" ({m['split']})" if m.get("split") else ""
+            line = f"{m['key']}{where}: {m['n']} items from {m['documents']} documents"
+            seen.setdefault((m["key"], m.get("split")), line)
+    if not seen:
+        return []
+    return ["items and the documents they come from: " + "; ".join(seen.values())]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -92,18 +113,21 @@ def render_markdown(report: dict) -> str:
         if result.get("data") or result.get("prompt"):
             lines.append("")
         metrics = result.get("metrics", [])
-        if metrics:
-            names = list(dict.fromkeys(m["metric"] for m in metrics))
-            keys = list(dict.fromkeys(m["key"] for m in metrics))
-            by = {(m["key"], m["metric"]): m for m in metrics}
+        tables = list(dict.fromkeys(m.get("table") for m in metrics))  # None: the task's main table
+        for table in tables:
+            chosen = [m for m in metrics if m.get("table") == table]
+            names = list(dict.fromkeys(m["metric"] for m in chosen))
+            keys = list(dict.fromkeys(m["key"] for m in chosen))
+            by = {(m["key"], m["metric"]): m for m in chosen}
             rows = [
                 [key] + [_cell(by[key, name]) if (key, name) in by else "" for name in names] for key in keys
             ]
-            lines += markdown_table(["", *names], rows)
+            lines += ([f"{table}:", ""] if table else []) + markdown_table(["", *names], rows)
             lines.append("")
-        for note in result.get("notes", []):
+        notes = [*result.get("notes", []), *documents_note(metrics)]
+        for note in notes:
             lines.append(f"- {note}")
-        if result.get("notes"):
+        if notes:
             lines.append("")
     if report.get("plots"):
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in report["plots"]] + [""]
@@ -121,8 +145,8 @@ def pyplot():
 
 
 def plot_lac_per_layer(alignment: dict, path: Path) -> Path:
-    """LAC (with its bootstrap band) per layer, one line per language pair (and split); the last point
-    is the last decoder layer after the final norm, labelled so."""
+    """LAC (with its bootstrap band, absent with too few documents) per layer, one line per language
+    pair (and split); the last point is the last decoder layer after the final norm, labelled so."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     ticks: dict[int, str] = {}
@@ -130,12 +154,13 @@ def plot_lac_per_layer(alignment: dict, path: Path) -> Path:
         layers = [row["layer"] for row in detail["layers"]]
         ticks.update({row["layer"]: _tick(row) for row in detail["layers"]})
         ax.plot(layers, [row["lac"] for row in detail["layers"]], marker="o", label=pair)
-        ax.fill_between(
-            layers,
-            [row["lac_lo"] for row in detail["layers"]],
-            [row["lac_hi"] for row in detail["layers"]],
-            alpha=0.2,
-        )
+        if all(row["lac_lo"] is not None for row in detail["layers"]):  # None: too few documents
+            ax.fill_between(
+                layers,
+                [row["lac_lo"] for row in detail["layers"]],
+                [row["lac_hi"] for row in detail["layers"]],
+                alpha=0.2,
+            )
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xticks(sorted(ticks), [ticks[t] for t in sorted(ticks)])
     ax.set(
@@ -223,9 +248,14 @@ def write_report(report: dict, out_dir: str | Path) -> dict:
 # -- comparison ------------------------------------------------------------------------------------
 
 
-def compare_reports(named_reports: Sequence[tuple[str, dict]]) -> dict:
-    """One row per (task, key, metric): each run's value, its delta vs the first run, and whether that
-    delta falls outside the first run's 95 % interval (None where the metric has no interval)."""
+def compare_reports(named_reports: Sequence[tuple[str, dict]], n_boot: int = 1000, seed: int = 0) -> dict:
+    """One row per (task, key, metric): each run's value, its delta vs the first run, whether that delta
+    falls outside the first run's 95 % interval (None where the metric has no interval), and, where
+    both runs stored per-item scores, the paired bootstrap of the delta over the items they share,
+    resampling their documents (``paired``: delta, lo, hi, items, documents;
+    :func:`clmap.evaluate.bootstrap.paired_interval`)."""
+    from clmap.evaluate.bootstrap import ItemScores, paired_interval
+
     if len(named_reports) < 2:
         raise ValueError("a comparison needs at least two reports")
     names = [name for name, _ in named_reports]
@@ -241,7 +271,15 @@ def compare_reports(named_reports: Sequence[tuple[str, dict]]) -> dict:
     rows = []
     for task, key, name in indexed[0]:
         base = indexed[0][task, key, name]
-        row = {"task": task, "key": key, "metric": name, "values": {}, "deltas": {}, "outside_ci": {}}
+        row = {
+            "task": task,
+            "key": key,
+            "metric": name,
+            "values": {},
+            "deltas": {},
+            "outside_ci": {},
+            "paired": {},
+        }
         for run_name, metrics in zip(names, indexed, strict=False):
             entry = metrics.get((task, key, name))
             row["values"][run_name] = entry["value"] if entry else None
@@ -250,8 +288,29 @@ def compare_reports(named_reports: Sequence[tuple[str, dict]]) -> dict:
             row["deltas"][run_name] = entry["value"] - base["value"]
             ci = base.get("ci")
             row["outside_ci"][run_name] = (not ci[0] <= entry["value"] <= ci[1]) if ci else None
+            if base.get("items") and entry.get("items"):
+                pair = (ItemScores.from_dict(entry["items"]), ItemScores.from_dict(base["items"]))
+                row["paired"][run_name] = paired_interval([pair], n_boot, seed)
         rows.append(row)
     return {"runs": names, "baseline": names[0], "rows": rows}
+
+
+def _delta_cell(row: dict, name: str) -> str:
+    """Δ with its paired interval over shared items ([lo, hi], ``*`` when it excludes 0), or with the
+    note that the shared items came from too few documents; else Δ with ``†`` when it is outside the
+    baseline's own interval (the only test possible without per-item scores)."""
+    from clmap.evaluate.bootstrap import TOO_FEW
+
+    delta = row["deltas"].get(name)
+    if delta is None:
+        return "–"
+    paired = row.get("paired", {}).get(name)
+    if paired is None:
+        return f"{delta:+.4g}" + ("†" if row["outside_ci"].get(name) else "")
+    if paired["lo"] is None:
+        return f"{paired['delta']:+.4g} ({TOO_FEW}: {paired['documents']})"
+    mark = "*" if paired["lo"] > 0 or paired["hi"] < 0 else ""
+    return f"{paired['delta']:+.4g} [{fmt(paired['lo'])}, {fmt(paired['hi'])}]{mark}"
 
 
 def render_comparison(comparison: dict) -> str:
@@ -259,7 +318,11 @@ def render_comparison(comparison: dict) -> str:
     lines = [
         f"# clmap comparison (baseline: {base})",
         "",
-        "Δ is each run minus the baseline; `*` marks a Δ outside the baseline's 95 % interval.",
+        "Δ is each run minus the baseline. Interval used: where both runs stored per-item scores (chrF++, "
+        "accuracies, LAC), [lo, hi] is a 95 % paired bootstrap over the items they share, resampling "
+        "their documents, and `*` marks one that excludes 0 (Δ is then over the shared items); "
+        "elsewhere `†` marks a Δ outside the baseline's own 95 % interval. Runs of an ablation with "
+        "several seeds also have the seed-paired t interval (docs/ablation.md).",
         "",
     ]
     by_task: dict[str, list[dict]] = {}
@@ -269,11 +332,7 @@ def render_comparison(comparison: dict) -> str:
         header = ["key", "metric", *names, *(f"Δ {n}" for n in names[1:])]
         body = []
         for row in rows:
-            deltas = []
-            for name in names[1:]:
-                delta = row["deltas"].get(name)
-                mark = "*" if row["outside_ci"].get(name) else ""
-                deltas.append("–" if delta is None else f"{delta:+.4g}{mark}")
+            deltas = [_delta_cell(row, name) for name in names[1:]]
             body.append([row["key"], row["metric"], *(fmt(row["values"][n]) for n in names), *deltas])
         lines += [f"## {TASK_TITLES.get(task, task)}", "", *markdown_table(header, body), ""]
     return "\n".join(lines)

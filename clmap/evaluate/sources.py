@@ -23,6 +23,11 @@ class ParallelSegment:
     doc: str
     src: str
     tgt: str
+    index: int = -1  # row of the file / split: with doc, the item's id in every run and direction
+
+    @property
+    def id(self) -> str:
+        return f"{self.doc}#{self.index}"
 
 
 def _readers():
@@ -54,6 +59,20 @@ class DataSource:
     def local(path: str | Path) -> DataSource:
         """A local file/folder; the label of a FLORES download's root names the devtest folder scored."""
         return DataSource(str(flores_split_folder(path, FLORES_EVAL_SPLIT) or path), path=Path(path))
+
+
+# How ``--limit`` picks the scored rows: a seeded sample stratified over documents (the default), or
+# the first rows of the file / split (what the evaluator did before items were sampled).
+ITEM_SELECTIONS = ("sample", "first")
+
+
+def select_items(docs: Sequence[str], limit: int | None, items: str, seed: int, stratum: str) -> list[int]:
+    """Indices of the rows scored: :func:`clmap.evaluate.bootstrap.sample_items` or the first rows."""
+    from clmap.evaluate.bootstrap import first_items, sample_items
+
+    if items not in ITEM_SELECTIONS:
+        raise ValueError(f"--items {items!r}: choose from {', '.join(ITEM_SELECTIONS)}")
+    return sample_items(docs, limit, seed, stratum) if items == "sample" else first_items(docs, limit)
 
 
 def data_sources(path: str | Path | None, splits: Sequence[str]) -> list[DataSource]:
@@ -90,11 +109,15 @@ def parallel_segments(
     split: str = "test",
     path: str | Path | None = None,
     limit: int | None = None,
+    items: str = "first",
+    seed: int = 0,
 ) -> list[ParallelSegment]:
     """Aligned (src, tgt) segments for a direction: ``path`` if given, else the bundled split.
 
     ``path`` is anything ``clmap.data.readers.read_parallel`` reads (JSONL/TSV/Parquet/CSV, a FLORES
-    folder), or the root of a FLORES download, whose devtest folder is used."""
+    folder), or the root of a FLORES download, whose devtest folder is used. ``limit`` rows are taken
+    as ``items`` says (:data:`ITEM_SELECTIONS`): ``sample``, a seeded sample stratified over documents,
+    the same for both directions of a pair; ``first``, the first rows."""
     readers = _readers()
     if path is not None:
         path = flores_split_folder(path, FLORES_EVAL_SPLIT) or Path(path)
@@ -108,18 +131,38 @@ def parallel_segments(
         raise EvalDataError(f"no {src_lang}-{tgt_lang} parallel data in {where}: {exc}") from exc
     segments = []
     for index, row in enumerate(dataset):
-        if limit is not None and index >= limit:
+        if items == "first" and limit is not None and index >= limit:
             break
-        segments.append(ParallelSegment(doc=str(row.get("doc", index)), src=row["src"], tgt=row["tgt"]))
+        segments.append(ParallelSegment(str(row.get("doc", index)), row["src"], row["tgt"], index))
+    pair = "-".join(sorted((src_lang, tgt_lang)))
+    chosen = select_items([s.doc for s in segments], limit, items, seed, f"{pair}/{path or split}")
+    segments = [segments[i] for i in chosen]
     if not segments:
         raise EvalDataError(f"no {src_lang}-{tgt_lang} parallel segments found ({path or split})")
     return segments
 
 
-def monolingual_texts(
-    lang: str, split: str = "test", path: str | Path | None = None, limit: int | None = None
-) -> list[str]:
-    """Held-out monolingual texts of ``lang``: ``path`` if given, else the bundled split."""
+@dataclass(frozen=True)
+class MonolingualText:
+    doc: str
+    text: str
+    index: int = -1  # row of the file / split
+
+    @property
+    def id(self) -> str:
+        return f"{self.doc}#{self.index}"
+
+
+def monolingual_rows(
+    lang: str,
+    split: str = "test",
+    path: str | Path | None = None,
+    limit: int | None = None,
+    items: str = "first",
+    seed: int = 0,
+) -> list[MonolingualText]:
+    """Held-out monolingual texts of ``lang`` with their documents and ids: ``path`` if given, else the
+    bundled split; ``limit`` texts taken as ``items`` says (see :func:`parallel_segments`)."""
     readers = _readers()
     try:
         if path is not None:
@@ -129,15 +172,29 @@ def monolingual_texts(
     except _data_errors() as exc:
         where = path if path is not None else f"the bundled {split} split"
         raise EvalDataError(f"no {lang} monolingual data in {where}: {exc}") from exc
-    texts = []
+    rows = []
     for index, row in enumerate(dataset):
-        if limit is not None and index >= limit:
+        if items == "first" and limit is not None and index >= limit:
             break
         if row["text"].strip():
-            texts.append(row["text"])
-    if not texts:
+            rows.append(MonolingualText(str(row.get("doc", index)), row["text"], index))
+    chosen = select_items([r.doc for r in rows], limit, items, seed, f"{lang}/{path or split}")
+    rows = [rows[i] for i in chosen]
+    if not rows:
         raise EvalDataError(f"no {lang} monolingual texts found ({path or split})")
-    return texts
+    return rows
+
+
+def monolingual_texts(
+    lang: str,
+    split: str = "test",
+    path: str | Path | None = None,
+    limit: int | None = None,
+    items: str = "first",
+    seed: int = 0,
+) -> list[str]:
+    """The texts of :func:`monolingual_rows`."""
+    return [r.text for r in monolingual_rows(lang, split, path, limit, items, seed)]
 
 
 def bundled_language_splits(lang: str) -> list[str]:

@@ -40,7 +40,7 @@ else:  # pragma: no cover
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "configs" / "ablation"
-VARIANTS = ("ntp_only", "parallel_text", "cl_both", "cl_map", "cl_forward")
+VARIANTS = ("ntp_only", "parallel_text", "cl_both", "cl_map", "cl_forward", "placebo")
 LABELS = {
     "base": "base model (stage 1)",
     "ntp_only": "(a) NTP only",
@@ -48,6 +48,7 @@ LABELS = {
     "cl_both": "(c) NTP + CL both ways",
     "cl_map": "(d) NTP + CL + map",
     "cl_forward": "(e) NTP + CL one way",
+    "placebo": "(f) placebo: (d) on shuffled pairs",
 }
 BASELINES = ("ntp_only", "parallel_text")
 _EXPORT_LOCK = threading.Lock()
