@@ -34,6 +34,8 @@ from clmap.cli import UserError, add_debug_flag, run_main
 from clmap.model import UnsupportedModelError, check_supported
 
 PROBE_TEXT = "The capital of France is"
+#: Keys of transformers' GGUF mapping that are metadata sections, not architectures.
+NOT_MODELS = {"general", "tokenizer"}
 
 
 class ImportModelError(UserError):
@@ -91,9 +93,10 @@ def gguf_config(gguf: Path):
     try:
         config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
     except (ValueError, KeyError) as exc:
+        known = ", ".join(sorted(set(GGUF_SUPPORTED_ARCHITECTURES) - NOT_MODELS))
         raise ImportModelError(
             f"{gguf.name}: architecture {architecture!r}: transformers cannot convert it from GGUF "
-            f"({exc}); its GGUF loader knows {', '.join(sorted(GGUF_SUPPORTED_ARCHITECTURES))}"
+            f"({exc}); its GGUF loader knows {known}"
         ) from None
     return config
 
@@ -132,17 +135,21 @@ def import_gguf(source: str, out: str | Path, verify: bool = True) -> Path:
     try:
         gguf = resolve_gguf(source, work)
         config = gguf_config(gguf)
-        _say(f"{gguf.name}: architecture {gguf_architecture(gguf)!r} → transformers {config.model_type}")
+        architecture = gguf_architecture(gguf)
+        _say(f"{gguf.name}: architecture {architecture!r} → transformers {config.model_type}")
         try:
-            check_supported(_plain_config(config), where=f"{gguf.name}")
+            check_supported(_plain_config(config), where=config.model_type)
         except UnsupportedModelError as exc:
-            raise ImportModelError(str(exc)) from None
-        model, tokenizer = _load(gguf, config)
+            raise ImportModelError(
+                f"{gguf.name}: architecture {architecture!r}: clmap cannot train it: {exc}"
+            ) from None
+        model, tokenizer, reference = _load(gguf, config)
         _say(f"saving {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters (fp32) to {out}")
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if verify:
-            _verify(model, tokenizer, tmp)
+            _verify(reference, tokenizer, tmp)
+        del reference
         del model
         shutil.rmtree(work)
         _check_out(out)
@@ -165,7 +172,8 @@ def _plain_config(config):
 
 
 def _load(gguf: Path, config):
-    """The dequantised fp32 model rebuilt from a plain config, and the tokenizer from the GGUF metadata."""
+    """The dequantised fp32 model rebuilt from a plain config, the tokenizer from the GGUF metadata, and the
+    model as transformers loads the GGUF (what the written folder is verified against)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.monotonic()
@@ -181,11 +189,10 @@ def _load(gguf: Path, config):
             f"{gguf.name}: the converted weights do not match {type(model).__name__}: missing "
             f"{missing[:5]}, unexpected {unexpected[:5]}"
         )
-    del loaded
     model.eval()
     _say(f"building the tokenizer from the GGUF metadata ({time.monotonic() - started:.0f} s so far)")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
-    return model, tokenizer
+    return model, tokenizer, loaded.eval()
 
 
 def _tied_keys(model) -> set[str]:
@@ -196,8 +203,9 @@ def _tied_keys(model) -> set[str]:
 
 
 @torch.no_grad()
-def _verify(model, tokenizer, folder: Path) -> None:
-    """Reload the written folder with plain transformers and compare its logits on a probe text."""
+def _verify(reference, tokenizer, folder: Path) -> None:
+    """Reload the written folder with plain transformers; its logits on a probe text must be those of the
+    model transformers loads from the GGUF itself."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _say("verifying: reloading the folder with plain transformers and comparing logits")
@@ -206,7 +214,7 @@ def _verify(model, tokenizer, folder: Path) -> None:
     ids_again = AutoTokenizer.from_pretrained(folder, local_files_only=True)(PROBE_TEXT, return_tensors="pt")
     if not torch.equal(ids, ids_again.input_ids):
         raise ImportModelError(f"{folder}: the saved tokenizer encodes the probe text differently")
-    diff = (model(ids).logits - reloaded(ids).logits).abs().max().item()
+    diff = (reference(ids).logits - reloaded(ids).logits).abs().max().item()
     if diff != 0.0:
         raise ImportModelError(f"{folder}: the reloaded model's logits differ from the GGUF's by {diff:g}")
     _say(f"verified: identical logits on {ids.shape[1]} probe tokens")
