@@ -229,8 +229,9 @@ def count_parameters(model: torch.nn.Module, exclude_embeddings: bool = False) -
 #                      transformers passes a 4-D mask through untouched, so it never inspects position_ids
 #                      (its packed-sequence detection costs a device sync per forward). SDPA has no varlen
 #                      form: a mask is the only exact way, and flattening would only grow it to (B·S)².
-# Anything else (another implementation, a model whose attention cannot take the offsets, sliding-window
-# layers mixed with full ones under a mask) is refused before training starts: never a silent leak.
+# Sliding-window layers mixed with full ones (Gemma 3) get one mask per layer type, as a dict the decoder
+# hands each layer by its type. Anything else (another implementation, a model whose attention cannot take
+# the offsets, a mixed model whose decoder takes no per-type masks) is refused before training starts.
 PACKED_ATTENTION: dict[str, str] = {"flash_attention_2": "varlen", "sdpa": "mask", "eager": "mask"}
 
 
@@ -251,6 +252,15 @@ def check_packed_attention(model: PreTrainedModel) -> str:
         raise PackingError(
             f"{type(model).__name__}: layers of type {', '.join(sorted(unknown))} are not supported with "
             "packed rows (only full and sliding-window attention)"
+        )
+    types = set(_layer_types(model.config))
+    mixed = {"full_attention", "sliding_attention"} <= types and getattr(model.config, "sliding_window", None)
+    if PACKED_ATTENTION[impl] == "mask" and mixed and not _takes_mask_per_layer_type(model.get_decoder()):
+        decoder = type(model.get_decoder()).__name__
+        raise PackingError(
+            f"{type(model).__name__}: sliding-window layers (window {model.config.sliding_window}) "
+            f"mixed with full-attention layers need one packing mask per layer type, which {decoder} does "
+            "not take; use model.attn_implementation=flash_attention_2"
         )
     if PACKED_ATTENTION[impl] == "varlen":
         # The offsets reach attention through **kwargs of the decoder, of each block and of its attention.
@@ -298,14 +308,19 @@ def packed_attention_inputs(
     sequence = torch.searchsorted(cu_seq_lens, tokens, right=True).view(batch, seq)
     q = torch.arange(seq, device=device)
     allowed = (sequence[:, :, None] == sequence[:, None, :]) & (q[:, None] >= q[None, :])
-    window = _mask_window(config, seq)
+    window, per_layer_type = _mask_window(config, seq)
+    masks = {"full_attention": allowed}
     if window is not None:
-        allowed &= (q[:, None] - q[None, :]) < window
-    allowed = allowed[:, None]
+        masks["sliding_attention"] = allowed & ((q[:, None] - q[None, :]) < window)
+    masks = {kind: mask[:, None] for kind, mask in masks.items()}
     if impl == "eager":  # eager attention adds its mask to the scores
         zero = torch.zeros((), dtype=inputs_embeds.dtype, device=device)
-        allowed = torch.where(allowed, zero, torch.finfo(inputs_embeds.dtype).min)
-    return {"inputs_embeds": inputs_embeds, "position_ids": position_ids, "attention_mask": allowed}
+        low = torch.finfo(inputs_embeds.dtype).min
+        masks = {kind: torch.where(mask, zero, low) for kind, mask in masks.items()}
+    # Mixed full / sliding layers get one mask per layer type (the decoder picks each layer's own; checked
+    # by check_packed_attention); otherwise every layer shares the one mask.
+    mask = masks if per_layer_type else masks["sliding_attention" if window is not None else "full_attention"]
+    return {"inputs_embeds": inputs_embeds, "position_ids": position_ids, "attention_mask": mask}
 
 
 def _layer_types(config) -> list[str]:
@@ -317,19 +332,28 @@ def _layer_types(config) -> list[str]:
     return ["sliding_attention" if sliding else "full_attention"] * config.num_hidden_layers
 
 
-def _mask_window(config, seq_len: int) -> int | None:
-    """The sliding window one mask must apply to all layers, or None when no layer's window is shorter than a
-    row; a window that only some layers use would need one mask per kind of layer: refused."""
+def _mask_window(config, seq_len: int) -> tuple[int | None, bool]:
+    """(the sliding window a mask must apply, whether full and sliding layers need masks of their own).
+
+    The window is None when no layer's window is shorter than a row. Sliding layers mixed with full ones
+    (Gemma 3: window 512, 5 sliding per full layer) get a mask per layer type, which the decoder must
+    accept as a dict (:func:`_takes_mask_per_layer_type`, checked before training); else PackingError.
+    """
     window = getattr(config, "sliding_window", None)
-    if window is None or window >= seq_len or "sliding_attention" not in _layer_types(config):
-        return None
-    if "full_attention" in _layer_types(config):
-        raise PackingError(
-            f"{config.model_type}: sliding-window layers (window {window} < row length {seq_len}) mixed with "
-            "full-attention layers cannot share one packing mask; use model.attn_implementation="
-            "flash_attention_2 or data.seq_len ≤ the window"
-        )
-    return window
+    types = set(_layer_types(config))
+    if window is None or window >= seq_len or "sliding_attention" not in types:
+        return None, False
+    return window, "full_attention" in types
+
+
+def _takes_mask_per_layer_type(decoder: torch.nn.Module) -> bool:
+    """Whether the decoder uses a dict ``attention_mask`` as one mask per layer type, as transformers' own
+    mixed-attention decoders do (Gemma 2/3, Qwen2, ...), instead of building masks of its own from it."""
+    try:
+        source = inspect.getsource(type(decoder).forward)
+    except (OSError, TypeError):
+        return False
+    return "causal_mask_mapping := attention_mask, dict" in source
 
 
 def _takes_var_keywords(fn) -> bool:

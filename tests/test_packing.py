@@ -22,6 +22,7 @@ from transformers import (
 )
 from transformers import modeling_flash_attention_utils as fa_utils
 
+import clmap.model as model_module
 from clmap.config import ObjectiveConfig
 from clmap.data.examples import IGNORE_INDEX, GroupTable
 from clmap.data.stream import Row, TrainingStream, build_sources, collate, source_weights
@@ -351,7 +352,66 @@ def test_flash_attention_needs_an_attention_that_takes_the_boundaries(monkeypatc
     assert check_packed_attention(tiny_model("flash_attention_2")) == "flash_attention_2"
 
 
-def test_mixed_sliding_and_full_layers_are_refused_under_a_mask():
+def tiny_gemma3(impl: str, window: int = 5):
+    """Gemma 3 text in miniature: sliding-window and full-attention layers interleaved (the real 270M has
+    window 512, five sliding layers per full one), scaled embeddings, tied head."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    return tiny_model(
+        impl,
+        cls=Gemma3ForCausalLM,
+        config_cls=Gemma3TextConfig,
+        head_dim=8,
+        sliding_window=window,
+        layer_types=["sliding_attention", "full_attention"],
+    )
+
+
+@pytest.mark.parametrize("impl", BACKENDS)
+def test_mixed_sliding_and_full_layers_packed_equal_alone(impl, fake_flash):
+    """Sequences longer than the window, in a model mixing sliding and full layers (Gemma 3): under a mask
+    each layer type gets its own packing mask, so every sequence gives exactly its logits alone."""
+    model = tiny_gemma3(impl)
+    assert check_packed_attention(model) == impl
+    rows = random_rows(2, seed=5)
+    assert max(n for r in rows for n in r.seq_lens) > model.config.sliding_window
+    logit_err, loss_err, scale = leak(packed_logits(model, rows), alone_logits(model, rows))
+    tol = SLACK[torch.float32] * max(1.0, scale)
+    assert logit_err <= tol and loss_err <= tol, (logit_err, loss_err, tol)
+
+
+@pytest.mark.parametrize("shared", ["full_attention", "sliding_attention"])
+def test_one_mask_for_mixed_layers_is_caught(shared, monkeypatch):
+    """The comparison above can fail: one mask shared by both layer types (either one) is a wrong model."""
+    model = tiny_gemma3("sdpa")
+    rows = random_rows(2, seed=5)
+    alone = alone_logits(model, rows)
+    window = model.config.sliding_window if shared == "sliding_attention" else None
+    monkeypatch.setattr(model_module, "_mask_window", lambda config, seq_len: (window, False))
+    logit_err, _, scale = leak(packed_logits(model, rows), alone)
+    assert logit_err > 100 * SLACK[torch.float32] * max(1.0, scale), logit_err
+
+
+def test_mixed_layers_need_a_decoder_that_takes_a_mask_per_layer_type(monkeypatch):
+    from transformers import MistralModel, Qwen2Model
+    from transformers.models.gemma3.modeling_gemma3 import Gemma3TextModel
+
+    takes = model_module._takes_mask_per_layer_type
+    assert takes(Gemma3TextModel.__new__(Gemma3TextModel)) and takes(Qwen2Model.__new__(Qwen2Model))
+    assert not takes(MistralModel.__new__(MistralModel))  # builds its masks itself: a dict would break it
+    model = tiny_gemma3("sdpa")
+    monkeypatch.setattr(model_module, "_takes_mask_per_layer_type", lambda decoder: False)
+    with pytest.raises(
+        PackingError, match="window 5.*one packing mask per layer type, which Gemma3TextModel"
+    ):
+        check_packed_attention(model)
+    with pytest.raises(PackingError, match="Gemma3TextModel does not take"):
+        MappingObjective(model, GroupTable(["en"], []), ObjectiveConfig())
+    model.config._attn_implementation = "flash_attention_2"  # varlen: each layer applies its own window
+    assert check_packed_attention(model) == "flash_attention_2"
+
+
+def test_qwen2_mixed_sliding_and_full_layers_packed_equal_alone():
     from transformers import Qwen2ForCausalLM
 
     model = tiny_model(
@@ -363,12 +423,9 @@ def test_mixed_sliding_and_full_layers_are_refused_under_a_mask():
         max_window_layers=1,
     )
     assert set(model.config.layer_types) == {"full_attention", "sliding_attention"}
-    with pytest.raises(PackingError, match="window 8 < row length 40"):
-        packed_logits(model, random_rows(1, seed=0))
-    # a window no shorter than the row changes nothing: accepted, and exact
-    rows = random_rows(2, seed=2, seq_len=8)
-    logit_err, _, scale = leak(packed_logits(model, rows), alone_logits(model, rows))
-    assert logit_err <= SLACK[torch.float32] * max(1.0, scale)
+    for rows in (random_rows(2, seed=0), random_rows(2, seed=2, seq_len=8)):  # window < and = the row
+        logit_err, _, scale = leak(packed_logits(model, rows), alone_logits(model, rows))
+        assert logit_err <= SLACK[torch.float32] * max(1.0, scale)
 
 
 def test_flash_attention_without_flash_attn_names_the_setting():
