@@ -266,13 +266,20 @@ class ObjectiveConfig:
         range="[-1, inf)",
         resume=TRAINED,
     )
-    map_loss: Literal["cosine", "infonce"] = option(
+    map_loss: Literal["cosine", "centered", "infonce", "margin"] = option(
         "cosine",
-        "mapping loss: cosine (1 − cos per pair) or infonce (over the batch's pairs)",
+        "mapping loss: cosine (the paper's 1 − cos per pair); centered, infonce, margin compare each pair "
+        "with the step's other pairs, on all ranks, after removing their mean pooled state (docs/design.md)",
         resume=TRAINED,
     )
     infonce_temperature: float = option(
         0.05, "softmax temperature of the infonce mapping loss, > 0", range="(0, inf)", resume=TRAINED
+    )
+    map_margin: float = option(
+        0.2,
+        "margin mapping loss: how far a pair's centred cosine must exceed a non-pair's, ≥ 0",
+        range="[0, inf)",
+        resume=TRAINED,
     )
     z_loss: float = option(
         0.0,

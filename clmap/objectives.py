@@ -9,16 +9,18 @@ passes the coefficients in, so 1 process and N processes compute the same loss.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 
 from clmap.config import ObjectiveConfig
 from clmap.data.examples import IGNORE_INDEX, GroupTable
-from clmap.kernels import cosine_matrix, mapping_loss, paired_cosine, pool_spans
+from clmap.kernels import mapping_loss, paired_cosine, pool_spans
 from clmap.model import check_packed_attention, decoder_layers, packed_attention_inputs
 
 
@@ -38,6 +40,43 @@ def hidden_state_layer(layer: int, num_layers: int, name: str) -> int:
             f"{num_layers} = the last layer after the final norm, -1 = the middle layer ({num_layers // 2})"
         )
     return layer
+
+
+#: mapping forms that compare each pair with the step's other pairs: their term needs every pair of the
+#: optimizer step, so ``train_step`` pools the step first (:func:`step_mapping_plan`)
+STEP_FORMS = ("centered", "infonce", "margin")
+
+
+def map_terms(u: torch.Tensor, v: torch.Tensor, cfg: ObjectiveConfig) -> torch.Tensor:
+    """[P] the mapping term of each pair (u_i, v_i) of pooled encodings; L_map is their mean.
+
+    ``cosine`` (the paper's): 1 − cos(u_i, v_i). The step forms first remove the mean of all 2P pooled
+    states: a pretrained model's pooled states share a dominant direction that makes every raw cosine
+    ≈ 1 (docs/design.md, "The mapping term"). ``centered``: 1 − cos of the centred pair. ``infonce``:
+    ½ (CE of row i + CE of column i) of the centred cosine matrix over τ, the other pairs as negatives.
+    ``margin``: ½ the mean over j ≠ i of relu(m − S_ii + S_ij) and of relu(m − S_ii + S_ji).
+    """
+    if cfg.map_loss == "cosine":
+        return 1.0 - (F.normalize(u, dim=-1, eps=1e-8) * F.normalize(v, dim=-1, eps=1e-8)).sum(-1)
+    mean = torch.cat([u, v]).mean(0)
+    u, v = F.normalize(u - mean, dim=-1, eps=1e-8), F.normalize(v - mean, dim=-1, eps=1e-8)
+    if cfg.map_loss == "centered":
+        return 1.0 - (u * v).sum(-1)
+    sim = u @ v.T
+    if cfg.map_loss == "infonce":
+        logits, labels = sim / cfg.infonce_temperature, torch.arange(sim.shape[0], device=sim.device)
+        return 0.5 * (
+            F.cross_entropy(logits, labels, reduction="none")
+            + F.cross_entropy(logits.T, labels, reduction="none")
+        )
+    if cfg.map_loss == "margin":
+        others = ~torch.eye(sim.shape[0], dtype=torch.bool, device=sim.device)
+
+        def hinge(s: torch.Tensor) -> torch.Tensor:  # row i: pair i against every other candidate j
+            return (F.relu(cfg.map_margin - s.diagonal()[:, None] + s) * others).sum(1)
+
+        return 0.5 * (hinge(sim) + hinge(sim.T)) / max(sim.shape[0] - 1, 1)
+    raise ValueError(f"objective.map_loss={cfg.map_loss!r} is not one of cosine, {', '.join(STEP_FORMS)}")
 
 
 class ObjectiveOutput(NamedTuple):
@@ -99,14 +138,22 @@ class MappingObjective(nn.Module):
         pair_b: torch.Tensor,
         return_pooled: bool = False,
         group_weights: torch.Tensor | None = None,
+        pooled_only: bool = False,
+        map_plan: MapPlan | None = None,
     ) -> ObjectiveOutput:
         """Per-group loss sums/counts and the mapping term; ``return_pooled`` also returns the pooled
         source encodings of each pair (the dev-set LAC reads them: no second forward). ``group_weights``
         (the step's loss coefficients, :func:`loss_coefficients`) let the fused loss compute its
         gradients during the forward: ``weighted_loss`` is then the differentiable LM part of L.
         ``cu_seq_lens`` / ``max_seq_len`` (from :func:`~clmap.data.stream.collate`) are where the packed
-        sequences start and end: no token attends across them, whatever the attention implementation."""
-        want_map = (self.cfg.lambda_map > 0 or return_pooled) and pair_a.numel() > 0
+        sequences start and end: no token attends across them, whatever the attention implementation.
+
+        A step form of the mapping term (:data:`STEP_FORMS`) compares every pair of the optimizer step:
+        ``pooled_only`` (under no_grad) returns just the pooled encodings, from which
+        :func:`step_mapping_plan` computes the term's gradient w.r.t. each of them; given that ``map_plan``,
+        ``map_sum`` has the value of this micro-batch's share of the term and exactly that gradient.
+        Without a plan a step form is computed over this forward's own pairs (dev metrics)."""
+        want_map = (self.cfg.lambda_map > 0 or return_pooled or pooled_only) and pair_a.numel() > 0
         inputs = packed_attention_inputs(
             self.attn_implementation,
             self.lm.get_input_embeddings()(input_ids),
@@ -117,6 +164,15 @@ class MappingObjective(nn.Module):
         )
         out = self.lm.get_decoder()(**inputs, use_cache=False, output_hidden_states=want_map)
         hidden = out.last_hidden_state
+        zero = hidden.new_zeros((), dtype=torch.float32)
+        if pooled_only:  # the pooled sources only (step_mapping_plan): no output layer
+            none = zero.new_zeros(len(self.table))
+            if want_map:
+                layer = out.hidden_states[self.map_layer].flatten(0, 1)
+                pooled = self._pool(layer, span_starts, span_ends, pair_a, pair_b)
+            else:
+                pooled = (hidden.new_zeros(0, hidden.shape[-1], dtype=torch.float32),) * 2
+            return ObjectiveOutput(none, none, zero, zero, zero, *pooled)
         loss = mapping_loss(
             hidden.flatten(0, 1),
             self.lm.get_output_embeddings().weight,
@@ -128,7 +184,6 @@ class MappingObjective(nn.Module):
             group_weights=group_weights,
             accum_dtype=self._accum_dtype(hidden.dtype),
         )
-        zero = hidden.new_zeros((), dtype=torch.float32)
         if not want_map:
             return ObjectiveOutput(
                 loss.loss_sum,
@@ -139,26 +194,23 @@ class MappingObjective(nn.Module):
                 weighted_loss=loss.weighted_loss,
             )
         layer = out.hidden_states[self.map_layer].flatten(0, 1)
-        a_starts, a_ends = span_starts[pair_a], span_ends[pair_a]
-        b_starts, b_ends = span_starts[pair_b], span_ends[pair_b]
-        if self.cfg.map_loss == "infonce":
-            sim = cosine_matrix(layer, a_starts, a_ends, layer, b_starts, b_ends)
-            logits, labels = sim / self.cfg.infonce_temperature, torch.arange(sim.shape[0], device=sim.device)
-            map_sum = 0.5 * (
-                F.cross_entropy(logits, labels, reduction="sum")
-                + F.cross_entropy(logits.T, labels, reduction="sum")
-            )
-            cos = sim.diagonal()
+        if self.cfg.map_loss in STEP_FORMS:
+            u, v = self._pool(layer, span_starts, span_ends, pair_a, pair_b)
+            cos = F.cosine_similarity(u.detach(), v.detach(), dim=-1, eps=1e-8)
+            if map_plan is None:
+                map_sum = map_terms(u, v, self.cfg).sum()
+            else:  # the value of this share of the step's term, the gradient the whole step's term has
+                surrogate = (u * map_plan.grad_a).sum() + (v * map_plan.grad_b).sum()
+                map_sum = surrogate - surrogate.detach() + map_plan.value
+            pooled = (u.detach(), v.detach()) if return_pooled else (None, None)
         else:
-            cos = paired_cosine(layer, a_starts, a_ends, b_starts, b_ends)
+            a_starts, a_ends = span_starts[pair_a], span_ends[pair_a]
+            cos = paired_cosine(layer, a_starts, a_ends, span_starts[pair_b], span_ends[pair_b])
             map_sum = (1.0 - cos).sum()
+            pooled = (None, None)
+            if return_pooled:
+                pooled = tuple(p.detach() for p in self._pool(layer, span_starts, span_ends, pair_a, pair_b))
         pairs = cos.new_full((), float(cos.numel()), dtype=torch.float32)  # a fill, not a host copy
-        pooled = (None, None)
-        if return_pooled:
-            pooled = (
-                pool_spans(layer, a_starts, a_ends).detach(),
-                pool_spans(layer, b_starts, b_ends).detach(),
-            )
         return ObjectiveOutput(
             loss.loss_sum,
             loss.count,
@@ -168,6 +220,65 @@ class MappingObjective(nn.Module):
             *pooled,
             weighted_loss=loss.weighted_loss,
         )
+
+    @staticmethod
+    def _pool(layer, starts, ends, pair_a, pair_b) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean-pooled source spans of the a→b and of the b→a sequence of each pair, [P, H] each."""
+        return pool_spans(layer, starts[pair_a], ends[pair_a]), pool_spans(
+            layer, starts[pair_b], ends[pair_b]
+        )
+
+
+class MapPlan(NamedTuple):
+    """One micro-batch's share of a step form of the mapping term (:func:`step_mapping_plan`)."""
+
+    grad_a: torch.Tensor  # [p, H] d(Σ over the step's pairs of the term) / d(pooled a→b source) of its pairs
+    grad_b: torch.Tensor  # [p, H] the same for the b→a sources
+    value: torch.Tensor  # scalar: Σ of the term over its own pairs (logged)
+
+
+def step_mapping_plan(
+    objective: nn.Module, micro: Sequence[dict], rank_pairs: Sequence[int], cfg: ObjectiveConfig
+) -> list[MapPlan] | None:
+    """The gradient of a step form of L_map w.r.t. every pooled encoding of the step, split by micro-batch.
+
+    A step form (:data:`STEP_FORMS`) compares each pair with every other pair of the optimizer step, on
+    every rank, but a step runs its micro-batches' backward one at a time. So, as GradCache does, the
+    step's source spans are first pooled without gradients (one more forward of the decoder, no output
+    layer), gathered from all ranks in rank order (``rank_pairs``: pairs of each rank, known on every
+    host), and the term is differentiated w.r.t. those pooled states; each micro-batch's forward then
+    back-propagates its own states' share. The gradient is exactly that of the step's term, whatever
+    the micro-batch split and world size (this assumes a deterministic forward: no dropout).
+    None when the step has no pairs or the form is the paper's per-pair cosine.
+    """
+    if cfg.map_loss not in STEP_FORMS or cfg.lambda_map == 0 or sum(rank_pairs) == 0:
+        return None
+    with torch.no_grad():
+        pooled = [objective(**batch, pooled_only=True) for batch in micro]
+    sizes = [out.pooled_a.shape[0] for out in pooled]
+    u = torch.cat([out.pooled_a for out in pooled])
+    v = torch.cat([out.pooled_b for out in pooled])
+    rank = 0
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        rank, most = dist.get_rank(), max(rank_pairs)
+        local = torch.cat([u, v], dim=1)
+        padded = local.new_zeros(most, local.shape[1])
+        padded[: local.shape[0]] = local
+        parts = [torch.empty_like(padded) for _ in rank_pairs]
+        dist.all_gather(parts, padded)
+        both = torch.cat([part[:n] for part, n in zip(parts, rank_pairs, strict=True)])
+        u, v = both.split(u.shape[1], dim=1)
+    u, v = u.detach().requires_grad_(), v.detach().requires_grad_()
+    with torch.enable_grad():
+        terms = map_terms(u, v, cfg)
+        grad_a, grad_b = torch.autograd.grad(terms.sum(), (u, v))
+    start = sum(rank_pairs[:rank])
+    plans = []
+    for n in sizes:
+        mine = slice(start, start + n)
+        plans.append(MapPlan(grad_a[mine], grad_b[mine], terms[mine].detach().sum()))
+        start += n
+    return plans
 
 
 def loss_coefficients(

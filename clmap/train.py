@@ -32,7 +32,13 @@ from clmap.data.prefetch import Prefetcher
 from clmap.data.stream import Row, collate, to_device
 from clmap.metrics import MetricLogger, flops_per_token, gpu_busy_share, peak_flops, peak_memory_gib
 from clmap.model import build_model, check_model, count_parameters
-from clmap.objectives import MappingObjective, ObjectiveOutput, loss_coefficients, summarize_totals
+from clmap.objectives import (
+    MappingObjective,
+    ObjectiveOutput,
+    loss_coefficients,
+    step_mapping_plan,
+    summarize_totals,
+)
 from clmap.parallel import DistInfo, all_reduce_sum, cleanup, init_distributed, shard_model, use_compile
 from clmap.run_folder import (
     check_resume_config,
@@ -105,6 +111,7 @@ class StepBatch:
     counts: torch.Tensor  # [G] target tokens of each group in the global batch (the realised mixture)
     map_coef: float  # weight of the summed mapping term
     tokens: int  # real (non-padding) tokens of the global batch (tokens/s, MFU)
+    rank_pairs: list[int]  # pairs in each rank's share (a step form of the mapping term gathers them)
 
 
 def prepare_step(rows: list[Row], cfg: Config, table: GroupTable, dist_info: DistInfo) -> StepBatch:
@@ -118,14 +125,19 @@ def prepare_step(rows: list[Row], cfg: Config, table: GroupTable, dist_info: Dis
     mb = cfg.train.micro_batch
     micro = [collate(mine[i : i + mb], pin_memory=pin) for i in range(0, len(mine), mb)]
     tokens = sum(row.num_tokens for row in rows)  # from the row layout: a pad id can equal a real token's
-    return StepBatch(rows, micro, coef.pin_memory() if pin else coef, counts, map_coef, tokens)
+    rank_pairs = [
+        sum(len(row.pairs) for row in rows[r * per_rank : (r + 1) * per_rank])
+        for r in range(dist_info.world_size)
+    ]
+    return StepBatch(rows, micro, coef.pin_memory() if pin else coef, counts, map_coef, tokens, rank_pairs)
 
 
 def train_step(objective, optimizer, batch: StepBatch, cfg: Config, dist_info: DistInfo):
     """One optimizer step over a prepared global batch: this rank's share, in micro-batches.
 
     Loss weights come from the whole step's counts, and the loss is scaled by the world size because
-    FSDP averages gradients over ranks: the gradient is then exactly that of the global-batch mean.
+    FSDP averages gradients over ranks: the gradient is then exactly that of the global-batch mean. A step
+    form of the mapping term first pools the whole step's pairs (``step_mapping_plan``, one more forward).
     Nothing here waits for the device: it returns device tensors (the reduced sums, the gradient norm,
     whether the update was applied), read every ``metrics.log_every`` steps. A non-finite step is
     skipped on the device: fused AdamW leaves parameters and state untouched when ``found_inf`` is 1.
@@ -133,9 +145,11 @@ def train_step(objective, optimizer, batch: StepBatch, cfg: Config, dist_info: D
     device = dist_info.device
     coef = batch.coef.to(device, non_blocking=True)
     sums = ObjectiveOutput.zero_totals(len(batch.coef), device)
-    for i, micro in enumerate(batch.micro):
-        objective.set_requires_gradient_sync(i == len(batch.micro) - 1)
-        out = objective(**to_device(micro, device), group_weights=coef)
+    micro_batches = [to_device(micro, device) for micro in batch.micro]
+    plans = step_mapping_plan(objective, micro_batches, batch.rank_pairs, cfg.objective)
+    for i, micro in enumerate(micro_batches):
+        objective.set_requires_gradient_sync(i == len(micro_batches) - 1)
+        out = objective(**micro, group_weights=coef, map_plan=plans[i] if plans else None)
         loss = out.weighted_loss + batch.map_coef * out.map_sum
         (loss * dist_info.world_size).backward()
         sums += out.totals()

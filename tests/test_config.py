@@ -66,7 +66,7 @@ def test_choices_are_checked_with_the_key_the_value_and_the_allowed_values(tmp_p
     assert (cfg.model.attn_implementation, cfg.objective.map_loss) == ("flash_attention_2", "infonce")
     for key, allowed in {
         "data.cl_directions": ("both", "forward"),
-        "objective.map_loss": ("cosine", "infonce"),
+        "objective.map_loss": ("cosine", "centered", "infonce", "margin"),
         "train.mixed_precision": ("auto", "bf16", "fp32"),
         "train.backend": ("auto", "nccl", "gloo"),
     }.items():

@@ -148,3 +148,22 @@ def test_loss_accum_dtype_reaches_the_fused_loss(setup, monkeypatch):
         forward("bf16", torch.float32)
     with pytest.raises(ConfigError, match="loss_accum_dtype=bf16 needs bf16 compute"):
         load_config(None, ["--objective.loss_accum_dtype=bf16", "--train.mixed_precision=fp32"])
+
+
+def test_truncated_decoder_keeps_the_mapped_hidden_state(training_setup):
+    """map_separation encodes with the decoder cut after the mapping layer: that hidden state is unchanged."""
+    import copy
+    import dataclasses
+
+    from clmap.experiments.map_separation import truncated_decoder
+
+    cfg, _, tok, _, rows = training_setup
+    lm = build_model(dataclasses.replace(cfg.model, num_layers=4), tok, torch.device("cpu")).eval()
+    ids = torch.tensor([rows[0].input_ids[:40]])
+    layer = lm.config.num_hidden_layers // 2
+    with torch.no_grad():
+        want = lm(input_ids=ids, output_hidden_states=True).hidden_states[layer]
+        cut = truncated_decoder(copy.deepcopy(lm), layer)
+        got = cut(input_ids=ids, output_hidden_states=True).hidden_states
+    assert len(cut.layers) == layer + 1 < lm.config.num_hidden_layers
+    torch.testing.assert_close(got[layer], want, rtol=0, atol=0)
