@@ -30,7 +30,16 @@ from clmap.data.examples import IGNORE_INDEX, GroupTable
 from clmap.data.pipeline import dev_rows, load_texts, make_stream, prepare_tokenizer
 from clmap.data.prefetch import Prefetcher
 from clmap.data.stream import Row, collate, to_device
-from clmap.metrics import MetricLogger, flops_per_token, gpu_busy_share, peak_flops, peak_memory_gib
+from clmap.metrics import (
+    MetricLogger,
+    attention_flops_per_pair,
+    causal_pairs,
+    flops_per_token,
+    gpu_busy_share,
+    mfu,
+    peak_flops,
+    peak_memory_gib,
+)
 from clmap.model import build_model, check_model, count_parameters
 from clmap.objectives import MappingObjective, ObjectiveOutput, loss_coefficients, summarize_totals
 from clmap.parallel import DistInfo, all_reduce_sum, cleanup, init_distributed, shard_model, use_compile
@@ -104,6 +113,7 @@ class StepBatch:
     coef: torch.Tensor  # [G] loss weight of each group for this step (loss_coefficients)
     map_coef: float  # weight of the summed mapping term
     tokens: int  # real (non-padding) tokens of the global batch (tokens/s, MFU)
+    pairs: int  # (query, key) pairs of document-causal attention over the global batch (mfu_doc)
 
 
 def prepare_step(rows: list[Row], cfg: Config, table: GroupTable, dist_info: DistInfo) -> StepBatch:
@@ -117,7 +127,8 @@ def prepare_step(rows: list[Row], cfg: Config, table: GroupTable, dist_info: Dis
     mb = cfg.train.micro_batch
     micro = [collate(mine[i : i + mb], pin_memory=pin) for i in range(0, len(mine), mb)]
     tokens = sum(row.num_tokens for row in rows)  # from the row layout: a pad id can equal a real token's
-    return StepBatch(rows, micro, coef.pin_memory() if pin else coef, map_coef, tokens)
+    pairs = causal_pairs(n for row in rows for n in row.seq_lens)
+    return StepBatch(rows, micro, coef.pin_memory() if pin else coef, map_coef, tokens, pairs)
 
 
 def train_step(objective, optimizer, batch: StepBatch, cfg: Config, dist_info: DistInfo):
@@ -231,12 +242,22 @@ def resume(checkpointer: Checkpointer, cfg: Config, objective, optimizer, schedu
 class StepMetrics:
     """The metrics of the steps since the last log line: losses per task and group (token means over
     those steps), lr, the last step's gradient norm, skipped steps, tokens/s, MFU, peak memory and the
-    share of the time spent waiting for data. Device values add up without a sync; ``read`` syncs once."""
+    share of the time spent waiting for data. Device values add up without a sync; ``read`` syncs once.
 
-    def __init__(self, cfg: Config, table: GroupTable, flops_per_token: float, dist_info: DistInfo):
+    MFU both ways: ``mfu`` by torchtitan's formula (attention over whole rows) and ``mfu_doc`` with the
+    attention FLOPs document-causal packing actually needs (``clmap.metrics.causal_pairs``)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        table: GroupTable,
+        flops_per_token: float,
+        dist_info: DistInfo,
+        flops_per_pair: float = 0.0,
+    ):
         self.cfg, self.table, self.dist_info = cfg, table, dist_info
         self.peak = peak_flops(dist_info.device)
-        self.flops_per_token = flops_per_token
+        self.flops_per_token, self.flops_per_pair = flops_per_token, flops_per_pair
         self._reset(time.perf_counter())
 
     def _reset(self, now: float) -> None:
@@ -244,15 +265,16 @@ class StepMetrics:
         self.sums = ObjectiveOutput.zero_totals(len(self.table), device)
         self.skipped = torch.zeros((), dtype=torch.float64, device=device)
         self.grad_norm = torch.zeros((), dtype=torch.float64, device=device)
-        self.steps, self.tokens, self.data_time, self.start = 0, 0, 0.0, now
+        self.steps, self.tokens, self.pairs, self.data_time, self.start = 0, 0, 0, 0.0, now
 
-    def add(self, sums, grad_norm, finite, tokens: int, data_time: float) -> None:
-        """One step's device outputs (``train_step``), its token count and its wait for data."""
+    def add(self, sums, grad_norm, finite, tokens: int, data_time: float, pairs: int = 0) -> None:
+        """One step's device outputs (``train_step``), its token and attention-pair counts and data wait."""
         self.sums += sums
         self.skipped += (~finite).double()
         self.grad_norm = grad_norm
         self.steps += 1
         self.tokens += tokens
+        self.pairs += pairs
         self.data_time += data_time
 
     def read(self, scheduler, nonfinite_total: int) -> dict:
@@ -276,8 +298,15 @@ class StepMetrics:
             }
         )
         if self.peak:
-            world = self.dist_info.world_size
-            metrics["mfu"] = self.tokens * self.flops_per_token / elapsed / (self.peak * world)
+            metrics["mfu"], metrics["mfu_doc"] = mfu(
+                self.tokens,
+                self.pairs,
+                elapsed,
+                self.flops_per_token,
+                self.flops_per_pair,
+                self.cfg.data.seq_len,
+                self.peak * self.dist_info.world_size,
+            )
         self._reset(now)
         return metrics
 
@@ -375,7 +404,7 @@ def train(cfg: Config, dist_info: DistInfo) -> Path:
 
     logger = MetricLogger(run_dir, enabled=main, tensorboard=cfg.metrics.tensorboard)
     preemption = _Preemption()
-    step_metrics = StepMetrics(cfg, table, flops, dist_info)
+    step_metrics = StepMetrics(cfg, table, flops, dist_info, attention_flops_per_pair(lm))
     nonfinite = NonfiniteGuard(cfg.train.max_nonfinite_in_a_row, nonfinite_total, dist_info.device)
     if main:
         print(
@@ -411,7 +440,7 @@ def train(cfg: Config, dist_info: DistInfo) -> Path:
             scheduler.step()
             step += 1
             rows_done += len(batch.rows)
-            step_metrics.add(sums, grad_norm, finite, batch.tokens, data_time)
+            step_metrics.add(sums, grad_norm, finite, batch.tokens, data_time, batch.pairs)
             nonfinite.add(finite)
             if prof is not None:
                 prof.step()
