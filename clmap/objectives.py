@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 from clmap.config import ObjectiveConfig
 from clmap.data.examples import IGNORE_INDEX, GroupTable
 from clmap.kernels import cosine_matrix, mapping_loss, paired_cosine, pool_spans
+from clmap.kernels.mapping_loss_chunks import KeptTokens
 from clmap.model import check_packed_attention, decoder_layers, packed_attention_inputs
 
 
@@ -99,13 +100,15 @@ class MappingObjective(nn.Module):
         pair_b: torch.Tensor,
         return_pooled: bool = False,
         group_weights: torch.Tensor | None = None,
+        kept: KeptTokens | None = None,
     ) -> ObjectiveOutput:
         """Per-group loss sums/counts and the mapping term; ``return_pooled`` also returns the pooled
         source encodings of each pair (the dev-set LAC reads them: no second forward). ``group_weights``
         (the step's loss coefficients, :func:`loss_coefficients`) let the fused loss compute its
         gradients during the forward: ``weighted_loss`` is then the differentiable LM part of L.
         ``cu_seq_lens`` / ``max_seq_len`` (from :func:`~clmap.data.stream.collate`) are where the packed
-        sequences start and end: no token attends across them, whatever the attention implementation."""
+        sequences start and end: no token attends across them, whatever the attention implementation.
+        ``kept`` (``prepare_step``'s, made on the host) spares the loss finding its tokens on the device."""
         want_map = (self.cfg.lambda_map > 0 or return_pooled) and pair_a.numel() > 0
         inputs = packed_attention_inputs(
             self.attn_implementation,
@@ -127,6 +130,7 @@ class MappingObjective(nn.Module):
             z_loss=self.cfg.z_loss,
             group_weights=group_weights,
             accum_dtype=self._accum_dtype(hidden.dtype),
+            kept=kept,
         )
         zero = hidden.new_zeros((), dtype=torch.float32)
         if not want_map:

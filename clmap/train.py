@@ -30,6 +30,7 @@ from clmap.data.examples import IGNORE_INDEX, GroupTable
 from clmap.data.pipeline import dev_rows, load_texts, make_stream, prepare_tokenizer
 from clmap.data.prefetch import Prefetcher
 from clmap.data.stream import Row, collate, to_device
+from clmap.kernels.mapping_loss_chunks import kept_tokens
 from clmap.metrics import (
     MetricLogger,
     attention_flops_per_pair,
@@ -118,7 +119,8 @@ class StepBatch:
 
 def prepare_step(rows: list[Row], cfg: Config, table: GroupTable, dist_info: DistInfo) -> StepBatch:
     """Everything about a step that needs only the host: loss weights from the whole step's counts, this
-    rank's share of the rows in micro-batches, and the token count."""
+    rank's share of the rows in micro-batches with the tokens each keeps for the loss (``kept``), and the
+    token count."""
     counts, num_pairs = step_counts(rows, len(table))
     coef, map_coef = loss_coefficients(table, counts, num_pairs, cfg.objective)
     pin = dist_info.device.type == "cuda"
@@ -126,6 +128,10 @@ def prepare_step(rows: list[Row], cfg: Config, table: GroupTable, dist_info: Dis
     mine = rows[dist_info.rank * per_rank : (dist_info.rank + 1) * per_rank]
     mb = cfg.train.micro_batch
     micro = [collate(mine[i : i + mb], pin_memory=pin) for i in range(0, len(mine), mb)]
+    for (
+        batch
+    ) in micro:  # the loss's chunk plan found here, on the prefetch thread: no device syncs in the step
+        batch["kept"] = kept_tokens(batch["targets"], batch["groups"], len(table), IGNORE_INDEX, pin)
     tokens = sum(row.num_tokens for row in rows)  # from the row layout: a pad id can equal a real token's
     pairs = causal_pairs(n for row in rows for n in row.seq_lens)
     return StepBatch(rows, micro, coef.pin_memory() if pin else coef, map_coef, tokens, pairs)
