@@ -57,7 +57,7 @@ def _setup(case: dict):
     from clmap.data.examples import GroupTable
     from clmap.data.pipeline import load_texts, make_stream
     from clmap.data.tokenizer import load_tokenizer
-    from clmap.metrics import flops_per_token
+    from clmap.metrics import attention_flops_per_pair, flops_per_token
     from clmap.model import build_model
 
     cfg = load_config(case["config"], case["overrides"])
@@ -69,11 +69,16 @@ def _setup(case: dict):
     table = GroupTable(cfg.data.languages, cfg.data.pairs)
     rows = make_stream(cfg, tok, table, mono, parallel, cfg.train.seed).rows(0)
     model = build_model(cfg.model, tok, device)
-    return cfg, device, tok, rows, model, flops_per_token(model, cfg.data.seq_len)
+    flops = (flops_per_token(model, cfg.data.seq_len), attention_flops_per_pair(model), cfg.data.seq_len)
+    return cfg, device, tok, rows, model, flops
 
 
-def _record(tokens: int, steps: int, elapsed: float, data_time: float, device, peak, flops_tok) -> dict:
-    from clmap.metrics import peak_memory_gib
+def _record(
+    tokens: int, steps: int, elapsed: float, data_time: float, device, peak, flops, pairs: int | None = None
+) -> dict:
+    """One log window; ``flops`` is (per token, per attention pair, row length) as ``clmap.metrics.mfu``
+    takes them, ``pairs`` the window's document-causal attention pairs (None: no ``mfu_doc``)."""
+    from clmap.metrics import mfu, peak_memory_gib
 
     record = {
         "tokens_per_s": tokens / elapsed,
@@ -83,7 +88,9 @@ def _record(tokens: int, steps: int, elapsed: float, data_time: float, device, p
         "peak_memory_gib": peak_memory_gib(device),
     }
     if peak:
-        record["mfu"] = tokens * flops_tok / elapsed / peak
+        record["mfu"], doc = mfu(tokens, pairs, elapsed, flops[0], flops[1], flops[2], peak)
+        if doc is not None:
+            record["mfu_doc"] = doc
     return record
 
 
@@ -95,7 +102,7 @@ def plain_loop(case: dict) -> dict:
     from clmap.metrics import peak_flops
     from clmap.train import build_optimizer
 
-    cfg, device, tok, rows_iter, model, flops_tok = _setup(case)
+    cfg, device, tok, rows_iter, model, flops = _setup(case)
     model.train()
     optimizer, scheduler = build_optimizer(model, cfg)
     peak = peak_flops(device)
@@ -131,9 +138,7 @@ def plain_loop(case: dict) -> dict:
             torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - t0
         tokens = sum(len(ids) for ids, _ in seqs)
-        records.append(
-            {"step": len(records) + 1, **_record(tokens, 1, elapsed, t_data, device, peak, flops_tok)}
-        )
+        records.append({"step": len(records) + 1, **_record(tokens, 1, elapsed, t_data, device, peak, flops)})
     summary = summarize(records, case["warmup"], case["steps"])
     summary["pad_share"] = 1 - real / max(1, padded)
     return summary
@@ -171,14 +176,27 @@ def chunked_lm_loss():
 
 
 class CausalLMLoss(nn.Module):
-    """The LM and its loss in one forward: as the FSDP root it has the lm_head gathered there."""
+    """The LM and its loss in one forward: as the FSDP root it has the lm_head gathered there. Packed
+    documents attend only to themselves, told to attention as the trainer tells it
+    (``clmap.model.packed_attention_inputs``), so both loops do the same attention work."""
+
+    INPUTS = ("input_ids", "position_ids", "cu_seq_lens", "max_seq_len", "targets")
 
     def __init__(self, lm, loss_fn):
+        from clmap.model import check_packed_attention
+
         super().__init__()
         self.lm, self.loss_fn = lm, loss_fn
+        self.attn_implementation = check_packed_attention(lm)
 
-    def forward(self, input_ids, position_ids, targets):
-        out = self.lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+    def forward(self, input_ids, position_ids, cu_seq_lens, max_seq_len, targets):
+        from clmap.model import packed_attention_inputs
+
+        embeds = self.lm.get_input_embeddings()(input_ids)
+        inputs = packed_attention_inputs(
+            self.attn_implementation, embeds, position_ids, cu_seq_lens, max_seq_len, self.lm.config
+        )
+        out = self.lm.get_decoder()(**inputs, use_cache=False)
         hidden = out.last_hidden_state.flatten(0, 1)
         return self.loss_fn(hidden, self.lm.get_output_embeddings().weight, targets.flatten())
 
@@ -189,12 +207,12 @@ def titan_loop(case: dict) -> dict:
 
     from benchmarks.train_throughput import summarize
     from clmap.data.stream import collate
-    from clmap.metrics import gpu_busy_share, peak_flops
+    from clmap.metrics import causal_pairs, gpu_busy_share, peak_flops
     from clmap.model import decoder_layers
     from clmap.parallel import cleanup, init_distributed
     from clmap.train import build_optimizer
 
-    cfg, device, tok, rows_iter, lm, flops_tok = _setup(case)
+    cfg, device, tok, rows_iter, lm, flops = _setup(case)
     init_distributed(device.type, "auto")
     loss_name, loss_fn = chunked_lm_loss()
     model = CausalLMLoss(lm, loss_fn)
@@ -214,7 +232,7 @@ def titan_loop(case: dict) -> dict:
     peak = peak_flops(device)
     gb, mb, warmup, steps = cfg.train.global_batch, cfg.train.micro_batch, case["warmup"], case["steps"]
     log_every, profiled = case["log_every"], case.get("profile_steps", 0)
-    records, tokens, data_time, window_steps = [], 0, 0.0, 0
+    records, tokens, pairs, data_time, window_steps = [], 0, 0, 0.0, 0
     if use_cuda:
         torch.cuda.reset_peak_memory_stats(device)
     profiler = nullcontext()
@@ -230,10 +248,11 @@ def titan_loop(case: dict) -> dict:
         micro = [collate(rows[i : i + mb], device) for i in range(0, gb, mb)]
         num_targets = sum(r.num_targets for r in rows)
         tokens += sum(sum(1 for t in r.input_ids if t != tok.pad_id) for r in rows)
+        pairs += causal_pairs(n for r in rows for n in r.seq_lens)
         data_time += time.perf_counter() - t0
         for i, batch in enumerate(micro):
             model.set_requires_gradient_sync(i == len(micro) - 1)
-            loss = model(batch["input_ids"], batch["position_ids"], batch["targets"])
+            loss = model(**{k: batch[k] for k in CausalLMLoss.INPUTS})
             (loss / max(1, num_targets)).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip or float("inf"))
         optimizer.step()
@@ -247,10 +266,10 @@ def titan_loop(case: dict) -> dict:
             records.append(
                 {
                     "step": step,
-                    **_record(tokens, window_steps, now - start, data_time, device, peak, flops_tok),
+                    **_record(tokens, window_steps, now - start, data_time, device, peak, flops, pairs),
                 }
             )
-            tokens, data_time, window_steps, start = 0, 0.0, 0, now
+            tokens, pairs, data_time, window_steps, start = 0, 0, 0.0, 0, now
     summary = summarize(records, warmup, steps)
     summary.update({"gpu_busy_share": "", "loss_impl": loss_name})
     if profiled:

@@ -7,7 +7,8 @@ reference may not exceed that of plain PyTorch at the same input dtype plus a sl
 max(1, |ref|); printed (and written) relative to the reference's largest magnitude. A few odd shapes
 (not multiples of the block sizes, half the targets ignored), fp32 and bf16, forward and gradients; in
 bf16 also the mapping loss with ``accum_dtype=torch.bfloat16`` (``mapping_loss.bf16acc.*``).
-Exits 1 if any check fails; rows go to results/gpu_check.csv.
+Exits 1 if any check fails; rows go to results/gpu_check.csv (``step``: step_check.csv), each check's as
+soon as it finishes.
 On the CPU (``--device cpu``) the Triton kernels run under TRITON_INTERPRET=1.
 
 ``packing``: for each attention implementation the trainer can select here (flash_attention_2 if flash-attn
@@ -28,9 +29,12 @@ import copy
 import importlib.util
 import os
 import sys
+import traceback
+from collections import Counter
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # fp32 as in the tests; bf16 one ulp (2^-8) rather than the tests' 2e-3: a kernel that accumulates in fp32
 # and rounds its bf16 gradient once may differ from plain bf16 torch by a full ulp of the largest element.
@@ -46,6 +50,9 @@ PACKING_SIZES = {
     "cpu": (32, 2, 4, 2, 101, 64),
     "tiny": (128, 4, 4, 2, 8000, 256),
 }
+# The step check's models: more blocks than dynamo's recompile limit (8) on CUDA, so a guard that
+# specialised per block would leave the last ones in eager and show in the row.
+STEP_SIZES = {"cuda": (512, 12, 8, 4, 4096, 2048), "cpu": (32, 3, 4, 2, 101, 64)}
 
 
 def _errs(a: torch.Tensor, plain: torch.Tensor, ref: torch.Tensor) -> tuple[float, float, float]:
@@ -277,43 +284,253 @@ def check_packing(impl: str, micro_batch: int, dtype: torch.dtype, device: str, 
     return row
 
 
+# Ops that make the host wait for the device on CUDA: a value read (item/bool/int → _local_scalar_dense),
+# and the ops whose output size depends on the data (nonzero, masked_select, unique, bincount without a
+# known length, repeat_interleave with tensor repeats). Counted on any device by a dispatch mode, so the
+# CPU dry run finds what would sync on a GPU.
+SYNC_OPS = frozenset(
+    {"_local_scalar_dense", "nonzero", "masked_select", "bincount", "_unique2", "unique_dim", "equal"}
+    | {"unique_consecutive", "is_nonzero"}
+)
+
+
+# Where the CPU path syncs by design, and why; none runs on CUDA, where every counted sync fails the row.
+CPU_ONLY_SYNCS = {
+    "kernels/pooled_similarity.py:_pool_spans_torch": "CPU span pooling (CUDA: Triton)",
+    "kernels/pooled_similarity.py:_check_spans": "span value checks, on by default off CUDA only",
+}
+
+
+class SyncCounter(TorchDispatchMode):
+    """Counts :data:`SYNC_OPS` (and ``repeat_interleave`` with tensor repeats) dispatched while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in SYNC_OPS or (name == "repeat_interleave" and func._overloadname == "Tensor"):
+            self.ops[f"{name}@{_caller()}"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _caller() -> str:
+    """file:function of the innermost frame in clmap, its kernels or transformers (where a sync is made)."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for frame in reversed(traceback.extract_stack()[:-2]):
+        path = frame.filename
+        if "site-packages" in path and "/transformers/" in path:
+            return f"transformers/{path.split('/transformers/', 1)[1]}:{frame.name}"
+        if path.startswith(repo) and "/benchmarks/" not in path:
+            return f"{os.path.relpath(path, repo)}:{frame.name}"
+    return "torch"
+
+
+def _step_rows(global_batch: int, seq_len: int, vocab: int, table, seed: int) -> list:
+    """A global batch of packed rows as the stream makes them: NTP documents (loss on every next token) and
+    translation pairs ``x <2b> y`` (loss on y, spans x and y paired for the mapping term), then padding."""
+    from clmap.data.examples import IGNORE_INDEX
+    from clmap.data.stream import Row
+
+    gen = torch.Generator().manual_seed(seed)
+    ntp, cl = table["ntp:en"], table["cl:en>cs"]
+    rows = []
+    for r in range(global_batch):
+        ids = torch.randint(3, vocab, (seq_len,), generator=gen).tolist()
+        targets, positions, groups, spans, pairs, lens = [], [], [], [], [], []
+        room = seq_len - (r % 2) * (seq_len // 10)  # odd rows end in a padding tail
+        while room >= 4:
+            n = min(room, int(torch.randint(4, max(5, seq_len // 3), (1,), generator=gen)))
+            start, half = seq_len - room, n // 2
+            if len(lens) % 2:  # a pair: loss on the target half, both halves pooled
+                targets += [IGNORE_INDEX] * half + ids[start + half + 1 : start + n] + [IGNORE_INDEX]
+                groups += [cl] * n
+                pairs.append((len(spans), len(spans) + 1))
+                spans += [(start, start + half), (start + half, start + n)]
+            else:
+                targets += ids[start + 1 : start + n] + [IGNORE_INDEX]
+                groups += [ntp] * n
+            positions += list(range(n))
+            lens.append(n)
+            room -= n
+        pad = seq_len - sum(lens)
+        targets += [IGNORE_INDEX] * pad
+        groups += [ntp] * pad
+        positions += list(range(pad))
+        rows.append(Row(ids, targets, positions, groups, spans, pairs, lens))
+    return rows
+
+
+def check_step(device: str, size: str, warmup: int = 3) -> list[dict]:
+    """Rows of the trainer's step (``prepare_step`` + ``train_step``, compiled blocks, FSDP2, the full
+    objective) on a small Llama: ``step.compile`` (graphs and cache entries of the decoder blocks' code over
+    steps of different row layouts, graph breaks: all blocks must share one graph, none left in eager by
+    the recompile limit), ``step.host_syncs`` (ops that wait for the device, counted in one eager step on
+    any device), and on CUDA ``step.sync_debug`` (one compiled step under
+    ``torch.cuda.set_sync_debug_mode("error")``: the first sync's message, or none)."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+    from torch._dynamo.utils import counters
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from clmap.config import load_config
+    from clmap.data.examples import GroupTable
+    from clmap.model import attention_implementation, decoder_layers
+    from clmap.objectives import MappingObjective
+    from clmap.parallel import init_distributed, shard_model
+    from clmap.train import build_optimizer, prepare_step, train_step
+
+    hidden, layers, heads, kv_heads, vocab, seq_len = STEP_SIZES[size]
+    overrides = [f"--data.seq_len={seq_len}", f"--model.max_position={seq_len}", "--data.languages=en,cs"]
+    overrides += ["--data.pairs=en-cs", "--train.global_batch=4", "--train.micro_batch=2"]
+    overrides += [f"--train.device={device}", "--train.compile=true", "--objective.lambda_map=0.1"]
+    cfg = load_config(None, overrides)
+    dist_info = init_distributed(device, "auto")
+    table = GroupTable(cfg.data.languages, cfg.data.pairs)
+    impl = attention_implementation(cfg.model, dist_info.device)
+    torch.manual_seed(0)
+    lm = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=hidden,
+            intermediate_size=3 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
+            max_position_embeddings=seq_len,
+            attn_implementation=impl,
+        )
+    ).to(dist_info.device)
+    objective = MappingObjective(lm, table, cfg.objective)
+    precision = "bf16" if device == "cuda" else "fp32"
+    objective = shard_model(objective, dist_info.device, precision, False, compile=True)
+    optimizer, _ = build_optimizer(objective, cfg)
+    batches = [
+        prepare_step(_step_rows(4, seq_len, vocab, table, seed), cfg, table, dist_info) for seed in range(8)
+    ]
+    blocks = decoder_layers(lm)
+    code = blocks[0].forward._torchdynamo_orig_callable.__code__  # the blocks' shared code (the cache's key)
+    counters.clear()
+    for batch in batches[: warmup + 2]:  # different layouts (max_seq_len, spans): nothing may recompile
+        train_step(objective, optimizer, batch, cfg, dist_info)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    entries = len(_debug_get_cache_entry_list(code))
+    graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+    limit = torch._dynamo.config.recompile_limit
+    shape, dtype = f"{len(blocks)}blocks.{4}x{seq_len}", "bf16" if device == "cuda" else "fp32"
+    rows = [
+        {
+            "check": "step.compile",
+            "attn": impl,
+            "shape": shape,
+            "dtype": dtype,
+            "value": graphs,
+            "detail": f"unique_graphs={graphs} cache_entries={entries} graph_breaks={breaks} "
+            f"recompile_limit={limit} steps={warmup + 2}"
+            + "".join(f" | break: {reason[:160]}" for reason in list(counters["graph_break"])[:3]),
+            # one graph (a second only if a size turned dynamic), no breaks, far from the limit
+            "ok": graphs <= 2 and entries <= 2 and breaks == 0 and entries < limit,
+        }
+    ]
+    counter = SyncCounter()
+    with torch.compiler.set_stance("force_eager"), counter:  # eager: every op seen, also inside the blocks
+        train_step(objective, optimizer, batches[warmup + 2], cfg, dist_info)
+    syncs = sum(counter.ops.values())
+    allowed = CPU_ONLY_SYNCS if device == "cpu" else {}
+    unexpected = sum(n for op, n in counter.ops.items() if op.split("@", 1)[1] not in allowed)
+    rows.append(
+        {
+            "check": "step.host_syncs",
+            "attn": impl,
+            "shape": shape,
+            "dtype": dtype,
+            "value": syncs,
+            "detail": f"outside CPU-only paths: {unexpected}; "
+            + (" ".join(f"{k}={v}" for k, v in sorted(counter.ops.items())) or "none"),
+            "ok": unexpected == 0,
+        }
+    )
+    if device == "cuda":
+        message = "none"
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            train_step(objective, optimizer, batches[warmup + 3], cfg, dist_info)
+        except RuntimeError as err:
+            message = str(err).splitlines()[0][:300]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        rows.append(
+            {
+                "check": "step.sync_debug",
+                "attn": impl,
+                "shape": shape,
+                "dtype": dtype,
+                "value": int(message != "none"),
+                "detail": message,
+                "ok": message == "none",
+            }
+        )
+    for row in rows:
+        print(f"{'ok  ' if row['ok'] else 'FAIL'} {row['check']:<18} {impl:<12} {row['detail']}", flush=True)
+    return rows
+
+
 def packing_backends(device: str) -> list[str]:
     """What the trainer can select on this device: sdpa always, flash_attention_2 with flash-attn on CUDA,
-    eager checked on the CPU (on CUDA it is the slow debugging path)."""
+    varlen_attn (torch's varlen flash kernel) on CUDA, eager checked on the CPU (on CUDA it is the slow
+    debugging path)."""
     if device == "cpu":
         return ["sdpa", "eager"]
-    return (["flash_attention_2"] if importlib.util.find_spec("flash_attn") else []) + ["sdpa"]
+    from clmap.model import VARLEN_KERNEL
+
+    varlen = ["varlen_attn"] if VARLEN_KERNEL is not None else []
+    return (["flash_attention_2"] if importlib.util.find_spec("flash_attn") else []) + varlen + ["sdpa"]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument("--device", choices=("cuda", "cpu"), default=default)
-    parser.add_argument("--checks", default="kernels,packing", help="comma-separated: kernels, packing")
+    parser.add_argument(
+        "--checks",
+        default="kernels,packing",
+        help="comma-separated: kernels, packing, step (compile + syncs)",
+    )
     parser.add_argument(
         "--packing-size", choices=("check", "tiny"), default="check", help="tiny: configs/tiny.toml's model"
     )
     args = parser.parse_args(argv)
     checks = set(args.checks.split(","))
+    if checks - {"kernels", "packing", "step"}:
+        parser.error(f"--checks: unknown {sorted(checks - {'kernels', 'packing', 'step'})}")
     if args.device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are defined: before importing them
     from benchmarks.common import append_csv, environment_tags
 
+    tags = environment_tags(args.device)
     rows = []
+
+    def done(new: list[dict], name: str = "gpu_check") -> None:
+        """Each check's rows are written the moment it finishes: a timeout later loses none of them."""
+        append_csv(name, [{**tags, **r} for r in new])
+        rows.extend(new)
+
     if "kernels" in checks:
         for dtype in (torch.float32, torch.bfloat16):
             for shape in MAPPING_SHAPES[args.device]:
-                rows += check_mapping_loss(*shape, dtype, args.device)
+                done(check_mapping_loss(*shape, dtype, args.device))
             for shape in POOLED_SHAPES[args.device]:
-                rows += check_pooled(*shape, dtype, args.device)
+                done(check_pooled(*shape, dtype, args.device))
     if "packing" in checks:
         size = args.device if args.packing_size == "check" else "tiny"
         dtype = torch.bfloat16 if args.device == "cuda" else torch.float32  # the trainer's compute dtype
         for impl in packing_backends(args.device):
             for micro_batch in (2, 4):
-                rows.append(check_packing(impl, micro_batch, dtype, args.device, size))
-    tags = environment_tags(args.device)
-    append_csv("gpu_check", [{**tags, **r} for r in rows])
+                done([check_packing(impl, micro_batch, dtype, args.device, size)])
+    if "step" in checks:
+        done(check_step(args.device, args.device), "step_check")
     failed = [r for r in rows if not r["ok"]]
     verdict = " — FAILED" if failed else ""
     print(f"gpu_check: {len(rows) - len(failed)}/{len(rows)} within tolerance{verdict}")

@@ -101,9 +101,10 @@ class ModelConfig:
         True, "share the input embedding and the output projection (built model)", resume=TRAINED
     )
     # the same attention computed by another kernel
-    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = option(
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2", "varlen_attn"] = option(
         "auto",
-        "attention kernel; auto: flash_attention_2 if flash-attn is importable on CUDA, else sdpa",
+        "attention kernel; auto: flash_attention_2 if flash-attn is importable on CUDA, else torch's "
+        "varlen_attn on CUDA (torch >= 2.10), else sdpa",
         resume=SAFE,
     )
     # how parameters are sharded; DCP reshards on load

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import resource
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -52,18 +53,44 @@ def active_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in embedding)
 
 
+def attention_flops_per_pair(model) -> float:
+    """12·L·H·Q: training FLOPs of one query attending one key in every layer (QKᵀ and AV, 2 FLOPs per
+    multiply-add, forward + 2× in backward). ``model`` is a Hugging Face causal LM (its ``config``)."""
+    config = model.config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 12.0 * config.num_hidden_layers * heads * head_dim
+
+
 def flops_per_token(model, seq_len: int) -> float:
     """Training FLOPs per token by torchtitan's formula: 6·N + 12·L·H·Q·T.
 
     N is :func:`active_parameters` (2 FLOPs per multiply-add, forward + 2× in backward), L layers, H
     attention heads of width Q, T the row length: causal attention's QKᵀ and AV matmuls counted over the
     whole row (no discount for causality or for packed documents, no recomputation), as torchtitan does.
-    ``model`` is a Hugging Face causal LM (its ``config`` gives L, H, Q).
+    ``model`` is a Hugging Face causal LM (its ``config`` gives L, H, Q). :func:`causal_pairs` gives the
+    attention work packed documents actually need (the trainer's second MFU, ``mfu_doc``).
     """
-    config = model.config
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return 6.0 * active_parameters(model) + 12.0 * config.num_hidden_layers * heads * head_dim * seq_len
+    return 6.0 * active_parameters(model) + attention_flops_per_pair(model) * seq_len
+
+
+def causal_pairs(seq_lens: Iterable[int]) -> int:
+    """(query, key) pairs that document-causal attention computes over sequences of these lengths:
+    n·(n + 1)/2 each (a padding tail attends nothing that is needed). A full row of T counts T² in
+    :func:`flops_per_token`, so at T = 4096 with documents of ≤ 1024 tokens this is ≤ 1/8 of that."""
+    return sum(n * (n + 1) // 2 for n in seq_lens)
+
+
+def mfu(
+    tokens: int, pairs: int | None, seconds: float, flops_tok: float, flops_pair: float, seq_len: int, peak
+):
+    """(MFU by torchtitan's formula, MFU of the document-causal work) of ``tokens`` trained in ``seconds``
+    on devices of ``peak`` FLOP/s in all; the second is None without ``pairs`` (:func:`causal_pairs`)."""
+    titan = tokens * flops_tok / seconds / peak
+    if pairs is None:
+        return titan, None
+    needed = tokens * (flops_tok - flops_pair * seq_len) + pairs * flops_pair
+    return titan, needed / seconds / peak
 
 
 def busy_share(intervals: list[tuple[float, float]]) -> float | None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AttentionInterface,
     AutoConfig,
     AutoModelForCausalLM,
     LlamaConfig,
@@ -54,20 +55,29 @@ class UnsupportedModelError(ValueError):
 
 
 def attention_implementation(cfg: ModelConfig, device: torch.device) -> str:
-    """flash_attention_2 when flash-attn is importable on CUDA, else PyTorch SDPA.
+    """auto: flash_attention_2 when flash-attn is importable on CUDA, else torch's own varlen flash
+    attention (``varlen_attn``, torch ≥ 2.10) on CUDA, else PyTorch SDPA.
 
     Either way packed rows stay exact: see :func:`packed_attention_inputs` for how each implementation is
     told where the sequences of a row start and end.
     """
-    has_flash = device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None
+    cuda = device.type == "cuda"
+    has_flash = cuda and importlib.util.find_spec("flash_attn") is not None
     if cfg.attn_implementation == "flash_attention_2" and not has_flash:
         raise ValueError(
             "model.attn_implementation=flash_attention_2 needs the flash-attn package and a CUDA device "
-            f"(device here: {device.type}); use sdpa or auto"
+            f"(device here: {device.type}); use varlen_attn, sdpa or auto"
+        )
+    if cfg.attn_implementation == VARLEN_ATTN and not (cuda and VARLEN_KERNEL is not None):
+        raise ValueError(
+            f"model.attn_implementation={VARLEN_ATTN} needs torch ≥ 2.10 (torch.nn.attention.varlen) and a "
+            f"CUDA device (here: torch {torch.__version__}, device {device.type}); use sdpa or auto"
         )
     if cfg.attn_implementation != "auto":
         return cfg.attn_implementation
-    return "flash_attention_2" if has_flash else "sdpa"
+    if has_flash:
+        return "flash_attention_2"
+    return VARLEN_ATTN if cuda and VARLEN_KERNEL is not None else "sdpa"
 
 
 def load_model_config(path: str | Path) -> PretrainedConfig:
@@ -224,6 +234,10 @@ def count_parameters(model: torch.nn.Module, exclude_embeddings: bool = False) -
 #                      any micro-batch size works (transformers' own detection from position_ids only works
 #                      at batch size 1, and reads them in every layer: one device sync per layer). Its mask
 #                      preparation still reads position_ids once per forward (a result FA2 then ignores).
+#   varlen_attn        the same varlen layout and keyword arguments, served by torch's own flash kernel
+#                      (``torch.nn.attention.varlen.varlen_attn``, :func:`varlen_attention_forward`):
+#                      document-causal without the flash-attn package, GQA and sliding windows included. It
+#                      has no mask function, so transformers prepares no mask and never reads position_ids.
 #   sdpa, eager        mask: a 4-D block-causal mask [B, 1, S, S] built on the device from the offsets (bool
 #                      for sdpa: True attends; additive 0 / dtype-min for eager, as transformers makes them).
 #                      transformers passes a 4-D mask through untouched, so it never inspects position_ids
@@ -232,7 +246,89 @@ def count_parameters(model: torch.nn.Module, exclude_embeddings: bool = False) -
 # Sliding-window layers mixed with full ones (Gemma 3) get one mask per layer type, as a dict the decoder
 # hands each layer by its type. Anything else (another implementation, a model whose attention cannot take
 # the offsets, a mixed model whose decoder takes no per-type masks) is refused before training starts.
-PACKED_ATTENTION: dict[str, str] = {"flash_attention_2": "varlen", "sdpa": "mask", "eager": "mask"}
+PACKED_ATTENTION: dict[str, str] = {
+    "flash_attention_2": "varlen",
+    "varlen_attn": "varlen",
+    "sdpa": "mask",
+    "eager": "mask",
+}
+VARLEN_ATTN = "varlen_attn"
+
+
+def _torch_varlen_attn():
+    """(torch's ``varlen_attn``, the names of its parameters), or (None, empty) before torch 2.10. Found
+    once at import, so a compiled block reads two globals (no ``inspect`` under dynamo); the tests swap in
+    a plain-torch stand-in on the CPU, where the real kernel (flash attention) does not run."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None, frozenset()
+    return varlen_attn, frozenset(inspect.signature(varlen_attn).parameters)
+
+
+VARLEN_KERNEL, VARLEN_PARAMS = _torch_varlen_attn()
+
+
+def varlen_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    sliding_window: int | None = None,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    cu_seq_lens_k: torch.Tensor | None = None,
+    max_length_q: int | None = None,
+    max_length_k: int | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers' attention interface on ``torch.nn.attention.varlen.varlen_attn``: q [1, Hq, T, D] and
+    k/v [1, Hkv, T, D] of the flattened micro-batch, the sequences' offsets from
+    :func:`packed_attention_inputs`; returns [1, T, Hq, D] like the other implementations. Without offsets
+    (a forward outside the trainer) each of the B rows is one causal sequence: no padding mask is made
+    for this implementation, so it suits packed rows and unpadded (or right-padded) sequences.
+
+    Causal within each sequence, nothing across them; a sliding window of W keeps the W most recent keys
+    (itself included), as transformers' masks do. K/V heads are shared by GQA in the kernel where this
+    torch offers ``enable_gqa``, else repeated per query head (the flash kernels of older versions).
+    """
+    batch, _, seq, _ = query.shape
+    if cu_seq_lens_q is None:  # not packed: each row one causal sequence (no padding mask is prepared)
+        cu_seq_lens_q = cu_seq_lens_k = torch.arange(
+            0, (batch + 1) * seq, seq, dtype=torch.int32, device=query.device
+        )
+        max_length_q = max_length_k = seq
+    elif batch != 1:
+        raise PackingError(
+            f"{VARLEN_ATTN}: cu_seq_lens index one flattened row (clmap.model.packed_attention_inputs), "
+            f"got {batch} rows"
+        )
+    if dropout:
+        raise PackingError(f"{VARLEN_ATTN} has no attention dropout (got {dropout})")
+    kernel, params = VARLEN_KERNEL, VARLEN_PARAMS
+    q, k, v = (x.transpose(1, 2).flatten(0, 1) for x in (query, key, value))  # [B·S, H, D]
+    extra: dict = {"scale": scaling}
+    if k.shape[1] != q.shape[1]:
+        if "enable_gqa" in params:  # torch ≥ 2.12: K/V heads shared in the kernel
+            extra["enable_gqa"] = True
+        else:
+            k, v = (x.repeat_interleave(q.shape[1] // x.shape[1], dim=1) for x in (k, v))
+    if "window_size" in params:  # torch ≥ 2.11: (left, right); (-1, 0) is causal
+        extra["window_size"] = (-1, 0) if sliding_window is None else (sliding_window - 1, 0)
+    elif sliding_window is not None:
+        raise PackingError(
+            f"{VARLEN_ATTN}: this torch ({torch.__version__}) has no sliding windows in varlen_attn "
+            f"(window_size, torch ≥ 2.11), the model has sliding_window={sliding_window}; use sdpa"
+        )
+    else:  # torch 2.10
+        extra["is_causal"] = True
+    out = kernel(q, k, v, cu_seq_lens_q, cu_seq_lens_k, max_length_q, max_length_k, **extra)
+    return out.view(batch, seq, *out.shape[1:]), None
+
+
+AttentionInterface.register(VARLEN_ATTN, varlen_attention_forward)
 
 
 class PackingError(ValueError):
@@ -272,7 +368,7 @@ def check_packed_attention(model: PreTrainedModel) -> str:
         ):
             if module is None or not _takes_var_keywords(module.forward):
                 raise PackingError(
-                    f"model.attn_implementation=flash_attention_2: the {name} of {type(model).__name__} "
+                    f"model.attn_implementation={impl}: the {name} of {type(model).__name__} "
                     "does not pass keyword arguments on to attention, so packed sequences cannot be given "
                     "their boundaries (cu_seq_lens); use sdpa"
                 )

@@ -20,7 +20,8 @@ from transformers import PreTrainedModel
 
 from clmap.config import ObjectiveConfig
 from clmap.data.examples import IGNORE_INDEX, GroupTable
-from clmap.kernels import mapping_loss, paired_cosine, pool_spans
+from clmap.kernels import cosine_matrix, mapping_loss, paired_cosine, pool_spans
+from clmap.kernels.mapping_loss_chunks import KeptTokens
 from clmap.model import check_packed_attention, decoder_layers, packed_attention_inputs
 
 
@@ -140,6 +141,7 @@ class MappingObjective(nn.Module):
         group_weights: torch.Tensor | None = None,
         pooled_only: bool = False,
         map_plan: MapPlan | None = None,
+        kept: KeptTokens | None = None,
     ) -> ObjectiveOutput:
         """Per-group loss sums/counts and the mapping term; ``return_pooled`` also returns the pooled
         source encodings of each pair (the dev-set LAC reads them: no second forward). ``group_weights``
@@ -147,6 +149,7 @@ class MappingObjective(nn.Module):
         gradients during the forward: ``weighted_loss`` is then the differentiable LM part of L.
         ``cu_seq_lens`` / ``max_seq_len`` (from :func:`~clmap.data.stream.collate`) are where the packed
         sequences start and end: no token attends across them, whatever the attention implementation.
+        ``kept`` (``prepare_step``'s, made on the host) spares the loss finding its tokens on the device.
 
         A step form of the mapping term (:data:`STEP_FORMS`) compares every pair of the optimizer step:
         ``pooled_only`` (under no_grad) returns just the pooled encodings, from which
@@ -183,6 +186,7 @@ class MappingObjective(nn.Module):
             z_loss=self.cfg.z_loss,
             group_weights=group_weights,
             accum_dtype=self._accum_dtype(hidden.dtype),
+            kept=kept,
         )
         if not want_map:
             return ObjectiveOutput(

@@ -61,14 +61,40 @@ def use_compile(setting: str, device: torch.device) -> bool:
     return setting == "true" or (setting == "auto" and device.type == "cuda")
 
 
-def compile_blocks(blocks: Sequence[torch.nn.Module]) -> None:
+def compile_blocks(blocks: Sequence[torch.nn.Module], model: torch.nn.Module | None = None) -> None:
     """``torch.compile`` each decoder block's forward in place (torchtitan's per-block compile).
 
     The module tree, and so every state-dict key, stays as it was; FSDP2's hooks run around the compiled
-    forward, and blocks of the same class share one compiled graph.
+    forward, and blocks of the same class share one compiled graph. ``model`` (the causal LM of the
+    blocks): its output-capturing hooks inside the blocks are removed first (:func:`_drop_capture_hooks`).
     """
+    if model is not None:
+        _drop_capture_hooks(model, blocks)
     for block in blocks:
         block.forward = torch.compile(block.forward)
+
+
+def _drop_capture_hooks(model: torch.nn.Module, blocks: Sequence[torch.nn.Module]) -> None:
+    """transformers ≥ 5 records attention weights with forward hooks on the attention modules, which read
+    a ContextVar that dynamo cannot trace: a graph break inside every compiled block (found by
+    ``benchmarks.gpu_check --checks step``). The trainer never asks for attention weights, so the hooks
+    on modules inside a block are removed; the block's own (run outside its forward: the hidden states the
+    mapping term reads) stay. The hooks are installed now, else the first forward would add them."""
+    try:
+        from transformers.modeling_utils import PreTrainedModel
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:  # a transformers without output-capturing hooks
+        return
+    for module in model.modules():
+        if isinstance(module, PreTrainedModel):
+            maybe_install_capturing_hooks(module)
+    for block in blocks:
+        for module in block.modules():
+            if module is block:
+                continue
+            for key, hook in list(module._forward_hooks.items()):
+                if getattr(hook, "__name__", "") == "output_capturing_hook":
+                    del module._forward_hooks[key]
 
 
 def resolve_reshard(setting: str, world_size: int) -> bool:
@@ -117,7 +143,7 @@ def shard_model(
     kwargs = {"mp_policy": policy} if policy is not None else {}
     units = fsdp_units(objective.lm, wrap)
     if compile:
-        compile_blocks(units)
+        compile_blocks(units, objective.lm)
     world_size = dist.get_world_size() if dist.is_initialized() else 1
     reshard = resolve_reshard(reshard_after_forward, world_size)
     for i, unit in enumerate(units):

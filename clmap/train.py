@@ -30,7 +30,17 @@ from clmap.data.examples import IGNORE_INDEX, GroupTable
 from clmap.data.pipeline import describe_mixture, dev_rows, make_stream, mixture_keys, train_data
 from clmap.data.prefetch import Prefetcher
 from clmap.data.stream import Row, collate, to_device
-from clmap.metrics import MetricLogger, flops_per_token, gpu_busy_share, peak_flops, peak_memory_gib
+from clmap.kernels.mapping_loss_chunks import kept_tokens
+from clmap.metrics import (
+    MetricLogger,
+    attention_flops_per_pair,
+    causal_pairs,
+    flops_per_token,
+    gpu_busy_share,
+    mfu,
+    peak_flops,
+    peak_memory_gib,
+)
 from clmap.model import build_model, check_model, count_parameters
 from clmap.objectives import (
     MappingObjective,
@@ -112,11 +122,13 @@ class StepBatch:
     map_coef: float  # weight of the summed mapping term
     tokens: int  # real (non-padding) tokens of the global batch (tokens/s, MFU)
     rank_pairs: list[int]  # pairs in each rank's share (a step form of the mapping term gathers them)
+    pairs: int  # (query, key) pairs of document-causal attention over the global batch (mfu_doc)
 
 
 def prepare_step(rows: list[Row], cfg: Config, table: GroupTable, dist_info: DistInfo) -> StepBatch:
     """Everything about a step that needs only the host: loss weights from the whole step's counts, this
-    rank's share of the rows in micro-batches, and the token count."""
+    rank's share of the rows in micro-batches with the tokens each keeps for the loss (``kept``), and the
+    token count."""
     counts, num_pairs = step_counts(rows, len(table))
     coef, map_coef = loss_coefficients(table, counts, num_pairs, cfg.objective)
     pin = dist_info.device.type == "cuda"
@@ -124,12 +136,19 @@ def prepare_step(rows: list[Row], cfg: Config, table: GroupTable, dist_info: Dis
     mine = rows[dist_info.rank * per_rank : (dist_info.rank + 1) * per_rank]
     mb = cfg.train.micro_batch
     micro = [collate(mine[i : i + mb], pin_memory=pin) for i in range(0, len(mine), mb)]
+    for (
+        batch
+    ) in micro:  # the loss's chunk plan found here, on the prefetch thread: no device syncs in the step
+        batch["kept"] = kept_tokens(batch["targets"], batch["groups"], len(table), IGNORE_INDEX, pin)
     tokens = sum(row.num_tokens for row in rows)  # from the row layout: a pad id can equal a real token's
     rank_pairs = [
         sum(len(row.pairs) for row in rows[r * per_rank : (r + 1) * per_rank])
         for r in range(dist_info.world_size)
     ]
-    return StepBatch(rows, micro, coef.pin_memory() if pin else coef, counts, map_coef, tokens, rank_pairs)
+    pairs = causal_pairs(n for row in rows for n in row.seq_lens)
+    return StepBatch(
+        rows, micro, coef.pin_memory() if pin else coef, counts, map_coef, tokens, rank_pairs, pairs
+    )
 
 
 def train_step(objective, optimizer, batch: StepBatch, cfg: Config, dist_info: DistInfo):
@@ -246,12 +265,22 @@ def resume(checkpointer: Checkpointer, cfg: Config, objective, optimizer, schedu
 class StepMetrics:
     """The metrics of the steps since the last log line: losses per task and group (token means over
     those steps), lr, the last step's gradient norm, skipped steps, tokens/s, MFU, peak memory and the
-    share of the time spent waiting for data. Device values add up without a sync; ``read`` syncs once."""
+    share of the time spent waiting for data. Device values add up without a sync; ``read`` syncs once.
 
-    def __init__(self, cfg: Config, table: GroupTable, flops_per_token: float, dist_info: DistInfo):
+    MFU both ways: ``mfu`` by torchtitan's formula (attention over whole rows) and ``mfu_doc`` with the
+    attention FLOPs document-causal packing actually needs (``clmap.metrics.causal_pairs``)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        table: GroupTable,
+        flops_per_token: float,
+        dist_info: DistInfo,
+        flops_per_pair: float = 0.0,
+    ):
         self.cfg, self.table, self.dist_info = cfg, table, dist_info
         self.peak = peak_flops(dist_info.device)
-        self.flops_per_token = flops_per_token
+        self.flops_per_token, self.flops_per_pair = flops_per_token, flops_per_pair
         self.mix_keys = mixture_keys(table, cfg.data.pairs)  # group → its source's language or pair
         self._reset(time.perf_counter())
 
@@ -260,12 +289,12 @@ class StepMetrics:
         self.sums = ObjectiveOutput.zero_totals(len(self.table), device)
         self.skipped = torch.zeros((), dtype=torch.float64, device=device)
         self.grad_norm = torch.zeros((), dtype=torch.float64, device=device)
-        self.steps, self.tokens, self.data_time, self.start = 0, 0, 0.0, now
+        self.steps, self.tokens, self.pairs, self.data_time, self.start = 0, 0, 0, 0.0, now
         self.counts = torch.zeros(len(self.table), dtype=torch.float64)
 
-    def add(self, sums, grad_norm, finite, tokens: int, data_time: float, counts=None) -> None:
-        """One step's device outputs (``train_step``), its token count, its wait for data and its target
-        tokens per group (host)."""
+    def add(self, sums, grad_norm, finite, tokens: int, data_time: float, counts=None, pairs: int = 0) -> None:
+        """One step's device outputs (``train_step``), its token and attention-pair counts, its wait for
+        data and its target tokens per group (host)."""
         if counts is not None:
             self.counts += counts
         self.sums += sums
@@ -273,6 +302,7 @@ class StepMetrics:
         self.grad_norm = grad_norm
         self.steps += 1
         self.tokens += tokens
+        self.pairs += pairs
         self.data_time += data_time
 
     def read(self, scheduler, nonfinite_total: int) -> dict:
@@ -300,8 +330,15 @@ class StepMetrics:
             for key, groups in self.mix_keys.items():
                 metrics[f"mix/{key}"] = float(self.counts[groups].sum()) / total
         if self.peak:
-            world = self.dist_info.world_size
-            metrics["mfu"] = self.tokens * self.flops_per_token / elapsed / (self.peak * world)
+            metrics["mfu"], metrics["mfu_doc"] = mfu(
+                self.tokens,
+                self.pairs,
+                elapsed,
+                self.flops_per_token,
+                self.flops_per_pair,
+                self.cfg.data.seq_len,
+                self.peak * self.dist_info.world_size,
+            )
         self._reset(now)
         return metrics
 
@@ -401,7 +438,7 @@ def train(cfg: Config, dist_info: DistInfo) -> Path:
 
     logger = MetricLogger(run_dir, enabled=main, tensorboard=cfg.metrics.tensorboard)
     preemption = _Preemption()
-    step_metrics = StepMetrics(cfg, table, flops, dist_info)
+    step_metrics = StepMetrics(cfg, table, flops, dist_info, attention_flops_per_pair(lm))
     nonfinite = NonfiniteGuard(cfg.train.max_nonfinite_in_a_row, nonfinite_total, dist_info.device)
     if main:
         print(
@@ -440,7 +477,7 @@ def train(cfg: Config, dist_info: DistInfo) -> Path:
             scheduler.step()
             step += 1
             rows_done += len(batch.rows)
-            step_metrics.add(sums, grad_norm, finite, batch.tokens, data_time, batch.counts)
+            step_metrics.add(sums, grad_norm, finite, batch.tokens, data_time, batch.counts, batch.pairs)
             nonfinite.add(finite)
             if prof is not None:
                 prof.step()

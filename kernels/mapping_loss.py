@@ -31,7 +31,7 @@ from typing import NamedTuple
 
 import torch
 from clmap.kernels.dispatch import choose_backend
-from clmap.kernels.mapping_loss_chunks import ChunkPlan, chunk_pass, make_plan
+from clmap.kernels.mapping_loss_chunks import ChunkPlan, KeptTokens, chunk_pass, make_plan
 from torch import Tensor
 
 
@@ -183,6 +183,7 @@ def mapping_loss(
     backend: str | None = None,
     chunk_bytes: int | None = None,
     accum_dtype: torch.dtype = torch.float32,
+    kept: KeptTokens | None = None,
 ) -> GroupedLoss:
     """Per-group sums of ``logsumexp(h W^T) - (h W^T)[target] + z_loss * logsumexp^2`` without N x V logits.
 
@@ -199,6 +200,9 @@ def mapping_loss(
     GEMM accumulation stay fp32 either way. With ``group_weights`` the low-precision weight gradient is
     scaled in place, so ``weighted_loss`` can be backpropagated once. The ``reference`` backend, being the
     definition, always computes in fp32 (fp64 for fp64 inputs).
+
+    ``kept`` (``mapping_loss_chunks.kept_tokens`` of the same targets and groups, made on the host): the
+    kept tokens need not be found on the device, so the call never waits for it (the trainer's path).
     """
     _check(hidden, weight, targets)
     compute_dtype = torch.promote_types(hidden.dtype, weight.dtype)
@@ -219,7 +223,17 @@ def mapping_loss(
             return out
         return GroupedLoss(out.loss_sum.detach(), out.count, _weighted_sum(group_weights, out.loss_sum))
     plan = make_plan(
-        hidden, weight, targets, groups, num_groups, ignore_index, z_loss, choice, chunk_bytes, accum_dtype
+        hidden,
+        weight,
+        targets,
+        groups,
+        num_groups,
+        ignore_index,
+        z_loss,
+        choice,
+        chunk_bytes,
+        accum_dtype,
+        kept,
     )
     wants_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     if group_weights is not None and wants_grad:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -48,6 +49,48 @@ class ChunkPlan:
     chunk_rows: int
 
 
+class KeptTokens(NamedTuple):
+    """The tokens a loss call keeps, found on the host before the step (:func:`kept_tokens`), so that
+    :func:`make_plan` asks the device nothing. ``index`` None: every token is kept."""
+
+    index: Tensor | None  # [M] int64 positions of the kept tokens in [N]
+    targets: Tensor  # [M] int64
+    groups: Tensor  # [M] int64
+    count: Tensor  # [G] int64
+    max_target: int  # the largest kept target, checked against the vocabulary without a device read
+    max_at: int  # its token's position in [N] (the error names it)
+
+
+def kept_tokens(
+    targets: Tensor, groups: Tensor, num_groups: int, ignore_index: int, pin_memory: bool = False
+) -> KeptTokens:
+    """:class:`KeptTokens` of host tensors ``targets`` / ``groups`` [N] (a collated micro-batch, flattened):
+    what :func:`make_plan` would otherwise find on the device with three host syncs (``nonzero``, the range
+    check, ``bincount``). The trainer calls it on its prefetch thread; ``pin_memory`` for CUDA copies."""
+    if targets.is_cuda or groups.is_cuda:
+        raise ValueError("kept_tokens works on host tensors (collate's); make_plan handles device ones")
+    targets, groups = targets.reshape(-1).long(), groups.reshape(-1).long()
+    index = (targets != ignore_index).nonzero().squeeze(1)
+    kept_targets, kept_groups = targets[index], groups[index]
+    bad = (kept_targets < 0) | (kept_groups < 0) | (kept_groups >= num_groups)
+    if bool(bad.any()):
+        i = int(index[bad.nonzero()[0, 0]])
+        raise ValueError(
+            f"token {i}: target {int(targets[i])} must be ≥ 0 or ignore_index={ignore_index}, and group "
+            f"{int(groups[i])} in [0, {num_groups})"
+        )
+    count = torch.bincount(kept_groups, minlength=num_groups)[:num_groups]
+    top = int(kept_targets.argmax()) if kept_targets.numel() else 0
+    max_target = int(kept_targets[top]) if kept_targets.numel() else -1
+    max_at = int(index[top]) if kept_targets.numel() else -1
+    if index.numel() == targets.numel():  # nothing ignored: read rows in place, no gather
+        index = None
+    parts = [index, kept_targets, kept_groups, count]
+    if pin_memory:
+        parts = [None if t is None else t.pin_memory() for t in parts]
+    return KeptTokens(*parts, max_target, max_at)
+
+
 def make_plan(
     hidden: Tensor,
     weight: Tensor,
@@ -59,22 +102,26 @@ def make_plan(
     backend: str,
     chunk_bytes: int | None,
     accum_dtype: torch.dtype,
+    kept: KeptTokens | None = None,
 ) -> ChunkPlan:
-    """Drop ignored tokens up front (CL rows ignore about half) and check the rest (two host syncs)."""
-    valid = targets != ignore_index
-    index = valid.nonzero().squeeze(1)
-    kept_targets, kept_groups = targets[index], groups[index]
+    """Drop ignored tokens up front (CL rows ignore about half) and check the rest: on the device (two
+    host syncs) unless ``kept`` (:func:`kept_tokens`) found them on the host before the step."""
     vocab = weight.shape[0]
-    bad = (kept_targets < 0) | (kept_targets >= vocab) | (kept_groups < 0) | (kept_groups >= num_groups)
-    if bad.any():
-        i = int(index[bad.nonzero()[0, 0]])
-        raise ValueError(
-            f"token {i}: target {int(targets[i])} must be in [0, {vocab}) or ignore_index={ignore_index}, "
-            f"and group {int(groups[i])} in [0, {num_groups})"
+    if kept is not None:
+        if kept.max_target >= vocab:
+            raise ValueError(
+                f"token {kept.max_at}: target {kept.max_target} must be in [0, {vocab}) or "
+                f"ignore_index={ignore_index}"
+            )
+        index, kept_targets, kept_groups, count = (
+            None if t is None else t.to(hidden.device, non_blocking=True) for t in kept[:4]
         )
-    count = torch.bincount(kept_groups, minlength=num_groups)[:num_groups].long()
-    if index.numel() == targets.numel():  # nothing ignored: read rows in place, no gather
-        index, kept_targets, kept_groups = None, targets.contiguous(), groups.contiguous()
+    else:
+        index, kept_targets, kept_groups, count = _device_kept_tokens(
+            targets, groups, num_groups, vocab, ignore_index
+        )
+    if index is None:
+        kept_targets, kept_groups = kept_targets.contiguous(), kept_groups.contiguous()
     if chunk_bytes is None:
         defaults = CHUNK_BYTES if accum_dtype == torch.float32 else LOW_PRECISION_CHUNK_BYTES
         chunk_bytes = defaults["cuda" if hidden.is_cuda else "cpu"]
@@ -92,6 +139,23 @@ def make_plan(
         backend,
         max(1, chunk_bytes // (logit_bytes * max(vocab, 1))),
     )
+
+
+def _device_kept_tokens(targets: Tensor, groups: Tensor, num_groups: int, vocab: int, ignore_index: int):
+    """(index or None, kept targets, kept groups, count) found on the device: two host syncs."""
+    index = (targets != ignore_index).nonzero().squeeze(1)
+    kept_targets, kept_groups = targets[index], groups[index]
+    bad = (kept_targets < 0) | (kept_targets >= vocab) | (kept_groups < 0) | (kept_groups >= num_groups)
+    if bad.any():
+        i = int(index[bad.nonzero()[0, 0]])
+        raise ValueError(
+            f"token {i}: target {int(targets[i])} must be in [0, {vocab}) or ignore_index={ignore_index}, "
+            f"and group {int(groups[i])} in [0, {num_groups})"
+        )
+    count = torch.bincount(kept_groups, minlength=num_groups)[:num_groups].long()
+    if index.numel() == targets.numel():  # nothing ignored: read rows in place, no gather
+        return None, targets, groups, count
+    return index, kept_targets, kept_groups, count
 
 
 @functools.cache

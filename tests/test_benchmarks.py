@@ -314,3 +314,22 @@ def test_gpu_suite_runs_the_ablation_gpu_preset_alone(tmp_path: Path) -> None:
     writeup = (out / "ablation" / "ablation.md").read_text()
     assert "--preset gpu" in writeup.split("<!-- ablation:run -->", 1)[1].split("<!-- /ablation:run -->")[0]
     assert (out / "ablation" / "ablation_scale.png").stat().st_size > 0
+
+
+def test_mfu_both_ways_counts_full_rows_and_document_causal_pairs() -> None:
+    """torchtitan's MFU counts every key of the row for every token (T per token); the document-causal
+    one counts n·(n+1)/2 pairs per document: a row of documents 3 and 5 long does 21 pairs, not 64."""
+    from types import SimpleNamespace
+
+    from clmap.metrics import attention_flops_per_pair, causal_pairs, mfu
+
+    config = SimpleNamespace(num_attention_heads=4, hidden_size=32, num_hidden_layers=2, head_dim=None)
+    per_pair = attention_flops_per_pair(SimpleNamespace(config=config))
+    assert per_pair == 12 * 2 * 4 * 8  # 12 · L · H · Q
+    assert causal_pairs([3, 5]) == 6 + 15
+    dense, seq_len, peak = 1000.0, 8, 1e6
+    flops_tok = dense + per_pair * seq_len
+    titan, doc = mfu(8, causal_pairs([3, 5]), 2.0, flops_tok, per_pair, seq_len, peak)
+    assert titan == pytest.approx(8 * flops_tok / 2.0 / peak)
+    assert doc == pytest.approx((8 * dense + 21 * per_pair) / 2.0 / peak)
+    assert mfu(8, None, 2.0, flops_tok, per_pair, seq_len, peak) == (titan, None)

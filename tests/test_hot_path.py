@@ -30,8 +30,6 @@ OURS = (str(REPO / "clmap") + os.sep, str(REPO / "kernels") + os.sep)
 READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu")
 # Host syncs that remain inside a step, outside the trainer, with the reason. A sync anywhere else fails.
 KNOWN_SYNCS = {
-    # drops ignored tokens up front with nonzero() and range-checks the targets: per micro-batch
-    ("kernels/mapping_loss_chunks.py", "make_plan"),
     # the CPU path of span pooling needs the total span length on the host (CUDA runs the Triton kernel)
     ("kernels/pooled_similarity.py", "_pool_spans_torch"),
     # transformers infers packed documents from restarting position_ids and asks the host whether it

@@ -228,6 +228,34 @@ def test_bad_target_or_group(backend):
             mapping_loss(hidden, weight, targets, groups, 2, backend=backend)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("ignore", [0.0, 0.5])
+def test_tokens_kept_on_the_host_give_the_same_loss(backend, ignore):
+    """The trainer's path: ``kept_tokens`` on the host (prefetch thread) instead of the device's nonzero /
+    range check / bincount; same sums, counts and gradients, and a bad target is still named."""
+    from clmap.kernels.mapping_loss_chunks import kept_tokens
+
+    hidden, weight, targets, groups, upstream = _inputs(37, 16, 50, 3, ignore=ignore)
+    kept = kept_tokens(targets, groups, 3, -100)
+    assert (kept.index is None) == (ignore == 0.0)
+    for weighted in (False, True):
+        want = _run(mapping_loss, hidden, weight, targets, groups, 3, upstream, weighted, backend=backend)
+        got = _run(
+            mapping_loss, hidden, weight, targets, groups, 3, upstream, weighted, backend=backend, kept=kept
+        )
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    i = int((targets != -100).nonzero()[-1])
+    targets[i] = 50
+    with pytest.raises(ValueError, match=f"token {i}: target 50 must be in \\[0, 50\\)"):
+        mapping_loss(
+            hidden, weight, targets, groups, 3, backend=backend, kept=kept_tokens(targets, groups, 3, -100)
+        )
+    targets[i], groups[i] = 3, 3
+    with pytest.raises(ValueError, match=f"token {i}: .* group 3 in \\[0, 3\\)"):
+        kept_tokens(targets, groups, 3, -100)
+
+
 def test_default_dispatch_on_cpu(monkeypatch):
     monkeypatch.delenv("CLMAP_KERNEL_BACKEND", raising=False)
     hidden, weight, targets, groups, _ = _inputs(10, 16, 50, 2)

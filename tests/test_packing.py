@@ -2,10 +2,13 @@
 
 Each packed sequence must give the logits and per-token losses it gives when run alone. flash-attn does not
 run on a CPU: its path runs here through transformers' own flash-attention code with the flash-attn
-functions replaced by plain-torch ones that record what they receive (``fake_flash``).
+functions replaced by plain-torch ones that record what they receive (``fake_flash``); torch's own varlen
+flash attention (``varlen_attn``, CUDA only) is replaced the same way, behind clmap's attention function.
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 import numpy as np
 import pytest
@@ -22,7 +25,7 @@ from transformers import (
 )
 from transformers import modeling_flash_attention_utils as fa_utils
 
-import clmap.model as model_module
+import clmap.model as clmap_model
 from clmap.config import ObjectiveConfig
 from clmap.data.examples import IGNORE_INDEX, GroupTable
 from clmap.data.stream import Row, TrainingStream, build_sources, collate, source_weights
@@ -31,10 +34,21 @@ from clmap.model import PackingError, check_packed_attention, packed_attention_i
 from clmap.objectives import MappingObjective
 
 VOCAB, SEQ = 61, 40
-BACKENDS = ["sdpa", "eager", "flash_attention_2"]  # flash_attention_2: the emulated kernel below
+BACKENDS = ["sdpa", "eager", "flash_attention_2", "varlen_attn"]  # the last two: emulated kernels below
 # Packed vs alone differ only by summation order: the error of plain PyTorch at the dtype (alone vs the fp32
 # reference) plus this much, times max(1, |logit|max).
 SLACK = {torch.float32: 1e-5, torch.bfloat16: 2.0**-7}
+
+
+# varlen_attn's keyword parameters by torch version (the device image has 2.11: window_size, no enable_gqa)
+_VARLEN_BASE = frozenset(
+    {"query", "key", "value", "cu_seq_q", "cu_seq_k", "max_q", "max_k", "return_aux", "scale"}
+)
+TORCH_VARLEN_APIS = {
+    "2.10": _VARLEN_BASE | {"is_causal"},
+    "2.11": _VARLEN_BASE | {"window_size"},
+    "2.12": _VARLEN_BASE | {"window_size", "enable_gqa"},
+}
 
 
 # -- flash-attn stand-in -------------------------------------------------------------------------------------
@@ -43,6 +57,7 @@ class FakeFlash:
 
     def __init__(self):
         self.varlen_calls: list[dict] = []
+        self.torch_varlen_calls: list[dict] = []
         self.dense_calls = 0
         self.position_ids_inspections = {"per_forward": 0, "per_layer": 0}  # transformers finding boundaries
 
@@ -93,6 +108,42 @@ class FakeFlash:
         ]
         return torch.cat(parts)
 
+    def torch_varlen(
+        self,
+        query,
+        key,
+        value,
+        cu_seq_q,
+        cu_seq_k,
+        max_q,
+        max_k,
+        *,
+        return_aux=None,
+        scale=None,
+        window_size=(-1, -1),
+        enable_gqa=False,
+        is_causal=False,
+    ):
+        """``torch.nn.attention.varlen.varlen_attn``: window (-1, 0) is causal, (W, 0) causal over the W
+        previous keys (torch 2.10: ``is_causal`` instead); K/V with fewer heads only with ``enable_gqa``, as
+        the real one. :data:`TORCH_VARLEN_APIS` gives the parameters each torch version has."""
+        if key.shape[1] != query.shape[1] and not enable_gqa:
+            raise RuntimeError("varlen_attn: key/value heads differ from query heads without enable_gqa")
+        if is_causal:
+            assert window_size == (-1, -1), "torch 2.10 has no window_size"
+            window_size = (-1, 0)
+        self.torch_varlen_calls.append(
+            {"q_shape": tuple(query.shape), "kv_heads": key.shape[1], "cu_seq_q": cu_seq_q.clone()}
+            | {"cu_seq_k": cu_seq_k.clone(), "max_q": max_q, "max_k": max_k, "window_size": window_size}
+        )
+        assert window_size[1] == 0, window_size  # causal: never a key after the query
+        bounds = cu_seq_q.tolist()
+        parts = [
+            self._attend(query[a:b], key[a:b], value[a:b], scale, True, (window_size[0], 0))
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+        return torch.cat(parts)
+
     def dense(
         self,
         q,
@@ -114,8 +165,11 @@ class FakeFlash:
 
 @pytest.fixture
 def fake_flash(monkeypatch):
-    """transformers' flash_attention_2 code path, the flash-attn kernels swapped for :class:`FakeFlash`."""
+    """transformers' flash_attention_2 code path, the flash-attn kernels swapped for :class:`FakeFlash`;
+    clmap's varlen_attn implementation with torch's kernel swapped the same way."""
     fake = FakeFlash()
+    monkeypatch.setattr(clmap_model, "VARLEN_KERNEL", fake.torch_varlen)
+    monkeypatch.setattr(clmap_model, "VARLEN_PARAMS", TORCH_VARLEN_APIS["2.12"])
 
     def lazy_imports(implementation, attention_wrapper=None, allow_all_kernels=False):
         return fake.dense, fake.varlen, None, fa_utils._pad_input, fa_utils._unpad_input
@@ -261,6 +315,10 @@ def test_packed_sequences_equal_each_sequence_alone(impl, micro_batch, fake_flas
     assert inspections == {"per_forward": int(impl == "flash_attention_2"), "per_layer": 0}, inspections
     if impl == "flash_attention_2":  # every layer ran varlen over the flattened micro-batch, nothing else
         assert len(fake_flash.varlen_calls) == model.config.num_hidden_layers and fake_flash.dense_calls == 0
+    if impl == "varlen_attn":  # every layer ran torch's varlen kernel: causal, GQA in the kernel
+        calls = fake_flash.torch_varlen_calls
+        assert len(calls) == model.config.num_hidden_layers and not fake_flash.varlen_calls
+        assert all(c["window_size"] == (-1, 0) and c["kv_heads"] == 2 for c in calls)
     logit_err, loss_err, scale = leak(packed, alone_logits(model, rows))
     tol = SLACK[torch.float32] * max(1.0, scale)
     assert logit_err <= tol and loss_err <= tol, (logit_err, loss_err, tol)
@@ -284,21 +342,28 @@ def test_packed_sequences_equal_alone_in_bf16(impl):
     assert unmasked > plain_err + SLACK[torch.bfloat16] * max(1.0, scale)
 
 
-def test_flash_attention_receives_the_row_boundaries(fake_flash):
-    """What flash_attn_varlen_func gets: int32 offsets of every sequence and padding tail over the flat
-    micro-batch, the longest length as a Python int, causal, one [B·S, heads, dim] tensor."""
-    model = tiny_model("flash_attention_2")
+@pytest.mark.parametrize("impl", ["flash_attention_2", "varlen_attn"])
+def test_varlen_attention_receives_the_row_boundaries(impl, fake_flash):
+    """What flash_attn_varlen_func / torch's varlen_attn get: int32 offsets of every sequence and padding
+    tail over the flat micro-batch, the longest length as a Python int, causal, one [B·S, heads, dim]
+    tensor."""
+    model = tiny_model(impl)
     rows = random_rows(2, seed=3)
     packed_logits(model, rows)
     assert rows[0].num_tokens == SEQ and rows[1].num_tokens < SEQ  # one full row, one with a padding tail
     expected = np.cumsum([0, *(n for r in rows for n in r.segments())]).tolist()
     assert expected[-1] == 2 * SEQ
-    for call in fake_flash.varlen_calls:
-        for key in ("cu_seqlens_q", "cu_seqlens_k"):
+    names = ("cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k")
+    calls = fake_flash.varlen_calls
+    if impl == "varlen_attn":
+        names, calls = ("cu_seq_q", "cu_seq_k", "max_q", "max_k"), fake_flash.torch_varlen_calls
+    assert len(calls) == model.config.num_hidden_layers
+    for call in calls:
+        for key in names[:2]:
             assert call[key].dtype == torch.int32 and call[key].tolist() == expected
-        assert call["max_seqlen_q"] == call["max_seqlen_k"] == max(np.diff(expected))
-        assert isinstance(call["max_seqlen_q"], int)  # no device sync to read it
-        assert call["q_shape"] == (2 * SEQ, 4, 8) and call["causal"]
+        assert call[names[2]] == call[names[3]] == max(np.diff(expected))
+        assert isinstance(call[names[2]], int)  # no device sync to read it
+        assert call["q_shape"] == (2 * SEQ, 4, 8) and call.get("causal", call.get("window_size") == (-1, 0))
 
 
 # -- the comparison can fail ---------------------------------------------------------------------------------
@@ -309,6 +374,7 @@ def test_flash_attention_receives_the_row_boundaries(fake_flash):
         ("eager", "flat_no_boundaries"),
         ("flash_attention_2", "flat_no_boundaries"),
         ("flash_attention_2", "rows_positions_only"),  # issue 11: FA2 at micro_batch > 1 without cu_seq_lens
+        ("varlen_attn", "flat_no_boundaries"),
     ],
 )
 def test_an_unmasked_packed_forward_is_caught_leaking(impl, layout, fake_flash):
@@ -323,13 +389,44 @@ def test_an_unmasked_packed_forward_is_caught_leaking(impl, layout, fake_flash):
 
 
 # -- sliding windows -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("impl", ["sdpa", "eager", "flash_attention_2"])
+@pytest.mark.parametrize("impl", BACKENDS)
 def test_sliding_window_model_packed_equals_alone(impl, fake_flash):
     """Mistral-style: every layer has a window shorter than the sequences; the mask must keep it."""
     model = tiny_model(impl, cls=MistralForCausalLM, config_cls=MistralConfig, sliding_window=5)
     rows = random_rows(2, seed=5)
     logit_err, loss_err, scale = leak(packed_logits(model, rows), alone_logits(model, rows))
     assert logit_err <= SLACK[torch.float32] * max(1.0, scale), logit_err
+
+
+@pytest.mark.parametrize("torch_api", sorted(TORCH_VARLEN_APIS))
+@pytest.mark.parametrize("window", [None, 5])
+def test_varlen_attn_of_every_torch_version_packed_equals_alone(torch_api, window, fake_flash, monkeypatch):
+    """varlen_attn's parameters changed across torch 2.10-2.12 (is_causal, then window_size, then
+    enable_gqa): each is called with what it has (K/V repeated per head without enable_gqa), still exact; a
+    sliding window that the kernel cannot take is refused by name, never dropped."""
+    monkeypatch.setattr(clmap_model, "VARLEN_PARAMS", TORCH_VARLEN_APIS[torch_api])
+    if window is None:
+        model = tiny_model("varlen_attn")
+    else:
+        model = tiny_model(
+            "varlen_attn", cls=MistralForCausalLM, config_cls=MistralConfig, sliding_window=window
+        )
+    rows = random_rows(2, seed=7)
+    if window is not None and torch_api == "2.10":
+        with pytest.raises(
+            PackingError, match="no sliding windows in varlen_attn .*sliding_window=5; use sdpa"
+        ):
+            packed_logits(model, rows)
+        return
+    packed = packed_logits(model, rows)
+    calls = fake_flash.torch_varlen_calls
+    assert len(calls) == model.config.num_hidden_layers
+    kv_heads = 2 if "enable_gqa" in TORCH_VARLEN_APIS[torch_api] else 4  # 4 query heads
+    assert all(c["kv_heads"] == kv_heads for c in calls)
+    assert all(c["window_size"] == ((-1, 0) if window is None else (window - 1, 0)) for c in calls)
+    logit_err, loss_err, scale = leak(packed, alone_logits(model, rows))
+    tol = SLACK[torch.float32] * max(1.0, scale)
+    assert logit_err <= tol and loss_err <= tol, (logit_err, loss_err, tol)
 
 
 # -- refusals ------------------------------------------------------------------------------------------------
@@ -387,7 +484,7 @@ def test_one_mask_for_mixed_layers_is_caught(shared, monkeypatch):
     rows = random_rows(2, seed=5)
     alone = alone_logits(model, rows)
     window = model.config.sliding_window if shared == "sliding_attention" else None
-    monkeypatch.setattr(model_module, "_mask_window", lambda config, seq_len: (window, False))
+    monkeypatch.setattr(clmap_model, "_mask_window", lambda config, seq_len: (window, False))
     logit_err, _, scale = leak(packed_logits(model, rows), alone)
     assert logit_err > 100 * SLACK[torch.float32] * max(1.0, scale), logit_err
 
@@ -396,11 +493,11 @@ def test_mixed_layers_need_a_decoder_that_takes_a_mask_per_layer_type(monkeypatc
     from transformers import MistralModel, Qwen2Model
     from transformers.models.gemma3.modeling_gemma3 import Gemma3TextModel
 
-    takes = model_module._takes_mask_per_layer_type
+    takes = clmap_model._takes_mask_per_layer_type
     assert takes(Gemma3TextModel.__new__(Gemma3TextModel)) and takes(Qwen2Model.__new__(Qwen2Model))
     assert not takes(MistralModel.__new__(MistralModel))  # builds its masks itself: a dict would break it
     model = tiny_gemma3("sdpa")
-    monkeypatch.setattr(model_module, "_takes_mask_per_layer_type", lambda decoder: False)
+    monkeypatch.setattr(clmap_model, "_takes_mask_per_layer_type", lambda decoder: False)
     with pytest.raises(
         PackingError, match="window 5.*one packing mask per layer type, which Gemma3TextModel"
     ):
@@ -434,7 +531,12 @@ def test_flash_attention_without_flash_attn_names_the_setting():
 
     with pytest.raises(ValueError, match="model.attn_implementation=flash_attention_2 needs the flash-attn"):
         attention_implementation(ModelConfig(attn_implementation="flash_attention_2"), torch.device("cpu"))
+    with pytest.raises(ValueError, match="model.attn_implementation=varlen_attn needs torch ≥ 2.10 .* CUDA"):
+        attention_implementation(ModelConfig(attn_implementation="varlen_attn"), torch.device("cpu"))
     assert attention_implementation(ModelConfig(), torch.device("cpu")) == "sdpa"
+    # on CUDA without flash-attn, auto picks torch's own varlen flash attention (document-causal, no mask)
+    assert importlib.util.find_spec("flash_attn") is None
+    assert attention_implementation(ModelConfig(), torch.device("cuda")) == "varlen_attn"
 
 
 # -- the objective: losses and the mapping term of packed rows -----------------------------------------------
