@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from clmap.cli import UserError, add_debug_flag, run_main
 from clmap.data.readers import read_monolingual, read_parallel
 from clmap.data.tokenizer import ClmapTokenizer, load_tokenizer
+from clmap.outputs import writable_folder
 
 __all__ = ["build_store", "TokenStore", "StoreError", "main"]
 
@@ -128,11 +129,11 @@ def build_store(
     if shard_tokens < 1:
         raise StoreError(f"shard_tokens={shard_tokens}; expected a positive number of tokens")
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
+    if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise StoreError(f"{out}: folder exists and is not empty; pass --overwrite to replace it")
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    writable_folder(out, "--out")  # before the tokenising, not after it
 
     tok_path = str(Path(tokenizer).resolve())
     tok = _tokenizer(tok_path)

@@ -129,6 +129,7 @@ def evaluate(
         pair_list if pair_tasks else [],
         _languages(pair_list) if "ppl" in tasks and "ppl" not in data else [],
         pair_tasks,
+        splits,
     )
     scorer_layer = None
     if "clqa" in tasks and "clqa" in data and bertscore_model and clqa.bertscore_available():
@@ -165,6 +166,7 @@ def evaluate(
         note = f"{pair}: the bundled corpus has no '{source.split}' split (has {', '.join(stored)}); skipped"
         if note not in notes:
             notes.append(note)
+            print(f"[clmap.evaluate] {note}", file=sys.stderr)  # recorded in report.json/md as well
         return False
 
     def sources_for(key: str, result: dict) -> tuple[list[DataSource], bool]:
@@ -255,7 +257,16 @@ def evaluate(
                         continue
                     pool = segments(src, tgt, source, n=None)  # distractors from the whole file/split
                     items = clnlu.translation_choice_items(
-                        lm, pool, src, tgt, prompt.name, shots, seed=seed, n_items=limit, template=mt_template
+                        lm,
+                        pool,
+                        src,
+                        tgt,
+                        prompt.name,
+                        shots,
+                        seed=seed,
+                        n_items=limit,
+                        template=mt_template,
+                        source=source.label,
                     )
                     desc = f"choice {src}->{tgt} {source.split or ''}".strip()
                     acc = clnlu.choice_accuracy(items, clnlu.model_scorer(lm, batch_size, desc))

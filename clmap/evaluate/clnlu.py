@@ -153,11 +153,19 @@ def translation_choice_items(
     seed: int = 0,
     n_items: int | None = None,
     template: str | None = None,
+    source: str = "the data",
 ) -> list[ChoiceItem]:
     """Prompt = the MT prompt in ``prompt_format`` (with the same few-shot examples as MT), candidates =
-    4 target segments; after a text template each candidate follows the prompt with a space."""
+    4 target segments; after a text template each candidate follows the prompt with a space. ``source``
+    names the data in the error for too few segments."""
     from clmap.evaluate.mt import mt_prompts
 
+    distinct = len({s.tgt for s in segments})
+    if distinct < 4:
+        raise EvalDataError(
+            f"{source}: translation choice {src_lang}→{tgt_lang} needs at least 4 distinct target segments "
+            f"(one right answer, three distractors), found {distinct} in {len(segments)} rows"
+        )
     choices = translation_choice_candidates(segments, seed=seed, n_items=n_items)
     sources = [s.src for s in segments[: len(choices)]]
     prompts, texts = mt_prompts(lm, sources, src_lang, tgt_lang, prompt_format, shots, template)
