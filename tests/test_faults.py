@@ -456,8 +456,10 @@ def test_evaluating_a_run_folder_without_hf_says_so(trained, tmp_path, capsys):
     assert f"{run_dir} is a clmap run folder without an hf/ export" in capsys.readouterr().err
 
 
-def test_torchrun_exits_0_after_a_clean_sigterm_checkpoint(small_corpus, small_tokenizer, tmp_path):
-    """SIGTERM to the launcher's process group, as a scheduler sends it: workers save, everyone exits 0."""
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_torchrun_exits_0_after_a_clean_signal_checkpoint(small_corpus, small_tokenizer, tmp_path, signame):
+    """SIGTERM to the launcher's process group, as a scheduler sends it, or SIGINT, as Ctrl-C in a terminal
+    sends it: workers save, everyone exits 0."""
     args = _overrides(
         small_corpus, small_tokenizer, tmp_path, **{"checkpoint.every": 1000, "train.steps": 400}
     )
@@ -478,10 +480,11 @@ def test_torchrun_exits_0_after_a_clean_sigterm_checkpoint(small_corpus, small_t
         time.sleep(0.1)
     holder = json.loads((tmp_path / LOCK_FILE).read_text())  # rank 0 holds the lock for the whole job
     assert holder["pid"] != proc.pid
-    os.killpg(proc.pid, signal.SIGTERM)
+    os.killpg(proc.pid, getattr(signal, signame))
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    assert "SIGTERM: checkpoint saved at step" in out
+    assert f"clmap.torchrun: {signame} forwarded to workers" in err
+    assert f"{signame}: checkpoint saved at step" in out
     step = int((tmp_path / "checkpoints" / "latest").read_text().strip().split("_")[1])
     assert read_metrics(metrics)[-1]["step"] == step
     assert not (tmp_path / LOCK_FILE).exists()
@@ -885,3 +888,31 @@ def test_a_split_no_requested_pair_has_is_refused_before_any_model_work():
     ):
         check_bundled_coverage([("en", "cs")], ["en"], ("mt",), ["test", "tset"])
     check_bundled_coverage([("en", "cs")], ["en"], ("mt",), ["test"])
+
+
+def test_a_save_failing_for_another_reason_names_it_and_keeps_the_earlier(tmp_path, monkeypatch):
+    """Not only a full disk: any I/O error during a save removes the partial folder and says so."""
+    import errno
+
+    from clmap.checkpoint import CheckpointSaveError
+    from clmap.parallel import DistInfo
+
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    checkpointer = Checkpointer(tmp_path, DistInfo(0, 1, 0, torch.device("cpu")))
+    first = checkpointer.save(1, model, optimizer, scheduler, {"rows": 0})
+
+    def failing_disk(fd):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fsync", failing_disk)
+    with pytest.raises(CheckpointSaveError) as raised:
+        checkpointer.save(2, model, optimizer, scheduler, {"rows": 0})
+    monkeypatch.undo()
+    message = str(raised.value)
+    assert message.startswith(f"failed to save step 2 to {tmp_path / 'checkpoints' / 'step_00000002'} (")
+    assert "Input/output error" in message and "no space" not in message
+    assert f"removed step_00000002.tmp; the earlier checkpoints are intact (newest: {first})" in message
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_00000001"]
+    assert checkpointer.verify(first) == (None, False)
