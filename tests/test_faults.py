@@ -916,3 +916,40 @@ def test_a_save_failing_for_another_reason_names_it_and_keeps_the_earlier(tmp_pa
     assert f"removed step_00000002.tmp; the earlier checkpoints are intact (newest: {first})" in message
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_00000001"]
     assert checkpointer.verify(first) == (None, False)
+
+
+def test_a_replaced_tokenizer_is_named_as_such_not_as_a_model_change(trained, small_tokenizer):
+    from clmap.data.tokenizer import load_tokenizer
+    from clmap.run_folder import ConfigDriftError, check_tokenizer
+
+    checkpoint = trained / "checkpoints" / "step_00000006"
+    tok = load_tokenizer(small_tokenizer)
+    check_tokenizer(checkpoint, tok, str(small_tokenizer))  # the one it trained with
+
+    class Replaced:  # the same special ids, other pieces (and then another size)
+        bos_id, eos_id, pad_id, vocab_size = tok.bos_id, tok.eos_id, tok.pad_id, tok.vocab_size
+
+        def encode(self, text):
+            return [i + 1 for i in tok.encode(text)]
+
+    replaced = Replaced()
+    with pytest.raises(ConfigDriftError, match="the same vocabulary size, other ids for the same text"):
+        check_tokenizer(checkpoint, replaced, "TOK")
+    replaced.vocab_size = 700
+    with pytest.raises(
+        ConfigDriftError,
+        match=rf"the tokenizer at TOK is not the one {checkpoint} was trained with \(vocabulary",
+    ):
+        check_tokenizer(checkpoint, replaced, "TOK")
+
+
+def test_a_choice_file_with_too_few_rows_names_the_file_the_pair_and_the_count():
+    from clmap.evaluate.clnlu import translation_choice_items
+    from clmap.evaluate.sources import EvalDataError, ParallelSegment
+
+    rows = [ParallelSegment("d", f"src {i}", f"tgt {i % 2}") for i in range(3)]
+    with pytest.raises(
+        EvalDataError,
+        match=r"^pairs\.jsonl: en→cs translation choice needs at least 4 distinct target .*found 2 in 3",
+    ):
+        translation_choice_items(None, rows, "en", "cs", source="pairs.jsonl")

@@ -117,8 +117,12 @@ def translation_choice_candidates(
     else the remaining ones are the targets nearest in length (so length alone does not give it away).
     Duplicated target texts are never used as distractors. Seeded per item: deterministic.
     """
-    if len({s.tgt for s in segments}) < n_candidates:
-        raise EvalDataError(f"translation choice needs at least {n_candidates} distinct target segments")
+    distinct = len({s.tgt for s in segments})
+    if distinct < n_candidates:
+        raise EvalDataError(
+            f"translation choice needs at least {n_candidates} distinct target segments (one right answer, "
+            f"{n_candidates - 1} distractors), found {distinct} in {len(segments)} rows"
+        )
     by_doc: dict[str, list[int]] = {}
     for index, segment in enumerate(segments):
         by_doc.setdefault(segment.doc, []).append(index)
@@ -160,13 +164,10 @@ def translation_choice_items(
     names the data in the error for too few segments."""
     from clmap.evaluate.mt import mt_prompts
 
-    distinct = len({s.tgt for s in segments})
-    if distinct < 4:
-        raise EvalDataError(
-            f"{source}: translation choice {src_lang}→{tgt_lang} needs at least 4 distinct target segments "
-            f"(one right answer, three distractors), found {distinct} in {len(segments)} rows"
-        )
-    choices = translation_choice_candidates(segments, seed=seed, n_items=n_items)
+    try:
+        choices = translation_choice_candidates(segments, seed=seed, n_items=n_items)
+    except EvalDataError as exc:  # name the data and the pair
+        raise EvalDataError(f"{source}: {src_lang}→{tgt_lang} {exc}") from None
     sources = [s.src for s in segments[: len(choices)]]
     prompts, texts = mt_prompts(lm, sources, src_lang, tgt_lang, prompt_format, shots, template)
     items = []
