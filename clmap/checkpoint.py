@@ -312,17 +312,28 @@ class Checkpointer:
             self._point_latest(loaded)
         barrier()
 
+    # What a restart moves aside: everything the earlier run wrote that the new one would overwrite or mix
+    # with its own (config_history.jsonl stays: it records every start in this folder, this one too).
+    REPLACED = ("checkpoints", "metrics.jsonl", "tensorboard", "hf", "hf.tmp", "profile")
+
     def set_aside(self) -> Path | None:
-        """``checkpoint.resume=false`` in a folder with checkpoints: move them (and the metrics) aside."""
+        """``checkpoint.resume=false``: move the earlier run's checkpoints, metrics, TensorBoard logs and
+        hf/ export to ``replaced-<time>/`` (config.json copied beside them), so nothing of it is mixed
+        with or overwritten by the new run."""
         moved = None
-        if self.main and self.has_checkpoints():
-            moved = self.root.parent / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = self.root.parent
+        present = [run_dir / name for name in self.REPLACED if (run_dir / name).exists()]
+        if self.main and present:
+            moved = run_dir / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
             moved.mkdir(parents=True, exist_ok=True)
-            os.replace(self.root, moved / self.root.name)
-            metrics = self.root.parent / "metrics.jsonl"
-            if metrics.exists():
-                os.replace(metrics, moved / metrics.name)
-            self.log(f"checkpoint.resume=false: starting from step 0; earlier checkpoints moved to {moved}")
+            for path in present:
+                os.replace(path, moved / path.name)
+            if (run_dir / "config.json").is_file():
+                shutil.copy2(run_dir / "config.json", moved / "config.json")
+            self.log(
+                f"checkpoint.resume=false: starting from step 0; moved {', '.join(p.name for p in present)} "
+                f"to {moved}"
+            )
         barrier()
         return moved
 
@@ -452,47 +463,113 @@ class Checkpointer:
         return disk_full, detail
 
 
+HF_DIR = "hf"
+_HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+class InitFromError(UserError):
+    """``model.init_from`` names nothing a run can start from."""
+
+
+def hf_problem(folder: str | Path) -> str | None:
+    """What makes an ``hf/`` export unusable, or None: its config, every weight file (each safetensors
+    file as long as its own header says) and a tokenizer. An export killed midway lacks some of them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return f"{folder} does not exist"
+    if not (folder / "config.json").is_file():
+        return f"{folder} has no config.json"
+    index = folder / "model.safetensors.index.json"
+    try:
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
+        else:
+            files = ["model.safetensors"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        return f"{index} is unreadable ({describe(exc)})"
+    for name in files:
+        file = folder / name
+        if not file.is_file():
+            return f"{folder} has no {name} (its weights)"
+        try:
+            with open(file, "rb") as f:
+                header_len = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(header_len))
+            end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            return f"{file} is not a complete safetensors file ({describe(exc)})"
+        if file.stat().st_size != 8 + header_len + end:
+            return f"{file} has {file.stat().st_size} bytes, its header says {8 + header_len + end}"
+    if not any((folder / name).is_file() for name in _HF_TOKENIZER_FILES):
+        return f"{folder} has no tokenizer files"
+    return None
+
+
 def export_hf(objective, tokenizer, out_dir: str | Path, dist_info: DistInfo) -> Path | None:
-    """Gather the full model on rank 0 and write a Hugging Face folder (safetensors + config + tokenizer)."""
+    """Gather the full model on rank 0 and write a Hugging Face folder (safetensors + config + tokenizer).
+
+    Written into ``out_dir.tmp`` and renamed when complete, so ``out_dir`` is never a partial export (a
+    kill midway leaves the ``.tmp``, replaced by the next export); an older export is replaced whole."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     full = get_model_state_dict(objective, options=options)
     out_dir = Path(out_dir)
     if dist_info.is_main:
         lm_state = {k.removeprefix("lm."): v for k, v in full.items() if k.startswith("lm.")}
-        out_dir.mkdir(parents=True, exist_ok=True)
-        objective.lm.save_pretrained(out_dir, state_dict=lm_state, safe_serialization=True)
-        tokenizer.save(out_dir)
+        tmp, old = out_dir.with_name(out_dir.name + ".tmp"), out_dir.with_name(out_dir.name + ".old")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        objective.lm.save_pretrained(tmp, state_dict=lm_state, safe_serialization=True)
+        tokenizer.save(tmp)
+        for f in tmp.iterdir():
+            _fsync(f)
+        if out_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        _fsync(out_dir.parent)
+        shutil.rmtree(old, ignore_errors=True)
     barrier()
     return out_dir if dist_info.is_main else None
 
 
 # -- starting a run from another run's weights (model.init_from) -------------------------------------
 def init_source(path: str | Path) -> tuple[Path, Path]:
-    """(weights, tokenizer folder) that ``model.init_from`` names: a run's ``hf/`` export if it has one,
-    else its latest complete checkpoint; or one checkpoint folder (``RUN/checkpoints/step_N``). The
-    tokenizer is the one that run trained with."""
+    """(weights, tokenizer folder) that ``model.init_from`` names: a run's ``hf/`` export if it is
+    complete (:func:`hf_problem`), else its latest complete checkpoint; or one checkpoint folder
+    (``RUN/checkpoints/step_N``). The tokenizer is the one that run trained with. ``InitFromError``
+    (one line) when there is nothing to start from."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"model.init_from: {path} is not a folder")
+        raise InitFromError(f"model.init_from: {path} is not a folder")
     if Checkpointer.is_complete(path):
         run, weights = path.parent.parent, path
-    elif (path / "hf" / "config.json").is_file():
-        return path / "hf", path / "hf"
+    elif (path / HF_DIR).exists() and hf_problem(path / HF_DIR) is None:
+        return path / HF_DIR, path / HF_DIR
     else:
         run, weights = path, Checkpointer(path, DistInfo(0, 1, 0, torch.device("cpu"))).latest()
         if weights is None:
-            raise FileNotFoundError(
-                f"model.init_from: {path} has neither an exported hf/ folder nor a complete checkpoint in "
-                f"{path / 'checkpoints'}"
+            export = hf_problem(path / HF_DIR) if (path / HF_DIR).exists() else "no exported hf/ folder"
+            raise InitFromError(
+                f"model.init_from: {path} has neither a complete hf/ export ({export}) nor a complete "
+                f"checkpoint in {path / 'checkpoints'}"
             )
     saved = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
     named = saved.get("tokenizer", {}).get("path") or saved.get("model", {}).get("path")
     tokenizer = run / "tokenizer" if (run / "tokenizer").is_dir() else Path(named) if named else None
     if tokenizer is None or not tokenizer.exists():
-        raise FileNotFoundError(
-            f"model.init_from: no tokenizer for {weights} (looked in {run / 'tokenizer'})"
-        )
+        raise InitFromError(f"model.init_from: no tokenizer for {weights} (looked in {run / 'tokenizer'})")
     return weights, tokenizer
+
+
+def init_note(path: str | Path) -> str | None:
+    """Why ``model.init_from`` reads a checkpoint although RUN has an ``hf/`` folder (an incomplete one)."""
+    hf = Path(path) / HF_DIR
+    problem = hf_problem(hf) if hf.exists() else None
+    return (
+        f"model.init_from: {hf} is incomplete ({problem}); using the latest complete checkpoint"
+        if problem
+        else None
+    )
 
 
 def load_model_weights(model: torch.nn.Module, run: str | Path) -> Path:
@@ -501,7 +578,7 @@ def load_model_weights(model: torch.nn.Module, run: str | Path) -> Path:
     Returns what was loaded; a model of another shape is an error naming the first differences."""
     source, _ = init_source(run)
     mine = model.state_dict()
-    if source.name == "hf":
+    if source.name == HF_DIR:
         from transformers import AutoModelForCausalLM
 
         theirs = AutoModelForCausalLM.from_pretrained(source, local_files_only=True, dtype=torch.float32)
@@ -519,7 +596,7 @@ def load_model_weights(model: torch.nn.Module, run: str | Path) -> Path:
     ]
     problems += [f"{k} is not in the configured model" for k in shapes if k not in mine]
     if problems:
-        raise ValueError(
+        raise InitFromError(
             f"model.init_from: {source} does not fit the configured model ({len(problems)} differences: "
             f"{'; '.join(problems[:3])}); configure the same model as {run}/config.json"
         )

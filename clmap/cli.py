@@ -48,6 +48,12 @@ def run_main(
     debug = DEBUG_FLAG in args or os.environ.get("CLMAP_DEBUG", "") not in ("", "0")
     try:
         return main(args) or 0
+    except KeyboardInterrupt:  # a second Ctrl-C (the trainer saves on the first), or any during set-up
+        if debug:
+            raise
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"{prog}: interrupted", file=sys.stderr, flush=True)
+        return 130
     except (UserError, *user_errors) as exc:
         if debug:
             raise

@@ -129,9 +129,14 @@ def peak_memory_gib(device: torch.device) -> float:
 
 
 class MetricLogger:
-    """Writes each step's metrics to ``metrics.jsonl`` and TensorBoard (rank 0 only)."""
+    """Writes each step's metrics to ``metrics.jsonl`` and TensorBoard (rank 0 only).
 
-    def __init__(self, run_dir: str | Path, enabled: bool, tensorboard: bool = True):
+    A run that starts at ``start_step`` (a resume) has had its JSONL cut back to that step
+    (``clmap.run_folder.repair_logs``); TensorBoard is told the same through ``purge_step``, so events a
+    stopped run logged past its last checkpoint are dropped by TensorBoard instead of mixed with the new.
+    """
+
+    def __init__(self, run_dir: str | Path, enabled: bool, tensorboard: bool = True, start_step: int = 0):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self.writer = None
@@ -141,7 +146,7 @@ class MetricLogger:
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+                self.writer = SummaryWriter(str(Path(run_dir) / "tensorboard"), purge_step=start_step + 1)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +37,7 @@ from transformers import (
     PreTrainedModel,
 )
 
+from clmap.cli import UserError
 from clmap.config import ModelConfig
 from clmap.data.tokenizer import ClmapTokenizer
 
@@ -50,8 +52,12 @@ LOGIT_TRANSFORMS = {
 }
 
 
-class UnsupportedModelError(ValueError):
-    """A model clmap cannot train correctly; raised before its weights are loaded."""
+class UnsupportedModelError(UserError, ValueError):
+    """A model clmap cannot train correctly; raised before its weights are loaded (one line, exit 2)."""
+
+
+class ModelPathError(UserError, FileNotFoundError):
+    """``model.path`` is not a model folder."""
 
 
 def attention_implementation(cfg: ModelConfig, device: torch.device) -> str:
@@ -84,7 +90,17 @@ def load_model_config(path: str | Path) -> PretrainedConfig:
     """The ``config.json`` of a local model folder (never from a hub), with errors that name the folder."""
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model.path: {path} is not a Hugging Face model folder (no config.json)")
+        raise ModelPathError(f"model.path: {path} is not a Hugging Face model folder (no config.json)")
+    try:
+        saved = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = None
+    if isinstance(saved, dict) and {"objective", "data", "train"} <= saved.keys():  # a clmap run's config
+        export = "its hf/ export" if (path / "hf").is_dir() else "it has no hf/ export yet"
+        raise ModelPathError(
+            f"model.path: {path} is a clmap run folder, not a model ({export}): continue from it with "
+            f"--init-from {path}, or resume it with --run_dir={path}"
+        )
     try:
         return AutoConfig.from_pretrained(path, local_files_only=True)
     except (ValueError, KeyError) as exc:
@@ -151,7 +167,11 @@ def build_model(cfg: ModelConfig, tok: ClmapTokenizer, device: torch.device) -> 
         if model.get_input_embeddings().weight.shape[0] < tok.vocab_size:
             model.resize_token_embeddings(tok.vocab_size)
         return model
-    config = LlamaConfig(
+    return LlamaForCausalLM(_llama_config(cfg, tok, attn))
+
+
+def _llama_config(cfg: ModelConfig, tok: ClmapTokenizer, attn: str) -> LlamaConfig:
+    return LlamaConfig(
         vocab_size=tok.vocab_size,
         hidden_size=cfg.hidden_size,
         intermediate_size=cfg.intermediate_size,
@@ -166,7 +186,17 @@ def build_model(cfg: ModelConfig, tok: ClmapTokenizer, device: torch.device) -> 
         pad_token_id=tok.pad_id,
         attn_implementation=attn,
     )
-    return LlamaForCausalLM(config)
+
+
+def parameter_count(cfg: ModelConfig, tok: ClmapTokenizer) -> int:
+    """Parameters of the model :func:`build_model` makes, counted on the meta device (nothing allocated):
+    what the memory check (clmap/memory.py) weighs before the model exists."""
+    with torch.device("meta"):
+        if cfg.path:
+            model = AutoModelForCausalLM.from_config(load_model_config(cfg.path))
+        else:
+            model = LlamaForCausalLM(_llama_config(cfg, tok, "sdpa"))
+    return count_parameters(model)
 
 
 def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:

@@ -20,7 +20,7 @@ from transformers import PreTrainedModel
 
 from clmap.config import ObjectiveConfig
 from clmap.data.examples import IGNORE_INDEX, GroupTable
-from clmap.kernels import cosine_matrix, mapping_loss, paired_cosine, pool_spans
+from clmap.kernels import mapping_loss, paired_cosine, pool_spans
 from clmap.kernels.mapping_loss_chunks import KeptTokens
 from clmap.model import check_packed_attention, decoder_layers, packed_attention_inputs
 

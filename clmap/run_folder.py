@@ -83,10 +83,12 @@ def _describe_holder(holder: dict) -> str:
 
 
 class RunLock:
-    """An exclusive, process-lifetime lock on a run folder (see the module doc)."""
+    """An exclusive, process-lifetime lock on a folder (see the module doc): a run folder's ``train.lock``,
+    or another command's lock on its output folder (``clmap/outputs.py``), named by ``activity``."""
 
-    def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / LOCK_FILE
+    def __init__(self, run_dir: str | Path, name: str = LOCK_FILE, activity: str = "training"):
+        self.path = Path(run_dir) / name
+        self.activity = activity
         self.fd: int | None = None
         self.holder: dict = {}
 
@@ -113,10 +115,15 @@ class RunLock:
             except BlockingIOError:
                 os.close(fd)
                 holder = self._read()
+                hint = (
+                    " (a killed torchrun launcher can leave its workers running: stop them too), or use "
+                    "another run_dir"
+                    if self.activity == "training"
+                    else ", or write to another folder"
+                )
                 raise RunFolderInUse(
-                    f"{self.path.parent} is in use by another training: {_describe_holder(holder)}, see "
-                    f"{self.path}; wait for it or stop it (a killed torchrun launcher can leave its workers "
-                    "running: stop them too), or use another run_dir"
+                    f"{self.path.parent} is in use by another {self.activity}: {_describe_holder(holder)}, "
+                    f"see {self.path}; wait for it or stop it{hint}"
                 ) from None
             try:
                 same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
@@ -246,6 +253,90 @@ def record_start(
     }
     with open(run_dir / HISTORY_FILE, "a", encoding="utf-8") as f:
         f.write(json.dumps(entry) + "\n")
+
+
+# -- the tokenizer the checkpoints were trained with --------------------------------------------------------
+# Its fingerprint (clmap.data.store.tokenizer_fingerprint, the one the token stores record too): a tokenizer
+# replaced at the same path (the config unchanged) is named as such, not as a model-shape change.
+def tokenizer_record(tok) -> dict:
+    """What a checkpoint records of its tokenizer (``train_state.json``), compared on resume."""
+    from clmap.data.store import tokenizer_fingerprint  # not at import: the store imports this module's lock
+
+    return {"vocab_size": tok.vocab_size, "fingerprint": tokenizer_fingerprint(tok)}
+
+
+def check_tokenizer(checkpoint: Path | None, tok, where: str) -> None:
+    """ConfigDriftError when the tokenizer loaded from ``where`` is not the one ``checkpoint`` recorded
+    (checkpoints of older clmap versions recorded none: not compared)."""
+    if checkpoint is None:
+        return
+    try:
+        saved = json.loads((checkpoint / "train_state.json").read_text(encoding="utf-8")).get("tokenizer")
+    except (OSError, ValueError, AttributeError):
+        return  # a damaged checkpoint: restore() names it and falls back
+    now = tokenizer_record(tok)
+    if not isinstance(saved, dict) or saved == now:
+        return
+    what = (
+        f"vocabulary {saved.get('vocab_size')} → {now['vocab_size']} tokens"
+        if saved.get("vocab_size") != now["vocab_size"]
+        else "the same vocabulary size, another vocabulary"
+    )
+    raise ConfigDriftError(
+        f"the tokenizer at {where} is not the one {checkpoint} was trained with ({what}): its files were "
+        "replaced although the config names the same tokenizer; restore them, or start a new run_dir"
+    )
+
+
+# -- append-only logs ------------------------------------------------------------------------------------
+METRICS_FILE = "metrics.jsonl"
+# Every append-only file of a run folder, and whether its records are steps of the run (cut back to the
+# resumed step) or events (a start recorded in the history stays, whatever step it came from).
+APPEND_ONLY = {METRICS_FILE: True, HISTORY_FILE: False}
+
+
+def repair_logs(run_dir: Path, step: int) -> list[str]:
+    """Before a (re)start at ``step``: cut every append-only log back to its complete records (a crash
+    while writing leaves half a line) and, for step logs, to ``step`` (a run stopped after its last
+    checkpoint logged steps that the resumed run logs again); one message per file changed, saying what
+    was dropped. A file is rewritten atomically."""
+    messages = []
+    for name, by_step in APPEND_ONLY.items():
+        path = run_dir / name
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        kept, broken, beyond = [], 0, []
+        for line in data.split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not a record")
+            except ValueError:
+                broken += 1
+                continue
+            if by_step and not (isinstance(record.get("step"), int) and record["step"] <= step):
+                beyond.append(record.get("step"))
+                continue
+            kept.append(line)
+        text = b"".join(line + b"\n" for line in kept)
+        if text == data:
+            continue
+        tmp = path.with_name(f".{name}.tmp")
+        tmp.write_bytes(text)
+        os.replace(tmp, path)
+        dropped = []
+        if broken:
+            dropped.append(f"{broken} incomplete or unreadable line{'s' * (broken > 1)}")
+        if beyond:
+            dropped.append(
+                f"{len(beyond)} record{'s' * (len(beyond) > 1)} beyond step {step} (steps "
+                f"{', '.join(map(str, beyond[:5]))}{', ...' if len(beyond) > 5 else ''})"
+            )
+        messages.append(f"repaired {path}: dropped {' and '.join(dropped) or 'a missing final newline'}")
+    return messages
 
 
 def lock_run_folder(run_dir: Path, rank: int, world_size: int) -> RunLock | None:

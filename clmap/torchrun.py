@@ -8,9 +8,12 @@ status is 1. A scheduler then reports a clean preemption as a failure.
 Here the launcher is told by the workers instead. torchrun is asked not to handle SIGTERM
 (``--signals-to-handle`` without it); this process catches it, forwards it to its worker processes and
 keeps waiting, so the agent sees the workers finish: all exit 0 (clmap.train saves a checkpoint and
-leaves) and the launcher exits 0; a worker that fails makes it fail as usual. A second SIGTERM falls back
-to torchrun's own shutdown. A worker that stops on a user error (exit status 2, its message already
-printed) makes the launcher exit 2 too, without torchrun's failure report.
+leaves) and the launcher exits 0; a worker that fails makes it fail as usual. Ctrl-C (SIGINT) is
+forwarded the same way (the workers, in their own sessions, do not see the terminal's). A second SIGTERM
+or SIGINT falls back to torchrun's own shutdown (the signal sent on to the workers, SIGKILL after
+``--shutdown-timeout``) and the launcher exits 128 + the signal's number. A worker that stops on a user
+error (exit status 2, its message already printed) makes the launcher exit 2 too, without torchrun's
+failure report.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import signal
 import sys
 from pathlib import Path
 
-TORCHRUN_SIGNALS = ("SIGINT", "SIGHUP", "SIGQUIT")  # torchrun's defaults, less SIGTERM
+FORWARDED = ("SIGTERM", "SIGINT")  # forwarded to the workers, which save a checkpoint and exit
+TORCHRUN_SIGNALS = ("SIGHUP", "SIGQUIT")  # torchrun's defaults, less the forwarded ones
 
 
 def worker_pids() -> list[int]:
@@ -41,34 +45,36 @@ def _with_signals(argv: list[str]) -> list[str]:
     for i, arg in enumerate(argv):
         if arg.startswith(("--signals-to-handle", "--signals_to_handle")):
             value = arg.split("=", 1)[1] if "=" in arg else argv[i + 1]
-            kept = ",".join(s for s in value.split(",") if s.strip() != "SIGTERM")
+            kept = ",".join(s for s in value.split(",") if s.strip() not in FORWARDED)
             rest = argv[i + 1 :] if "=" in arg else argv[i + 2 :]
             return [*argv[:i], f"--signals-to-handle={kept}", *rest]
     return [f"--signals-to-handle={','.join(TORCHRUN_SIGNALS)}", *argv]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from torch.distributed.elastic.multiprocessing.api import _terminate_process_handler
+    from torch.distributed.elastic.multiprocessing.api import SignalException, _terminate_process_handler
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
     argv = list(sys.argv[1:] if argv is None else argv)
     forwarded = False
 
-    def on_sigterm(signum, frame):
+    def on_signal(signum, frame):
         nonlocal forwarded
         pids = worker_pids()
         if forwarded or not pids or not sys.platform.startswith("linux"):
             _terminate_process_handler(signum, frame)  # torchrun's own shutdown
         forwarded = True
-        print(f"clmap.torchrun: SIGTERM forwarded to workers {pids}; waiting for them", file=sys.stderr)
+        name = signal.Signals(signum).name
+        print(f"clmap.torchrun: {name} forwarded to workers {pids}; waiting for them", file=sys.stderr)
         for pid in pids:
             try:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signum)
             except ProcessLookupError:
                 pass
 
-    signal.signal(signal.SIGTERM, on_sigterm)
+    for name in FORWARDED:
+        signal.signal(getattr(signal, name), on_signal)
     try:
         torchrun(_with_signals(argv))
     except ChildFailedError as exc:
@@ -76,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         if first.exitcode == 2:
             return 2  # a user error, already printed by the worker
         raise
+    except SignalException as exc:  # a second signal: torchrun stopped the workers
+        print(f"clmap.torchrun: {exc.sigval.name} again: workers stopped without waiting", file=sys.stderr)
+        return 128 + int(exc.sigval)
     return 0
 
 

@@ -23,14 +23,30 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from clmap.checkpoint import Checkpointer, export_hf, load_model_weights
+from clmap.checkpoint import (
+    HF_DIR,
+    Checkpointer,
+    export_hf,
+    hf_problem,
+    init_note,
+    init_source,
+    load_model_weights,
+)
 from clmap.cli import UserError, add_debug_flag, run_main
 from clmap.config import Config, check_batch, config_help, load_config
 from clmap.data.examples import IGNORE_INDEX, GroupTable
-from clmap.data.pipeline import describe_mixture, dev_rows, make_stream, mixture_keys, train_data
+from clmap.data.pipeline import (
+    describe_mixture,
+    dev_rows,
+    init_vocabulary,
+    make_stream,
+    mixture_keys,
+    train_data,
+)
 from clmap.data.prefetch import Prefetcher
 from clmap.data.stream import Row, collate, to_device
 from clmap.kernels.mapping_loss_chunks import kept_tokens
+from clmap.memory import check_memory
 from clmap.metrics import (
     MetricLogger,
     attention_flops_per_pair,
@@ -41,7 +57,7 @@ from clmap.metrics import (
     peak_flops,
     peak_memory_gib,
 )
-from clmap.model import build_model, check_model, count_parameters
+from clmap.model import build_model, check_model, count_parameters, parameter_count
 from clmap.objectives import (
     MappingObjective,
     ObjectiveOutput,
@@ -52,10 +68,13 @@ from clmap.objectives import (
 from clmap.parallel import DistInfo, all_reduce_sum, cleanup, init_distributed, shard_model, use_compile
 from clmap.run_folder import (
     check_resume_config,
+    check_tokenizer,
     describe_changes,
     lock_run_folder,
     record_start,
+    repair_logs,
     stop_with_launcher,
+    tokenizer_record,
 )
 
 
@@ -222,20 +241,32 @@ def dev_metrics(objective, dev_rows: list[Row], cfg: Config, table: GroupTable, 
 
 # -- main ---------------------------------------------------------------------------------------
 class _Preemption:
-    """SIGTERM sets a flag; the loop saves a checkpoint after the current step and exits cleanly."""
+    """SIGTERM or a first Ctrl-C (SIGINT) sets a flag; the loop saves a checkpoint after the current step
+    and exits cleanly. A second Ctrl-C aborts at once (KeyboardInterrupt: exit status 130, no save)."""
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, main: bool):
+        self.requested: str | None = None  # the first signal's name
+        self.main = main
         signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum, frame):
-        self.requested = True
+        if signum == signal.SIGINT and self.requested:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        if self.requested is None and signum == signal.SIGINT and self.main:
+            print(
+                "\nSIGINT: saving a checkpoint after this step, then exiting (Ctrl-C again aborts at once)",
+                file=sys.stderr,
+                flush=True,
+            )
+        self.requested = self.requested or signal.Signals(signum).name
 
     def agreed(self, device: torch.device) -> bool:
-        """Whether any rank got SIGTERM (a collective: the trainer asks at log steps only)."""
+        """Whether any rank got SIGTERM or SIGINT (a collective: the trainer asks at log steps only)."""
         if not (dist.is_initialized() and dist.get_world_size() > 1):
-            return self.requested
-        flag = torch.tensor([float(self.requested)], device=device)
+            return bool(self.requested)
+        flag = torch.tensor([float(bool(self.requested))], device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
@@ -292,7 +323,9 @@ class StepMetrics:
         self.steps, self.tokens, self.pairs, self.data_time, self.start = 0, 0, 0, 0.0, now
         self.counts = torch.zeros(len(self.table), dtype=torch.float64)
 
-    def add(self, sums, grad_norm, finite, tokens: int, data_time: float, counts=None, pairs: int = 0) -> None:
+    def add(
+        self, sums, grad_norm, finite, tokens: int, data_time: float, counts=None, pairs: int = 0
+    ) -> None:
         """One step's device outputs (``train_step``), its token and attention-pair counts, its wait for
         data and its target tokens per group (host)."""
         if counts is not None:
@@ -384,12 +417,18 @@ def run(cfg: Config) -> Path:
     dist_info = init_distributed(cfg.train.device, cfg.train.backend)
     check_batch(cfg.train, dist_info.world_size)
     stop_with_launcher()
-    lock = lock_run_folder(Path(cfg.run_dir), dist_info.rank, dist_info.world_size)
+    run_dir = Path(cfg.run_dir)
+    if cfg.model.init_from and not (cfg.checkpoint.resume and Checkpointer(run_dir, None).has_checkpoints()):
+        init_source(cfg.model.init_from)  # nothing to start from: one line, before the run folder is made
+    created = not run_dir.exists()
+    lock = lock_run_folder(run_dir, dist_info.rank, dist_info.world_size)
     try:
         return train(cfg, dist_info)
     finally:
         if lock is not None:
             lock.release()
+            if created and run_dir.is_dir() and not any(run_dir.iterdir()):
+                run_dir.rmdir()  # a start that failed before writing anything leaves no empty folder
 
 
 def train(cfg: Config, dist_info: DistInfo) -> Path:
@@ -400,9 +439,25 @@ def train(cfg: Config, dist_info: DistInfo) -> Path:
     checkpointer = Checkpointer(run_dir, dist_info, keep=cfg.checkpoint.keep)
     # contract: a resume refuses config changes that alter what is trained (before any data is read)
     resuming = cfg.checkpoint.resume and checkpointer.has_checkpoints()
+    if cfg.model.init_from:  # that run's tokenizer replaces the configured vocabulary size: say so, record it
+        vocab = init_vocabulary(cfg, run_dir)
+        if vocab != cfg.tokenizer.vocab_size and main:
+            print(
+                f"model.init_from: the tokenizer of {cfg.model.init_from} has {vocab} tokens, not "
+                f"tokenizer.vocab_size={cfg.tokenizer.vocab_size}; training with it (recorded in "
+                "config.json)",
+                flush=True,
+            )
+        cfg.tokenizer.vocab_size = vocab
     changes = check_resume_config(run_dir, cfg) if resuming else []
 
     tok, mono, parallel = train_data(cfg, run_dir, dist_info, resuming)
+    if resuming:  # a tokenizer replaced under the same config is named as such (not as a model change)
+        where = cfg.tokenizer.path or cfg.model.path or str(run_dir / "tokenizer")
+        check_tokenizer(checkpointer.latest(), tok, where)
+    fingerprint = tokenizer_record(tok)
+    # before anything is sized by the configuration: rows, dev rows, the model (clmap/memory.py)
+    check_memory(cfg, parameter_count(cfg.model, tok), dist_info.world_size, dist_info.device)
     table = GroupTable(cfg.data.languages, cfg.data.pairs)
     # indexes derived from stores: built once by rank 0 beside the run, memory-mapped by every rank
     stream = make_stream(cfg, tok, table, mono, parallel, cfg.train.seed, cache_dir=run_dir / "data_index")
@@ -413,8 +468,9 @@ def train(cfg: Config, dist_info: DistInfo) -> Path:
     lm = build_model(cfg.model, tok, dist_info.device)
     if cfg.model.init_from and not resuming:
         loaded = load_model_weights(lm, cfg.model.init_from)  # weights only: a new optimizer and schedule
+        note = init_note(cfg.model.init_from) if loaded.name != HF_DIR else None
         if main:
-            print(f"initialised from {loaded}", flush=True)
+            print(f"{note + ': ' if note else ''}initialised from {loaded}", flush=True)
     num_params, flops = count_parameters(lm), flops_per_token(lm, cfg.data.seq_len)
     objective = MappingObjective(lm, table, cfg.objective).to(dist_info.device)
     objective = shard_model(
@@ -431,13 +487,17 @@ def train(cfg: Config, dist_info: DistInfo) -> Path:
     start_step, rows_done, nonfinite_total, last_saved = resume(
         checkpointer, cfg, objective, optimizer, scheduler, main
     )
+    if last_saved is not None and start_step >= cfg.train.steps:
+        return _nothing_to_train(cfg, run_dir, start_step, objective, tok, dist_info)
     if main:  # started: only now does config.json take this run's values
+        for message in repair_logs(run_dir, start_step):  # logs cut back to the resumed step
+            print(message, flush=True)
         if changes:
             print(f"config changes applied from step {start_step}: {describe_changes(changes)}", flush=True)
         record_start(run_dir, cfg, start_step, changes, last_saved)
 
-    logger = MetricLogger(run_dir, enabled=main, tensorboard=cfg.metrics.tensorboard)
-    preemption = _Preemption()
+    logger = MetricLogger(run_dir, enabled=main, tensorboard=cfg.metrics.tensorboard, start_step=start_step)
+    preemption = _Preemption(main)
     step_metrics = StepMetrics(cfg, table, flops, dist_info, attention_flops_per_pair(lm))
     nonfinite = NonfiniteGuard(cfg.train.max_nonfinite_in_a_row, nonfinite_total, dist_info.device)
     if main:
@@ -500,7 +560,7 @@ def train(cfg: Config, dist_info: DistInfo) -> Path:
             # checkpoint: every checkpoint.every steps, at the end, and when any rank got SIGTERM; never
             # while steps are being skipped as non-finite (resuming there would only fail again)
             if due and streak == 0:
-                extra = {"rows": rows_done, "nonfinite_total": nonfinite_total}
+                extra = {"rows": rows_done, "nonfinite_total": nonfinite_total, "tokenizer": fingerprint}
                 last_saved = checkpointer.save(step, objective, optimizer, scheduler, extra)
             if log or due:  # dev evaluation and checkpoints are no step's time
                 step_metrics.start += time.perf_counter() - paused
@@ -509,16 +569,36 @@ def train(cfg: Config, dist_info: DistInfo) -> Path:
                 if main:
                     saved = "checkpoint saved" if streak == 0 else "non-finite streak, no checkpoint"
                     print(
-                        f"\nSIGTERM: {saved} at step {step}; last checkpoint {last_saved}; exiting",
+                        f"\n{preemption.requested or 'SIGTERM'}: {saved} at step {step}; last checkpoint "
+                        f"{last_saved}; exiting",
                         flush=True,
                     )
                 break
     bar.close()
     logger.close()
     if step >= cfg.train.steps and cfg.checkpoint.export_hf:
-        export_hf(objective, tok, run_dir / "hf", dist_info)
+        export_hf(objective, tok, run_dir / HF_DIR, dist_info)
         if main:
-            print(f"exported Hugging Face model to {run_dir / 'hf'}", flush=True)
+            print(f"exported Hugging Face model to {run_dir / HF_DIR}", flush=True)
+    cleanup()
+    return run_dir
+
+
+def _nothing_to_train(cfg: Config, run_dir: Path, step: int, objective, tok, dist_info: DistInfo) -> Path:
+    """A resume at or past ``train.steps``: say so, and leave config.json (which keeps the reached run's
+    values) and a complete hf/ alone; only a missing or incomplete export at the last step is redone."""
+    hf = run_dir / HF_DIR
+    problem = hf_problem(hf) if cfg.checkpoint.export_hf and step == cfg.train.steps else None
+    if dist_info.is_main:
+        print(
+            f"nothing to train: {run_dir} is at step {step} and train.steps={cfg.train.steps}; "
+            + (f"exporting again ({problem})" if problem else "config.json and hf/ left as they are"),
+            flush=True,
+        )
+    if problem:
+        export_hf(objective, tok, hf, dist_info)
+        if dist_info.is_main:
+            print(f"exported Hugging Face model to {hf}", flush=True)
     cleanup()
     return run_dir
 

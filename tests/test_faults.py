@@ -15,10 +15,12 @@ import signal
 import subprocess
 import sys
 import time
+from copy import copy as shallow_copy
 from pathlib import Path
 
 import pytest
-from conftest import REPO, child_env, tiny_overrides
+import torch
+from conftest import DIST_ENV, REPO, child_env, tiny_overrides
 
 from clmap.checkpoint import MANIFEST, Checkpointer
 from clmap.cli import run_main
@@ -455,8 +457,10 @@ def test_evaluating_a_run_folder_without_hf_says_so(trained, tmp_path, capsys):
     assert f"{run_dir} is a clmap run folder without an hf/ export" in capsys.readouterr().err
 
 
-def test_torchrun_exits_0_after_a_clean_sigterm_checkpoint(small_corpus, small_tokenizer, tmp_path):
-    """SIGTERM to the launcher's process group, as a scheduler sends it: workers save, everyone exits 0."""
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_torchrun_exits_0_after_a_clean_signal_checkpoint(small_corpus, small_tokenizer, tmp_path, signame):
+    """SIGTERM to the launcher's process group, as a scheduler sends it, or SIGINT, as Ctrl-C in a terminal
+    sends it: workers save, everyone exits 0."""
     args = _overrides(
         small_corpus, small_tokenizer, tmp_path, **{"checkpoint.every": 1000, "train.steps": 400}
     )
@@ -477,10 +481,471 @@ def test_torchrun_exits_0_after_a_clean_sigterm_checkpoint(small_corpus, small_t
         time.sleep(0.1)
     holder = json.loads((tmp_path / LOCK_FILE).read_text())  # rank 0 holds the lock for the whole job
     assert holder["pid"] != proc.pid
-    os.killpg(proc.pid, signal.SIGTERM)
+    os.killpg(proc.pid, getattr(signal, signame))
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
-    assert "SIGTERM: checkpoint saved at step" in out
+    assert f"clmap.torchrun: {signame} forwarded to workers" in err
+    assert f"{signame}: checkpoint saved at step" in out
     step = int((tmp_path / "checkpoints" / "latest").read_text().strip().split("_")[1])
     assert read_metrics(metrics)[-1]["step"] == step
     assert not (tmp_path / LOCK_FILE).exists()
+
+
+# -- issue 23, 1: append-only logs are cut back on resume ----------------------------------------------------
+def _records(path: Path) -> list[dict]:
+    """Every line of a JSONL file as a record: a half line (or a record glued onto one) fails here."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _back_to_step_5(run_dir: Path) -> None:
+    """The run as a stop after step 6's log line but before its checkpoint leaves it."""
+    shutil.rmtree(run_dir / "checkpoints" / "step_00000006")
+    (run_dir / "checkpoints" / "latest").write_text("step_00000005\n")
+
+
+def test_resume_cuts_append_only_logs_to_complete_records_and_the_step(copy, trained):
+    """A stop after step 6's log line but before its checkpoint, then a crash while step 7's record and a
+    start were written: the resumed run's metrics equal the uninterrupted run's, each step once."""
+    run_dir, args = copy()
+    _back_to_step_5(run_dir)
+    metrics, history = run_dir / "metrics.jsonl", run_dir / HISTORY_FILE
+    with open(metrics, "a") as f:
+        f.write('{"step": 7, "loss/total": 5.')
+    with open(history, "a") as f:
+        f.write('{"time": "2026-')
+    proc = _train(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records, reference = _records(metrics), _records(trained / "metrics.jsonl")
+    assert [r["step"] for r in records] == [r["step"] for r in reference] == list(range(1, STEPS + 1))
+    for mine, theirs in zip(records, reference, strict=True):
+        assert {k: mine[k] for k in LOSS_KEYS} == pytest.approx({k: theirs[k] for k in LOSS_KEYS}, rel=1e-6)
+    starts = _records(history)
+    assert [s["step"] for s in starts] == [0, 5] and starts[-1]["resumed_from"].endswith("step_00000005")
+    assert (
+        f"repaired {metrics}: dropped 1 incomplete or unreadable line and 1 record beyond step 5 (steps 6)"
+        in proc.stdout
+    )
+    assert f"repaired {history}: dropped 1 incomplete or unreadable line" in proc.stdout
+
+
+def test_tensorboard_events_past_the_resumed_step_are_purged(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from clmap.metrics import MetricLogger
+
+    first = MetricLogger(tmp_path, enabled=True)
+    for step in range(1, 7):
+        first.log(step, {"loss/total": 1.0})
+    first.close()
+    resumed = MetricLogger(tmp_path, enabled=True, start_step=4)  # steps 5 and 6 are logged again
+    for step in (5, 6):
+        resumed.log(step, {"loss/total": 2.0})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("loss/total")]
+    assert logged == [(1, 1.0), (2, 1.0), (3, 1.0), (4, 1.0), (5, 2.0), (6, 2.0)]
+
+
+# -- issue 23, 2: the evaluator's output folder is locked, its report written atomically ---------------------
+def test_a_second_evaluation_into_the_same_out_is_refused(trained, tmp_path, capsys, monkeypatch):
+    import clmap.evaluate.__main__ as cli
+    from clmap.outputs import OUTPUT_LOCK, output_lock
+
+    monkeypatch.setattr(cli, "evaluate", lambda *a, **k: pytest.fail("evaluated although --out is in use"))
+    out = tmp_path / "eval"
+    with output_lock(out, "evaluation"):  # the first evaluation, still running
+        assert cli.main(["--checkpoint", str(trained), "--tasks", "lac", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"{out} is in use by another evaluation: pid {os.getpid()}" in err and OUTPUT_LOCK in err
+    assert not (out / OUTPUT_LOCK).exists()  # released with the first
+
+
+def test_a_report_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    from clmap.outputs import atomic_write_text
+
+    report = atomic_write_text(tmp_path / "report.json", '{"old": true}\n')
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write_text(report, '{"new": true}\n')
+    assert report.read_text() == '{"old": true}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no temporary file left behind
+
+
+# -- issue 23, 3: the memory a configuration needs is checked before it is allocated -------------------------
+def test_an_absurd_seq_len_is_refused_at_once_by_name(small_corpus, small_tokenizer, tmp_path):
+    seq_len = 50_000_000
+    args = _overrides(
+        small_corpus,
+        small_tokenizer,
+        tmp_path / "run",
+        **{"data.seq_len": seq_len, "model.max_position": seq_len},
+    )
+    proc = _train(args)
+    assert proc.returncode == 2
+    line = _error_line(proc)
+    assert "this configuration needs at least" in line and f"data.seq_len={seq_len}" in line
+    assert "attention mask" in line and "lower data.seq_len or train.micro_batch" in line
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_memory_estimate_passes_what_fits_and_names_what_does_not():
+    from clmap.memory import MemoryEstimateError, check_memory
+
+    cfg = load_config(None, ["--data.seq_len=512", "--model.max_position=512"])
+    cpu = torch.device("cpu")
+    parts = check_memory(cfg, 10**8, 1, cpu, available=(64e9, "test"))
+    assert {p.name for p in parts} >= {"model and optimizer state", "activations", "rows", "loss chunks"}
+    assert next(p for p in parts if p.name == "model and optimizer state").bytes == 16 * 10**8
+    with pytest.raises(
+        MemoryEstimateError, match=r"needs at least 1\.\d GB per process .*more than the 1\.0 GB"
+    ):
+        check_memory(cfg, 10**8, 1, cpu, available=(1e9, "test"))
+    assert check_memory(cfg, 10**8, 2, cpu, available=(1e9, "test"))[0].bytes < 1e9  # sharded over 2 ranks
+
+
+# -- issue 23, 4: Ctrl-C saves a checkpoint like SIGTERM; a second one aborts --------------------------------
+# Sends the signal(s) to the trainer itself right after step 3 is logged: the same moment in every run.
+INTERRUPT_SHIM = """
+import os, runpy, signal, sys
+import clmap.metrics
+signals = [getattr(signal, name) for name in os.environ["CLMAP_TEST_SIGNALS"].split(",")]
+real_log = clmap.metrics.MetricLogger.log
+def log(self, step, metrics):
+    real_log(self, step, metrics)
+    if step == 3:
+        for signum in signals:
+            os.kill(os.getpid(), signum)
+clmap.metrics.MetricLogger.log = log
+sys.argv = ["clmap.train", *sys.argv[1:]]
+runpy.run_module("clmap.train", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("signals", ["SIGINT", "SIGINT,SIGINT"])
+def test_ctrl_c_saves_and_resumes_with_the_same_curve_and_twice_aborts(
+    small_corpus, small_tokenizer, trained, tmp_path, signals
+):
+    run_dir = tmp_path / "run"
+    args = _overrides(small_corpus, small_tokenizer, run_dir, **{"checkpoint.every": 1000})
+    proc = _train(args, shim=INTERRUPT_SHIM, CLMAP_TEST_SIGNALS=signals)
+    if signals == "SIGINT,SIGINT":
+        assert proc.returncode == 130, proc.stderr[-3000:]
+        assert proc.stderr.splitlines()[-1] == "clmap.train: interrupted" and "Traceback" not in proc.stderr
+        assert not (run_dir / "checkpoints").exists() or not any((run_dir / "checkpoints").iterdir())
+        return
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "SIGINT: saving a checkpoint after this step" in proc.stderr
+    assert "SIGINT: checkpoint saved at step 4" in proc.stdout
+    proc = _train(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step_00000004 (step 4)" in proc.stdout
+    records, reference = _records(run_dir / "metrics.jsonl"), _records(trained / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    for mine, theirs in zip(records, reference, strict=True):
+        assert {k: mine[k] for k in LOSS_KEYS} == pytest.approx({k: theirs[k] for k in LOSS_KEYS}, rel=1e-6)
+
+
+# -- issue 23, 5: an incomplete hf/ export -------------------------------------------------------------------
+@pytest.mark.parametrize("damage", ["weights missing", "weights truncated"])
+def test_an_incomplete_export_falls_back_to_the_checkpoint_or_is_named(trained, tmp_path, capsys, damage):
+    from clmap.checkpoint import init_note, init_source
+    from clmap.evaluate.__main__ import main
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir)
+    weights = run_dir / "hf" / "model.safetensors"
+    if damage == "weights missing":  # a kill during an export of an older clmap
+        weights.unlink()
+    else:
+        with open(weights, "r+b") as f:
+            f.truncate(weights.stat().st_size // 2)
+    assert init_source(run_dir)[0] == run_dir / "checkpoints" / "step_00000006"
+    assert f"{run_dir / 'hf'} is incomplete" in init_note(run_dir)
+    assert main(["--checkpoint", str(run_dir), "--tasks", "lac", "--out", str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{run_dir / 'hf'} is an incomplete export" in err
+    assert ("has no model.safetensors" if damage == "weights missing" else "its header says") in err
+
+
+def test_an_export_that_fails_midway_leaves_the_earlier_one_whole(trained, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from clmap.checkpoint import export_hf, hf_problem
+    from clmap.parallel import DistInfo
+
+    hf = tmp_path / "hf"
+    shutil.copytree(trained / "hf", hf)
+    before = {p.name: p.read_bytes() for p in hf.iterdir()}
+    objective = torch.nn.Module()
+    objective.lm = AutoModelForCausalLM.from_pretrained(hf, local_files_only=True)
+    with torch.no_grad():  # other weights than the export's: a partial overwrite would show
+        objective.lm.get_input_embeddings().weight.add_(1.0)
+
+    class Killed:  # the tokenizer is written last: the weights are already out when it fails
+        def save(self, folder):
+            raise OSError("killed")
+
+    with pytest.raises(OSError, match="killed"):
+        export_hf(objective, Killed(), hf, DistInfo(0, 1, 0, torch.device("cpu")))
+    assert {p.name: p.read_bytes() for p in hf.iterdir()} == before and hf_problem(hf) is None
+
+
+# -- issue 23, 6: output locations are checked before the work -----------------------------------------------
+def test_outputs_under_a_file_are_one_line_before_any_work(
+    trained, small_tokenizer, tmp_path, capsys, monkeypatch
+):
+    import clmap.data.store as store
+    import clmap.evaluate.__main__ as evaluator
+    from clmap.experiments import ablation
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setattr(
+        evaluator, "evaluate", lambda *a, **k: pytest.fail("evaluated before --out was checked")
+    )
+    monkeypatch.setattr(store, "_tokenizer", lambda *a: pytest.fail("tokenised before --out was checked"))
+    monkeypatch.setattr(
+        ablation.recipe, "shared_tokenizer", lambda *a: pytest.fail("ran before outputs checked")
+    )
+    runs = {
+        "clmap.evaluate": lambda: evaluator.main(
+            ["--checkpoint", str(trained), "--out", str(blocker / "eval")]
+        ),
+        "clmap.data.store": lambda: store.main(
+            [
+                "build",
+                "--tokenizer",
+                str(small_tokenizer),
+                "--input",
+                str(trained / "config.json"),
+                "--kind",
+                "mono",
+                "--lang",
+                "en",
+                "--out",
+                str(blocker / "store"),
+            ]
+        ),
+        "clmap.experiments.ablation": lambda: run_main(
+            ablation.main, ["--out", str(blocker / "runs")], "clmap.experiments.ablation"
+        ),
+    }
+    for prog, run in runs.items():
+        assert run() == 2, prog
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"{prog}: error: "), err
+        assert f"{blocker} is a file, not a folder" in err, err
+
+
+# -- issue 23, 7: one line and exit 2 where the README promises it; the untested contracts ---------------
+def _train_here(args: list[str], capsys) -> tuple[int, str]:
+    """``clmap.train ARGS`` in this process, for errors found before any training (no process start); the
+    one-process group and the environment it sets are undone."""
+    import torch.distributed as dist
+
+    from clmap.parallel import cleanup
+    from clmap.train import main
+
+    saved = {key: os.environ.get(key) for key in DIST_ENV}
+    had_group = dist.is_initialized()
+    try:
+        status = run_main(main, args, "clmap.train")
+    finally:
+        if not had_group:
+            cleanup()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "case", ["missing corpus", "init-from nowhere", "init-from an empty folder", "unsupported model"]
+)
+def test_input_errors_are_one_line_and_exit_2(small_corpus, small_tokenizer, tmp_path, capsys, case):
+    run_dir = tmp_path / "run"
+    corpus, extra, expected = small_corpus, {}, ""
+    if case == "missing corpus":
+        corpus, expected = (
+            tmp_path / "nowhere",
+            f"{tmp_path / 'nowhere'}/mono/en/train.jsonl.gz: no such file",
+        )
+    elif case == "init-from nowhere":
+        extra = {"model.init_from": tmp_path / "gone", "tokenizer.path": ""}  # the tokenizer comes with it
+        expected = f"model.init_from: {tmp_path / 'gone'} is not a folder"
+    elif case == "init-from an empty folder":
+        (tmp_path / "empty").mkdir()
+        extra = {"model.init_from": tmp_path / "empty", "tokenizer.path": ""}
+        expected = f"model.init_from: {tmp_path / 'empty'} has neither a complete hf/ export (no exported hf/"
+    else:  # a model folder of an architecture clmap cannot train
+        model = tmp_path / "model"
+        model.mkdir()
+        (model / "config.json").write_text(json.dumps({"model_type": "t5", "architectures": ["T5Model"]}))
+        extra = {"model.path": model, "tokenizer.path": ""}
+        expected = f"model.path {model} (t5) is an encoder-decoder model"
+    status, err = _train_here(_overrides(corpus, small_tokenizer, run_dir, **extra), capsys)
+    assert status == 2, err
+    assert err.count("\n") == 1 and err.startswith("clmap.train: error: ") and expected in err, err
+    assert not run_dir.exists()  # a start that fails before writing anything leaves no folder behind
+
+
+def test_resume_restores_every_rng(tmp_path):
+    """Resume continues the random streams where the checkpoint left them (dropout, sampling, shuffles)."""
+    import random
+
+    import numpy as np
+
+    from clmap.parallel import DistInfo
+
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    checkpointer = Checkpointer(tmp_path, DistInfo(0, 1, 0, torch.device("cpu")))
+    torch.manual_seed(1), random.seed(1), np.random.seed(1)
+    saved = checkpointer.save(1, model, optimizer, scheduler, {"rows": 0})
+
+    def draws():
+        return torch.rand(3).tolist(), random.random(), float(np.random.rand())
+
+    after_save = draws()
+    draws()  # the stopped run went on drawing
+    checkpointer.load(saved, model, optimizer, scheduler)
+    assert draws() == after_save
+
+
+def test_resume_false_sets_the_whole_earlier_run_aside(copy, trained):
+    run_dir, args = copy()
+    (run_dir / "tensorboard").mkdir()
+    (run_dir / "tensorboard" / "events.out.tfevents.1").write_bytes(b"earlier")
+    old_weights = (run_dir / "hf" / "model.safetensors").read_bytes()
+    proc = _train([*args, "--checkpoint.resume=false", "--train.seed=1"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    aside = [p for p in run_dir.iterdir() if p.name.startswith("replaced-")]
+    assert len(aside) == 1, sorted(p.name for p in run_dir.iterdir())
+    moved = "checkpoints, metrics.jsonl, tensorboard, hf"
+    assert f"checkpoint.resume=false: starting from step 0; moved {moved} to {aside[0]}" in proc.stdout
+    assert (aside[0] / "hf" / "model.safetensors").read_bytes() == old_weights
+    assert _records(aside[0] / "metrics.jsonl") == _records(trained / "metrics.jsonl")
+    assert json.loads((aside[0] / "config.json").read_text())["train"]["seed"] == 0
+    assert not (run_dir / "tensorboard").exists()  # this run logs no TensorBoard: nothing of the old mixed in
+    assert [r["step"] for r in _records(run_dir / "metrics.jsonl")] == list(range(1, STEPS + 1))
+    assert (run_dir / "hf" / "model.safetensors").read_bytes() != old_weights
+
+
+def test_torchrun_passes_a_workers_exit_2_up(small_tokenizer, tmp_path):
+    args = _overrides(tmp_path / "nowhere", small_tokenizer, tmp_path / "run")
+    proc = subprocess.run(
+        train_command(2, args), cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "clmap.train: error: " in proc.stderr and "no such file" in proc.stderr
+    assert "ChildFailedError" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--limit", "-3"], "--limit -3: must be at least 1"),
+        (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+        (["--few-shot", "-1"], "--few-shot -1: must be at least 0"),
+    ],
+)
+def test_evaluator_counts_are_checked_against_their_meaning(tmp_path, capsys, argv, message):
+    from clmap.evaluate.__main__ import main
+
+    assert main(["--checkpoint", str(tmp_path), "--out", str(tmp_path / "eval"), *argv]) == 2
+    assert capsys.readouterr().err == f"clmap.evaluate: error: {message}\n"
+
+
+def test_a_resume_at_or_past_train_steps_trains_nothing_and_changes_nothing(copy):
+    run_dir, args = copy()
+    saved = (run_dir / "config.json").read_text()
+    export = {p.name: p.stat().st_mtime_ns for p in (run_dir / "hf").iterdir()}
+    metrics = (run_dir / "metrics.jsonl").read_text()
+    proc = _train([*args, "--train.steps=4"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (
+        f"nothing to train: {run_dir} is at step 6 and train.steps=4; config.json and hf/ left as they are"
+        in proc.stdout
+    )
+    assert (run_dir / "config.json").read_text() == saved  # still says train.steps=6, the steps trained
+    assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "hf").iterdir()} == export
+    assert (run_dir / "metrics.jsonl").read_text() == metrics
+
+
+def test_a_split_no_requested_pair_has_is_refused_before_any_model_work():
+    from clmap.evaluate.sources import EvalDataError, check_bundled_coverage
+
+    with pytest.raises(
+        EvalDataError, match=r"--split tset: no such split in the bundled corpus .*\(they have .*test"
+    ):
+        check_bundled_coverage([("en", "cs")], ["en"], ("mt",), ["test", "tset"])
+    check_bundled_coverage([("en", "cs")], ["en"], ("mt",), ["test"])
+
+
+def test_a_save_failing_for_another_reason_names_it_and_keeps_the_earlier(tmp_path, monkeypatch):
+    """Not only a full disk: any I/O error during a save removes the partial folder and says so."""
+    import errno
+
+    from clmap.checkpoint import CheckpointSaveError
+    from clmap.parallel import DistInfo
+
+    model = torch.nn.Linear(4, 4)
+    optimizer = torch.optim.AdamW(model.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    checkpointer = Checkpointer(tmp_path, DistInfo(0, 1, 0, torch.device("cpu")))
+    first = checkpointer.save(1, model, optimizer, scheduler, {"rows": 0})
+
+    def failing_disk(fd):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fsync", failing_disk)
+    with pytest.raises(CheckpointSaveError) as raised:
+        checkpointer.save(2, model, optimizer, scheduler, {"rows": 0})
+    monkeypatch.undo()
+    message = str(raised.value)
+    assert message.startswith(f"failed to save step 2 to {tmp_path / 'checkpoints' / 'step_00000002'} (")
+    assert "Input/output error" in message and "no space" not in message
+    assert f"removed step_00000002.tmp; the earlier checkpoints are intact (newest: {first})" in message
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["latest", "step_00000001"]
+    assert checkpointer.verify(first) == (None, False)
+
+
+def test_a_replaced_tokenizer_is_named_as_such_not_as_a_model_change(trained, small_tokenizer):
+    from clmap.data.tokenizer import load_tokenizer
+    from clmap.run_folder import ConfigDriftError, check_tokenizer
+
+    checkpoint = trained / "checkpoints" / "step_00000006"
+    tok = load_tokenizer(small_tokenizer)
+    check_tokenizer(checkpoint, tok, str(small_tokenizer))  # the one it trained with
+
+    replaced = shallow_copy(tok)  # the same size and special ids, another vocabulary (tag style here)
+    replaced.tag_format = "<2{lang}>"
+    with pytest.raises(ConfigDriftError, match="the same vocabulary size, another vocabulary"):
+        check_tokenizer(checkpoint, replaced, "TOK")
+    replaced.vocab_size = 700
+    with pytest.raises(
+        ConfigDriftError,
+        match=rf"the tokenizer at TOK is not the one {checkpoint} was trained with \(vocabulary",
+    ):
+        check_tokenizer(checkpoint, replaced, "TOK")
+
+
+def test_a_choice_file_with_too_few_rows_names_the_file_the_pair_and_the_count():
+    from clmap.evaluate.clnlu import translation_choice_items
+    from clmap.evaluate.sources import EvalDataError, ParallelSegment
+
+    rows = [ParallelSegment("d", f"src {i}", f"tgt {i % 2}") for i in range(3)]
+    with pytest.raises(
+        EvalDataError,
+        match=r"^pairs\.jsonl: en→cs translation choice needs at least 4 distinct target .*found 2 in 3",
+    ):
+        translation_choice_items(None, rows, "en", "cs", source="pairs.jsonl")

@@ -12,7 +12,7 @@ import torch
 from conftest import run_train, tiny_overrides
 from safetensors.torch import load_file
 
-from clmap.checkpoint import init_source, load_model_weights
+from clmap.checkpoint import InitFromError, init_source, load_model_weights
 from clmap.config import ConfigError, load_config
 
 
@@ -72,16 +72,16 @@ def test_weights_come_from_the_export_or_the_latest_checkpoint(source, small_tok
 def test_bad_sources_are_clear_errors(source, tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    with pytest.raises(FileNotFoundError, match="is not a folder"):
+    with pytest.raises(InitFromError, match="is not a folder"):
         init_source(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="neither an exported hf/ folder nor a complete checkpoint"):
+    with pytest.raises(InitFromError, match="neither a complete hf/ export .* nor a complete checkpoint"):
         init_source(tmp_path / "empty")
     config = AutoConfig.from_pretrained(source / "hf")
     config.hidden_size, config.intermediate_size = 48, 96
     wider = AutoModelForCausalLM.from_config(config)
     with pytest.raises(
-        ValueError, match=r"does not fit the configured model .*embed_tokens.weight is \[\d+, 32\]"
+        InitFromError, match=r"does not fit the configured model .*embed_tokens.weight is \[\d+, 32\]"
     ):
         load_model_weights(wider, source)
     with pytest.raises(ConfigError, match="model.init_from brings that run's tokenizer"):

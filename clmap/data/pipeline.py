@@ -200,6 +200,17 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, dist_info: DistInfo, mono, par
     return load_tokenizer(out)
 
 
+def init_vocabulary(cfg: Config, run_dir: Path) -> int:
+    """The vocabulary size of the tokenizer ``model.init_from`` brings (this run's copy once it has one):
+    the trainer adopts it as ``tokenizer.vocab_size``, printed and recorded in config.json, instead of
+    keeping a configured size that is not the one trained."""
+    from clmap.checkpoint import init_source
+
+    own = run_dir / "tokenizer"
+    folder = own if (own / META_FILE).is_file() else init_source(cfg.model.init_from)[1]
+    return load_tokenizer(folder).vocab_size
+
+
 def store_folder(root: str | Path, kind: str, name: str) -> Path:
     """Where ``build --config`` puts the store of a language (``mono``) or pair (``parallel``)."""
     return Path(root) / kind / name

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from clmap.cli import UserError, add_debug_flag, run_main
 from clmap.data.readers import read_monolingual, read_parallel
 from clmap.data.tokenizer import ClmapTokenizer, load_tokenizer
+from clmap.outputs import writable_folder
 
 __all__ = ["build_store", "repeat_store", "TokenStore", "StoreError", "tokenizer_fingerprint", "main"]
 
@@ -277,6 +278,7 @@ def build_store(
         )
     elif progress is None and out.exists() and any(out.iterdir()):
         raise StoreError(f"{out}: folder exists and is not empty; pass --overwrite to replace it")
+    writable_folder(out, "--out")  # before the tokenising, not after it
     (out / BUILD_DIR).mkdir(parents=True, exist_ok=True)
     if progress is None:
         progress = {"key": key, "records": 0, "languages": [], "shards": []}

@@ -138,6 +138,7 @@ def evaluate(
         pair_list if pair_tasks else [],
         _languages(pair_list) if "ppl" in tasks and "ppl" not in data else [],
         pair_tasks,
+        splits,
     )
     scorer_layer = None
     if "clqa" in tasks and "clqa" in data and bertscore_model and clqa.bertscore_available():
@@ -177,6 +178,7 @@ def evaluate(
         note = f"{pair}: the bundled corpus has no '{source.split}' split (has {', '.join(stored)}); skipped"
         if note not in notes:
             notes.append(note)
+            print(f"[clmap.evaluate] {note}", file=sys.stderr)  # recorded in report.json/md as well
         return False
 
     def sources_for(key: str, result: dict) -> tuple[list[DataSource], bool]:
@@ -277,7 +279,16 @@ def evaluate(
                     pool = segments(src, tgt, source, n=None)  # distractors from the whole file/split
                     chosen = [s.index for s in segments(src, tgt, source)]  # the items MT and LAC score
                     questions = clnlu.translation_choice_items(
-                        lm, pool, src, tgt, prompt.name, shots, seed=seed, template=mt_template, chosen=chosen
+                        lm,
+                        pool,
+                        src,
+                        tgt,
+                        prompt.name,
+                        shots,
+                        seed=seed,
+                        template=mt_template,
+                        chosen=chosen,
+                        source=source.label,
                     )
                     desc = f"choice {src}->{tgt} {source.split or ''}".strip()
                     acc = clnlu.choice_accuracy(questions, clnlu.model_scorer(lm, batch_size, desc))

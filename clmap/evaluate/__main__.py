@@ -7,10 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from clmap.cli import add_debug_flag, run_main
+from clmap.cli import UserError, add_debug_flag, run_main
 from clmap.evaluate import ALL_TASKS, DATA_KEYS, DEFAULT_PAIRS, PROMPT_FORMATS, evaluate
 from clmap.evaluate.lm import CheckpointError
 from clmap.evaluate.sources import ITEM_SELECTIONS, EvalDataError
+from clmap.outputs import output_lock, writable_folder
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +147,16 @@ def run_compare(args: argparse.Namespace) -> Path:
 
 
 USER_ERRORS = (CheckpointError, EvalDataError, FileNotFoundError, ValueError, KeyError)
+# The least value of each count option (--limit 0 would score nothing; None, its default, is all).
+LEAST = {"limit": 1, "batch_size": 1, "num_beams": 1, "max_new_tokens": 1, "few_shot": 0, "n_boot": 1}
+
+
+def check_counts(args: argparse.Namespace) -> None:
+    """Each count option checked against its meaning before any work, not found wrong deep inside it."""
+    for name, least in LEAST.items():
+        value = getattr(args, name)
+        if value is not None and value < least:
+            raise UserError(f"--{name.replace('_', '-')} {value}: must be at least {least}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,11 +168,14 @@ def _main(argv: list[str]) -> int:
     parser = build_parser()
     add_debug_flag(parser)
     args = parser.parse_args(argv)
-    if args.compare:
-        written = run_compare(args)
-    else:
-        evaluate(args.checkpoint, out_dir=args.out, **_evaluate_kwargs(args))
-        written = Path(args.out) / "report.md"
+    check_counts(args)
+    # --out is checked and locked before any model is loaded (clmap/outputs.py)
+    with output_lock(writable_folder(args.out, "--out"), "evaluation"):
+        if args.compare:
+            written = run_compare(args)
+        else:
+            evaluate(args.checkpoint, out_dir=args.out, **_evaluate_kwargs(args))
+            written = Path(args.out) / "report.md"
     print(written.read_text(encoding="utf-8"))
     print(f"written to {written.parent}", file=sys.stderr)
     return 0

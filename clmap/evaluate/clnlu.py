@@ -131,8 +131,12 @@ def translation_choice_candidates(
     else the remaining ones are the targets nearest in length (so length alone does not give it away).
     Duplicated target texts are never used as distractors. Seeded per item: deterministic.
     """
-    if len({s.tgt for s in segments}) < n_candidates:
-        raise EvalDataError(f"translation choice needs at least {n_candidates} distinct target segments")
+    distinct = len({s.tgt for s in segments})
+    if distinct < n_candidates:
+        raise EvalDataError(
+            f"translation choice needs at least {n_candidates} distinct target segments (one right answer, "
+            f"{n_candidates - 1} distractors), found {distinct} in {len(segments)} rows"
+        )
     by_doc: dict[str, list[int]] = {}
     for index, segment in enumerate(segments):
         by_doc.setdefault(segment.doc, []).append(index)
@@ -169,15 +173,20 @@ def translation_choice_items(
     n_items: int | None = None,
     template: str | None = None,
     chosen: Sequence[int] | None = None,
+    source: str = "the data",
 ) -> list[ChoiceItem]:
     """Prompt = the MT prompt in ``prompt_format`` (with the same few-shot examples as MT), candidates =
     4 target segments; after a text template each candidate follows the prompt with a space. The
-    scored segments are those at ``chosen`` (default the first ``n_items``); distractors come from all."""
+    scored segments are those at ``chosen`` (default the first ``n_items``); distractors come from all.
+    ``source`` names the data in the error for too few segments."""
     from clmap.evaluate.mt import mt_prompts
 
     if chosen is None:
         chosen = range(len(segments[:n_items]))
-    choices = translation_choice_candidates(segments, seed=seed, chosen=chosen)
+    try:
+        choices = translation_choice_candidates(segments, seed=seed, chosen=chosen)
+    except EvalDataError as exc:  # name the data and the pair
+        raise EvalDataError(f"{source}: {src_lang}→{tgt_lang} {exc}") from None
     scored = [segments[i] for i in chosen]
     prompts, texts = mt_prompts(
         lm, [s.src for s in scored], src_lang, tgt_lang, prompt_format, shots, template

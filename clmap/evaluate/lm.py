@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from clmap.checkpoint import HF_DIR, hf_problem
 from clmap.data.tokenizer import META_FILE, SPM_FILE, ClmapTokenizer, load_tokenizer
 
 _HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -43,11 +44,18 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path]:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint folder does not exist")
-    model_dir = path / "hf" if (path / "hf" / "config.json").is_file() else path
-    if model_dir == path and (path / "checkpoints").is_dir():  # its config.json is the training config
+    model_dir = path / HF_DIR if (path / HF_DIR).is_dir() else path
+    run_folder = (path / "checkpoints").is_dir() or training_config(path)[1] == path / "config.json"
+    if model_dir == path and run_folder:  # its config.json is the training config, not a model's
         raise CheckpointError(
             f"{path} is a clmap run folder without an hf/ export, which training writes at its last step "
             "(unless checkpoint.export_hf=false): rerun the training command to finish the run (it resumes)"
+        )
+    problem = hf_problem(model_dir) if model_dir.name == HF_DIR or run_folder else None
+    if problem:
+        raise CheckpointError(
+            f"{model_dir} is an incomplete export ({problem}): rerun the training command of {path} to "
+            "export it again (it resumes from its last checkpoint)"
         )
     if not (model_dir / "config.json").is_file():
         raise CheckpointError(f"{path}: neither {path}/config.json nor {path}/hf/config.json exists")

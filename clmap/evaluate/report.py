@@ -17,6 +17,8 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from clmap.outputs import atomic_write_text
+
 TASK_TITLES = {
     "mt": "Machine translation",
     "clnlu": "Cross-lingual understanding",
@@ -238,10 +240,8 @@ def write_report(report: dict, out_dir: str | Path) -> dict:
             str(plot_bars(groups, "Bits per byte per language", "bits/byte", out_dir / "perplexity.png"))
         )
     report["plots"] = plots
-    (out_dir / "report.json").write_text(
-        json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
-    (out_dir / "report.md").write_text(render_markdown(report), encoding="utf-8")
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(out_dir / "report.md", render_markdown(report))
     return report
 
 
@@ -342,10 +342,10 @@ def write_comparison(comparison: dict, out_dir: str | Path) -> list[Path]:
     """comparison.json, comparison.md and one grouped bar chart per task."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "comparison.json").write_text(
-        json.dumps(comparison, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    atomic_write_text(
+        out_dir / "comparison.json", json.dumps(comparison, indent=2, ensure_ascii=False) + "\n"
     )
-    (out_dir / "comparison.md").write_text(render_comparison(comparison), encoding="utf-8")
+    atomic_write_text(out_dir / "comparison.md", render_comparison(comparison))
     written = [out_dir / "comparison.json", out_dir / "comparison.md"]
     by_task: dict[str, dict[str, dict[str, float]]] = {}
     for row in comparison["rows"]:

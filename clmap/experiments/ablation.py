@@ -25,7 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+from clmap.cli import add_debug_flag, run_main
 from clmap.experiments import recipe, results, writeup
+from clmap.outputs import writable_folder
 
 DEFAULT_TASKS = "mt,clnlu,ppl,lac"
 DEFAULT_PAIRS = "en-cs,cs-uk,zh-ja"
@@ -38,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_debug_flag(p)
     add = p.add_argument
     add("--protocol", choices=("continue", "scratch"), default="continue", help="default: continue")
     add("--preset", choices=sorted(recipe.PRESETS), default="cpu", help="sizes and machine settings")
@@ -126,6 +129,10 @@ def describe_model(args: argparse.Namespace, run: recipe.Run) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = resolve(build_parser().parse_args(argv))
+    for folder, what in ((args.results.parent, "--results"), (Path(args.docs), "--docs")):
+        writable_folder(folder, what)  # before hours of training, not after them
+    if not args.report_only:
+        writable_folder(args.out, "--out")
     command = "python -m clmap.experiments.ablation " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.report_only:
         written = writeup.write_docs(results.read_results(args.results), Path(args.docs))
@@ -164,4 +171,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, None, "clmap.experiments.ablation"))
