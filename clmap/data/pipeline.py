@@ -171,11 +171,11 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, dist_info: DistInfo, mono, par
     With ``model.init_from`` it is that run's tokenizer, and with ``data.store`` (and no tokenizer named)
     the stores' own: either is copied into this run's folder on the first start so a resume (and the
     evaluator) reads its own copy."""
-    copy_from = None
-    if cfg.model.init_from:
+    copy_from, own = None, run_dir / "tokenizer"
+    if cfg.model.init_from:  # the source's, until this run has its own copy (the source may be gone since)
         from clmap.checkpoint import init_source
 
-        copy_from = init_source(cfg.model.init_from)[1]
+        copy_from = own if (own / META_FILE).is_file() else init_source(cfg.model.init_from)[1]
     elif cfg.data.store and not (cfg.tokenizer.path or cfg.model.path):
         copy_from = Path(cfg.data.store) / "tokenizer"
         if not (copy_from / META_FILE).is_file():
@@ -183,7 +183,6 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, dist_info: DistInfo, mono, par
                 f"{copy_from}: no tokenizer; build the stores with python -m clmap.data.store build --config"
             )
     if copy_from is not None:
-        own = run_dir / "tokenizer"
         if dist_info.is_main and not (own / META_FILE).is_file():
             tag_format = cfg.tokenizer.tag_format or None
             load_tokenizer(copy_from, tag_format=tag_format).save(own)
