@@ -201,6 +201,14 @@ def test_train_throughput_tiny_writes_every_side(tmp_path: Path) -> None:
         expected = float(row["clmap_tokens_per_s"]) / float(row[f"{impl}_tokens_per_s"])
         assert float(row[column]) == pytest.approx(expected, rel=1e-2), column
     assert row["titan_loss"] == "torch_lce"  # this torch has F.linear_cross_entropy
+    # the trainer's runs measured their steps and saved nothing (checkpoint.at_end=false, no export)
+    runs = sorted((tmp_path / "work").glob("run_tiny_*"))
+    assert len(runs) == 2 and all((r / "metrics.jsonl").is_file() for r in runs), runs
+    assert not [p for r in runs for p in (r / "checkpoints").glob("step_*")] and not any(
+        (r / "hf").exists() for r in runs
+    )
+    impls = [r["impl"] for r in csv.DictReader((tmp_path / "out" / "train_throughput_impl.csv").open())]
+    assert impls == ["clmap", "ntp", "titan", "plain"]
 
 
 def test_summarize_reads_the_measured_log_windows() -> None:
