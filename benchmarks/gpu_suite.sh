@@ -224,7 +224,7 @@ if [[ $DRY == 1 ]]; then
         ABLATION_ARGS+=("--set=${o#--}")
     done
 else
-    CAP_1B=390 CAP_AB=110 CAP_PACKING=60 CAP_MAPPING=70
+    CAP_1B=360 CAP_AB=110 CAP_PACKING=110 CAP_MAPPING=70 # packing: its step check compiles 12 blocks
     # 22 steps: 2 warm-up (compilation), 20 measured, then 1 profiled, for clmap, ntp, titan in turn (a row
     # each as it ends); the 128256-piece tokenizer is the one built beforehand and carried
     # (.cache/tokenizers/, `python -m benchmarks.train_throughput --config 1b --tokenizers .cache/tokenizers
