@@ -138,10 +138,12 @@ def main() -> None:
     if roofline:
         print(f"device-to-device copy roofline: {roofline:.0f} GB/s")
     tags = environment_tags(device)
-    rows = []
-    for n, h, s in cases:
-        rows += [{**tags, **r} for r in bench_case(n, h, s, device, dtype, impls, roofline)]
-    print(f"wrote {append_csv('pooled_similarity', rows)}")
+    path = None
+    for n, h, s in cases:  # case by case: a timed-out run keeps the cases it finished
+        path = append_csv(
+            "pooled_similarity", [{**tags, **r} for r in bench_case(n, h, s, device, dtype, impls, roofline)]
+        )
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,13 @@ tokens/s is non-pad tokens over wall time of the measured steps, with the device
 ends of log windows (``metrics.log_every`` = gcd(W, N − W)), as a real run logs. MFU uses
 ``clmap.metrics.flops_per_token`` (torchtitan's 6·N + 12·L·H·Q·T). Rows go to
 ``results/train_throughput.csv`` (``$CLMAP_BENCH_OUT`` when set), profiler summaries to
-``train_profiles.txt`` beside it.
+``train_profiles.txt`` beside it. Each implementation also gets a row of its own in
+``train_throughput_impl.csv`` the moment it finishes (a later one timing out loses nothing). The runs
+save no checkpoint and export nothing (``checkpoint.at_end=false``).
+
+``--tokenizers DIR`` holds the presets' tokenizers, built once with ``--prepare-tokenizers`` (the 1b
+preset's 128256-piece BPE: a few MB, carried to a GPU machine, which then runs with
+``--no-train-tokenizer`` so no device time goes to training it).
 
 ``--ab A,B`` runs the trainer of two commits on the same machine, in one call: each commit's tree is
 extracted from this checkout's ``.git`` (or from ``.ab/<ref>.tar``, written beforehand by
@@ -80,6 +86,7 @@ BENCH_OVERRIDES = [
     "--checkpoint.export_hf=false",
     "--checkpoint.resume=false",
     "--checkpoint.every=1000000",
+    "--checkpoint.at_end=false",  # a 1B checkpoint is ~15 GB of writes and hashes, no step's time
 ]
 METRICS = (
     "tokens_per_s",
@@ -138,8 +145,10 @@ def trace_busy_share(profile_dir: Path) -> float | None:
 
 
 # -- the driver ----------------------------------------------------------------------------------
-def prepare_tokenizer_dir(config: Path, overrides: list[str], work: Path) -> Path:
-    """Train the preset's tokenizer once, outside the timed processes, and share it by path."""
+def prepare_tokenizer_dir(config: Path, overrides: list[str], work: Path, train: bool = True) -> Path:
+    """Train the preset's tokenizer once, outside the timed processes, and share it by path. ``work`` may
+    hold it already (``--tokenizers``: built beforehand, carried to the GPU machine); ``train`` False makes
+    a missing one an error (the 128256-piece BPE takes minutes of one core: never on the device's clock)."""
     from clmap.config import load_config
     from clmap.data.pipeline import load_texts, prepare_tokenizer
     from clmap.data.tokenizer import META_FILE
@@ -150,6 +159,11 @@ def prepare_tokenizer_dir(config: Path, overrides: list[str], work: Path) -> Pat
         return Path(cfg.tokenizer.path or cfg.model.path)
     out = work / f"tokenizer_{cfg.tokenizer.kind}_v{cfg.tokenizer.vocab_size}"
     if not (out / "tokenizer" / META_FILE).is_file():
+        if not train:
+            raise SystemExit(
+                f"--no-train-tokenizer: no {out / 'tokenizer' / META_FILE}; build it first with `python -m "
+                f"benchmarks.train_throughput --config <preset> --tokenizers {work} --prepare-tokenizers`"
+            )
         start = time.perf_counter()
         mono, parallel = load_texts(cfg, "train")
         prepare_tokenizer(cfg, out, DistInfo(0, 1, 0, torch.device("cpu")), mono, parallel)
@@ -246,7 +260,9 @@ def preset_overrides(name: str, args, extra: list[str], work: Path) -> list[str]
     """The preset's overrides, the benchmark's, and the shared tokenizer (trained once here)."""
     config, preset, _ = PRESETS[name]
     overrides = [*preset, *BENCH_OVERRIDES, f"--train.device={args.device}", *extra]
-    return overrides + [f"--tokenizer.path={prepare_tokenizer_dir(REPO / config, overrides, work)}"]
+    tokenizers = Path(args.tokenizers).resolve() if args.tokenizers else work
+    tokenizer = prepare_tokenizer_dir(REPO / config, overrides, tokenizers, train=not args.no_train_tokenizer)
+    return overrides + [f"--tokenizer.path={tokenizer}"]
 
 
 def bench_config(name: str, args, extra: list[str], work: Path) -> dict:
@@ -256,7 +272,19 @@ def bench_config(name: str, args, extra: list[str], work: Path) -> dict:
     overrides = preset_overrides(name, args, extra, work)
     cfg = load_config(REPO / PRESETS[name][0], overrides)
     impls = args.impls or PRESETS[name][2]
-    results = {impl: run_impl(impl, name, overrides, args, work) for impl in impls}
+    results = {}
+    for impl in impls:  # each implementation's row as soon as it is measured: a later timeout loses none
+        results[impl] = run_impl(impl, name, overrides, args, work)
+        if results[impl]:
+            row = {
+                "config": name,
+                "impl": impl,
+                "nproc": args.nproc,
+                "steps": args.steps,
+                "warmup_steps": args.warmup,
+            }
+            row.update({key: _fmt(results[impl].get(key, "")) for key in METRICS})
+            append_csv("train_throughput_impl", [{**environment_tags(args.device), **row}])
     row: dict = {
         "config": name,
         "nproc": args.nproc,
@@ -385,6 +413,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--nproc", type=int, default=1, help="trainer processes (torchrun); baselines use 1")
     parser.add_argument("--work", default=None, help="tokenizer + run folders (default: temp)")
+    parser.add_argument("--tokenizers", default=None, help="folder of prepared tokenizers (default: --work)")
+    parser.add_argument(
+        "--no-train-tokenizer", action="store_true", help="a tokenizer missing from --tokenizers is an error"
+    )
+    parser.add_argument(
+        "--prepare-tokenizers", action="store_true", help="only build the presets' tokenizers in --tokenizers"
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per training process")
     parser.add_argument("--ab", default=None, help="A,B: the trainer of two commits (HEAD: this tree)")
     parser.add_argument("--ab-export", default=None, help="REF,...: write .ab/<ref>.tar for --ab elsewhere")
@@ -410,6 +445,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="clmap_throughput_"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.prepare_tokenizers:
+        for name in names:
+            print(preset_overrides(name, args, extra, work)[-1], flush=True)
+        return
     tags = environment_tags(args.device)
     if args.ab:
         refs = args.ab.split(",")

@@ -397,8 +397,13 @@ class CheckpointConfig:
 
     every: int = option(
         100,
-        "save a checkpoint every this many steps (and always at the last step)",
+        "save a checkpoint every this many steps (and at the last step unless at_end=false)",
         range="[1, inf)",
+        resume=SAFE,
+    )
+    at_end: bool = option(
+        True,
+        "save a checkpoint after the last step; false for benchmarks (a SIGTERM still saves one)",
         resume=SAFE,
     )
     keep: int = option(

@@ -166,8 +166,8 @@ def build_model(cfg: ModelConfig, tok: ClmapTokenizer, device: torch.device) -> 
         )
         if model.get_input_embeddings().weight.shape[0] < tok.vocab_size:
             model.resize_token_embeddings(tok.vocab_size)
-        return model
-    return LlamaForCausalLM(_llama_config(cfg, tok, attn))
+        return refuse_padded_batches(model)
+    return refuse_padded_batches(LlamaForCausalLM(_llama_config(cfg, tok, attn)))
 
 
 def _llama_config(cfg: ModelConfig, tok: ClmapTokenizer, attn: str) -> LlamaConfig:
@@ -197,6 +197,26 @@ def parameter_count(cfg: ModelConfig, tok: ClmapTokenizer) -> int:
         else:
             model = LlamaForCausalLM(_llama_config(cfg, tok, "sdpa"))
     return count_parameters(model)
+
+
+def refuse_padded_batches(model: PreTrainedModel) -> PreTrainedModel:
+    """With varlen_attn, a forward given a padding mask (a 2-D ``attention_mask`` with zeros) raises:
+    transformers prepares no mask for this implementation, so the padding would be attended silently.
+    Packed rows (the trainer's, with ``cu_seq_lens``) pass no mask and cost no check; other
+    implementations are untouched."""
+    if model.config._attn_implementation != VARLEN_ATTN:
+        return model
+
+    def check(module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        if torch.is_tensor(mask) and mask.dim() == 2 and not bool(mask.all()):
+            raise PackingError(
+                f"model.attn_implementation={VARLEN_ATTN} cannot take a padded batch (attention_mask with "
+                "zeros): pack the sequences (cu_seq_lens) or load the model with sdpa"
+            )
+
+    model.get_decoder().register_forward_pre_hook(check, with_kwargs=True)
+    return model
 
 
 def decoder_layers(model: PreTrainedModel) -> torch.nn.ModuleList:

@@ -545,7 +545,8 @@ def train(cfg: Config, dist_info: DistInfo) -> Path:
             # Only log, checkpoint and preemption steps wait for the device; the others run ahead of it.
             log = step % cfg.metrics.log_every == 0 or step == cfg.train.steps
             stop = preemption.agreed(dist_info.device) if log else False
-            due = step % cfg.checkpoint.every == 0 or step == cfg.train.steps or stop
+            at_end = step == cfg.train.steps and cfg.checkpoint.at_end
+            due = step % cfg.checkpoint.every == 0 or at_end or stop
             if log or due:
                 nonfinite_total, streak = nonfinite.check(last_saved)  # waits for the device
                 paused = time.perf_counter()

@@ -63,7 +63,7 @@ def _unit_grad(
     return g
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_a", "n_spans"])  # span/pair counts change every step
 def _span_grad_kernel(
     grad_pooled_ptr,
     gp_stride0,
@@ -155,7 +155,7 @@ def _span_grad_kernel(
         tl.store(span_grad_ptr + row + cols, w * inv_len, mask=cm)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_a", "n_spans"])  # span/pair counts change every step
 def _events_scan_kernel(
     sorted_ev_ptr,
     a_starts,
@@ -225,7 +225,7 @@ def _events_scan_kernel(
         carry += tl.sum(w, axis=0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_ev", "n_search"])  # span/pair counts change every step
 def _rows_kernel(
     sorted_pos_ptr,
     table_ptr,

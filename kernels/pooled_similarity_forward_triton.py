@@ -98,7 +98,7 @@ def _mean_rows(
 # ----------------------------------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_a", "n_spans"])  # span/pair counts change every step
 def _pool_fwd_kernel(
     hidden_ptr,
     a_starts,
@@ -180,7 +180,7 @@ def _normalize_kernel(
         tl.store(norm_ptr + s, norm)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_pairs"])  # span/pair counts change every step
 def _paired_fwd_kernel(
     hidden_ptr,
     a_starts,
@@ -249,7 +249,7 @@ def _paired_fwd_kernel(
             )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_pairs"])  # span/pair counts change every step
 def _paired_finalize_kernel(
     stats_ptr,
     norm_ptr,

@@ -430,6 +430,21 @@ def test_varlen_attn_of_every_torch_version_packed_equals_alone(torch_api, windo
 
 
 # -- refusals ------------------------------------------------------------------------------------------------
+def test_varlen_attn_refuses_a_padded_batch(fake_flash):
+    """transformers hands varlen_attn no padding mask: a padded batch would attend its padding silently."""
+    from clmap.model import refuse_padded_batches
+
+    model = refuse_padded_batches(tiny_model("varlen_attn"))
+    ids = torch.randint(3, VOCAB, (2, 6))
+    model(input_ids=ids, attention_mask=torch.ones(2, 6, dtype=torch.long))  # nothing padded: fine
+    with pytest.raises(
+        PackingError, match="varlen_attn cannot take a padded batch .* load the model with sdpa"
+    ):
+        model(input_ids=ids, attention_mask=torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]]))
+    refuse_padded_batches(sdpa := tiny_model("sdpa"))
+    sdpa(input_ids=ids, attention_mask=torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]]))  # sdpa masks it itself
+
+
 def test_unsupported_attention_is_refused_before_training():
     model = tiny_model("flex_attention")
     with pytest.raises(PackingError, match="model.attn_implementation: 'flex_attention'"):
