@@ -7,8 +7,8 @@ For every bundled pair and split: each side encoded alone as the evaluator does
 (:func:`clmap.evaluate.lm.pooled_hidden_states`, mean over the text tokens of ``<bos> text``), at the
 mapping layer (``--layer``, :func:`clmap.objectives.hidden_state_layer`'s convention, default the
 middle). With S_ij = cos(u_i, v_j), parallel pairs are the diagonal and non-parallel the rest. Reported
-raw, after removing the mean of the 2N pooled states (what the step forms of the mapping term do,
-docs/design.md), and after removing each side's own mean (a per-language centring): mean and sd of
+raw, after removing the mean of the 2N pooled states (``objective.map_center=all``), and after removing
+each side's own mean (``map_center=language``, the default; docs/design.md "The mapping term"): mean and sd of
 both, the AUC of one threshold on the cosine (all diagonal against all off-diagonal entries: what an
 absolute ``1 − cos`` target can use), retrieval P@1 (both directions) and LAC (rank-based). Then the
 mapping term of every form on those pairs (:func:`clmap.objectives.map_terms`, the training code) and
@@ -96,7 +96,9 @@ def markdown_table(result: dict) -> str:
         f"# Pooled-state separation at hidden state {meta['layer']} of {meta['num_layers']} "
         f"({meta['model_type']})",
         "",
-        f"Written by `{meta['command']}` ({meta['wall_s']} s, {meta['cpu']}). Cosine of the pooled source",
+        f"Model: {meta.get('model_name', meta['model'])}. Written by `{meta['command']}` "
+        f"({meta['wall_s']} s{'; ' + meta['encode_note'] if 'encode_note' in meta else ''}; {meta['cpu']}).",
+        "Cosine of the pooled source",
         "states of parallel (diagonal) and non-parallel (off-diagonal) pairs; AUC of one cosine threshold",
         "between them; retrieval P@1 among the split's pairs (mean of both directions). `centred`: the mean",
         "of both sides removed (`objective.map_center=all`); `per side`: each side's",
