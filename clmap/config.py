@@ -270,7 +270,13 @@ class ObjectiveConfig:
     map_loss: Literal["cosine", "centered", "infonce", "margin"] = option(
         "cosine",
         "mapping loss: cosine (the paper's 1 − cos per pair); centered, infonce, margin compare each pair "
-        "with the step's other pairs, on all ranks, after removing their mean pooled state (docs/design.md)",
+        "with the step's other pairs, on all ranks, after removing a mean (map_center; docs/design.md)",
+        resume=TRAINED,
+    )
+    map_center: Literal["language", "all"] = option(
+        "language",
+        "mean removed by the centered/infonce/margin forms: each language's over the step's pooled states, "
+        "or all of them together",
         resume=TRAINED,
     )
     infonce_temperature: float = option(

@@ -48,19 +48,30 @@ def hidden_state_layer(layer: int, num_layers: int, name: str) -> int:
 STEP_FORMS = ("centered", "infonce", "margin")
 
 
-def map_terms(u: torch.Tensor, v: torch.Tensor, cfg: ObjectiveConfig) -> torch.Tensor:
+def map_terms(
+    u: torch.Tensor, v: torch.Tensor, cfg: ObjectiveConfig, center_ids: torch.Tensor | None = None
+) -> torch.Tensor:
     """[P] the mapping term of each pair (u_i, v_i) of pooled encodings; L_map is their mean.
 
-    ``cosine`` (the paper's): 1 − cos(u_i, v_i). The step forms first remove the mean of all 2P pooled
-    states: a pretrained model's pooled states share a dominant direction that makes every raw cosine
-    ≈ 1 (docs/design.md, "The mapping term"). ``centered``: 1 − cos of the centred pair. ``infonce``:
-    ½ (CE of row i + CE of column i) of the centred cosine matrix over τ, the other pairs as negatives.
-    ``margin``: ½ the mean over j ≠ i of relu(m − S_ii + S_ij) and of relu(m − S_ii + S_ji).
+    ``cosine`` (the paper's): 1 − cos(u_i, v_i). The step forms first centre the 2P pooled states: a
+    pretrained model's pooled states share a dominant direction that makes every raw cosine ≈ 1, and each
+    language adds its own offset (docs/design.md, "The mapping term"). ``center_ids`` [2P] (u's then
+    v's) says which states share a mean: each state loses the mean of the states with its id (None: one
+    mean of all). ``centered``: 1 − cos of the centred pair. ``infonce``: ½ (CE of row i + CE of column
+    i) of the centred cosine matrix over τ, the other pairs as negatives. ``margin``: ½ the mean over
+    j ≠ i of relu(m − S_ii + S_ij) and of relu(m − S_ii + S_ji).
     """
     if cfg.map_loss == "cosine":
         return 1.0 - (F.normalize(u, dim=-1, eps=1e-8) * F.normalize(v, dim=-1, eps=1e-8)).sum(-1)
-    mean = torch.cat([u, v]).mean(0)
-    u, v = F.normalize(u - mean, dim=-1, eps=1e-8), F.normalize(v - mean, dim=-1, eps=1e-8)
+    states = torch.cat([u, v])
+    if center_ids is None:
+        states = states - states.mean(0)
+    else:
+        ids = torch.unique(center_ids, return_inverse=True)[1]
+        sums = states.new_zeros(int(ids.max()) + 1, states.shape[1]).index_add(0, ids, states)
+        counts = torch.bincount(ids).to(states.dtype)
+        states = states - (sums / counts[:, None])[ids]
+    u, v = F.normalize(states, dim=-1, eps=1e-8).split(u.shape[0])
     if cfg.map_loss == "centered":
         return 1.0 - (u * v).sum(-1)
     sim = u @ v.T
@@ -113,6 +124,23 @@ class MappingObjective(nn.Module):
         self.cfg = cfg
         self.attn_implementation = check_packed_attention(lm)  # refuses before training if packing would leak
         self.map_layer = hidden_state_layer(cfg.map_layer, len(decoder_layers(lm)), "objective.map_layer")
+        # the source language of each group's sequences (cl:a>b → a), by first appearance; -1 for the rest
+        languages = {name.split(":")[1].split(">")[0]: None for name in table.names if name.startswith("cl:")}
+        index = {lang: i for i, lang in enumerate(languages)}
+        self._source_language = [
+            index[name.split(":")[1].split(">")[0]] if name.startswith("cl:") else -1 for name in table.names
+        ]
+
+    def center_ids(
+        self, groups: torch.Tensor, span_starts: torch.Tensor, pair_a: torch.Tensor, pair_b: torch.Tensor
+    ) -> torch.Tensor:
+        """[2p] which pooled states of these pairs share a mean in a step form (``objective.map_center``):
+        the language of each source span (the a→b sequences' then the b→a ones'), or 0 for all."""
+        if self.cfg.map_center == "all":
+            return torch.zeros(2 * pair_a.numel(), dtype=torch.long, device=pair_a.device)
+        source = torch.tensor(self._source_language, device=groups.device)
+        span_group = groups.flatten()[torch.cat([span_starts[pair_a], span_starts[pair_b]])]
+        return source[span_group]
 
     def _accum_dtype(self, compute: torch.dtype) -> torch.dtype:
         """The fused loss's chunk and weight-gradient dtype (``objective.loss_accum_dtype``)."""
@@ -202,7 +230,8 @@ class MappingObjective(nn.Module):
             u, v = self._pool(layer, span_starts, span_ends, pair_a, pair_b)
             cos = F.cosine_similarity(u.detach(), v.detach(), dim=-1, eps=1e-8)
             if map_plan is None:
-                map_sum = map_terms(u, v, self.cfg).sum()
+                ids = self.center_ids(groups, span_starts, pair_a, pair_b)
+                map_sum = map_terms(u, v, self.cfg, ids).sum()
             else:  # the value of this share of the step's term, the gradient the whole step's term has
                 surrogate = (u * map_plan.grad_a).sum() + (v * map_plan.grad_b).sum()
                 map_sum = surrogate - surrogate.detach() + map_plan.value
@@ -262,19 +291,23 @@ def step_mapping_plan(
     sizes = [out.pooled_a.shape[0] for out in pooled]
     u = torch.cat([out.pooled_a for out in pooled])
     v = torch.cat([out.pooled_b for out in pooled])
+    ids = [objective.center_ids(b["groups"], b["span_starts"], b["pair_a"], b["pair_b"]) for b in micro]
+    ids_u = torch.cat([i[: len(i) // 2] for i in ids]).to(u.dtype)  # small integers: exact in a float
+    ids_v = torch.cat([i[len(i) // 2 :] for i in ids]).to(u.dtype)
     rank = 0
     if dist.is_initialized() and dist.get_world_size() > 1:
         rank, most = dist.get_rank(), max(rank_pairs)
-        local = torch.cat([u, v], dim=1)
+        local = torch.cat([u, v, ids_u[:, None], ids_v[:, None]], dim=1)
         padded = local.new_zeros(most, local.shape[1])
         padded[: local.shape[0]] = local
         parts = [torch.empty_like(padded) for _ in rank_pairs]
         dist.all_gather(parts, padded)
         both = torch.cat([part[:n] for part, n in zip(parts, rank_pairs, strict=True)])
-        u, v = both.split(u.shape[1], dim=1)
+        u, v, ids_u, ids_v = both.split([u.shape[1], u.shape[1], 1, 1], dim=1)
+        ids_u, ids_v = ids_u[:, 0], ids_v[:, 0]
     u, v = u.detach().requires_grad_(), v.detach().requires_grad_()
     with torch.enable_grad():
-        terms = map_terms(u, v, cfg)
+        terms = map_terms(u, v, cfg, torch.cat([ids_u, ids_v]).long())
         grad_a, grad_b = torch.autograd.grad(terms.sum(), (u, v))
     start = sum(rank_pairs[:rank])
     plans = []

@@ -20,15 +20,30 @@ IGNORE = -100  # docs/design.md: positions without loss hold the ignore index
 
 
 def reference_map_terms(
-    u: torch.Tensor, v: torch.Tensor, form: str, temperature: float, margin: float
+    u: torch.Tensor,
+    v: torch.Tensor,
+    form: str,
+    temperature: float,
+    margin: float,
+    langs_u: list[str] | None = None,
+    langs_v: list[str] | None = None,
 ) -> list[torch.Tensor]:
-    """The mapping term of each pair (u_i, v_i) by the definitions of docs/design.md, one pair at a time."""
+    """The mapping term of each pair (u_i, v_i) by the definitions of docs/design.md, one pair at a time.
+    ``langs_u``/``langs_v``: the language of each state (map_center=language); None: one mean of all."""
     n = len(u)
     if form == "cosine":  # the paper's: 1 − cos(pool(x), pool(y))
         return [1 - F.cosine_similarity(u[i], v[i], dim=0) for i in range(n)]
-    mean = (u.sum(0) + v.sum(0)) / (2 * n)  # the mean of all 2P pooled states of the step
-    cu, cv = u - mean, v - mean
-    s = [[F.cosine_similarity(cu[i], cv[j], dim=0) for j in range(n)] for i in range(n)]
+    states = [*u, *v]
+    langs = [*langs_u, *langs_v] if langs_u is not None else ["all"] * (2 * n)
+
+    def mean_of(lang: str) -> torch.Tensor:  # the mean of the step's pooled states of that language
+        mine = [x for x, other in zip(states, langs, strict=True) if other == lang]
+        return sum(mine) / len(mine)
+
+    centred = [x - mean_of(lang) for x, lang in zip(states, langs, strict=True)]
+    cu, cv = centred[:n], centred[n:]
+    # cos with the training code's eps: a language seen once in the step is centred to exactly 0
+    s = [[F.cosine_similarity(cu[i], cv[j], dim=0, eps=1e-8) for j in range(n)] for i in range(n)]
     if form == "centered":
         return [1 - s[i][i] for i in range(n)]
     if form == "infonce":  # ½ (−log softmax of row i at i − log softmax of column i at i), logits cos / τ
@@ -52,13 +67,14 @@ def reference_map_terms(
     raise ValueError(form)
 
 
-def oracle_loss(lm, rows, kinds: list[str], cfg) -> torch.Tensor:
-    """L of one optimizer step over ``rows`` (the global batch), ``kinds[g]`` the kind of loss group g."""
+def oracle_loss(lm, rows, kinds: list[str], names: list[str], cfg) -> torch.Tensor:
+    """L of one optimizer step over ``rows`` (the global batch); ``kinds[g]`` the kind of loss group g
+    and ``names[g]`` its name (``cl:a>b``: sequences whose source span is in language a)."""
     num_layers = lm.config.num_hidden_layers
     layer = num_layers // 2 if cfg.map_layer == -1 else cfg.map_layer
     sums = [torch.zeros((), dtype=lm.dtype) for _ in kinds]
     counts = [0] * len(kinds)
-    pooled_u, pooled_v = [], []
+    pooled_u, pooled_v, langs_u, langs_v = [], [], [], []
     for row in rows:
         pooled: dict[int, torch.Tensor] = {}
         offset = 0
@@ -82,6 +98,10 @@ def oracle_loss(lm, rows, kinds: list[str], cfg) -> torch.Tensor:
         for a, b in row.pairs:
             pooled_u.append(pooled[a])
             pooled_v.append(pooled[b])
+            for k, langs in ((a, langs_u), (b, langs_v)):
+                name = names[row.groups[row.spans[k][0]]]
+                assert name.startswith("cl:")
+                langs.append(name.removeprefix("cl:").split(">")[0])
 
     def token_mean(wanted: tuple[str, ...]) -> torch.Tensor | None:
         groups = [g for g, kind in enumerate(kinds) if kind in wanted and counts[g]]
@@ -101,6 +121,7 @@ def oracle_loss(lm, rows, kinds: list[str], cfg) -> torch.Tensor:
             cfg.map_loss,
             cfg.infonce_temperature,
             cfg.map_margin,
+            *((langs_u, langs_v) if cfg.map_center == "language" else ()),
         )
         loss = loss + cfg.lambda_map * sum(terms) / len(terms)
     return loss

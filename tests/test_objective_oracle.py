@@ -25,7 +25,7 @@ def _check_against_oracle(cfg, tok, table, rows, initial, grads, grad_norm) -> N
     lm = build_model(cfg.model, tok, torch.device("cpu"))
     lm.load_state_dict(initial)
     lm = lm.double()
-    loss = oracle_loss(lm, rows, table.kinds, cfg.objective)
+    loss = oracle_loss(lm, rows, table.kinds, table.names, cfg.objective)
     loss.backward()
     expected = {name: p.grad for name, p in lm.named_parameters()}
     assert expected.keys() == grads.keys()
@@ -46,11 +46,12 @@ def oracle_setup(training_setup):
     return overrides, dist_info, tok, table, rows[: cfg.train.global_batch]
 
 
-@pytest.mark.parametrize("form", FORMS)
-def test_train_step_gradient_is_that_of_the_documented_loss(oracle_setup, form):
+@pytest.mark.parametrize("form,center", [(form, "language") for form in FORMS] + [("infonce", "all")])
+def test_train_step_gradient_is_that_of_the_documented_loss(oracle_setup, form, center):
     """One process, 2 micro-batches of 4 rows (the 2-process test below splits the step 4 ways)."""
     overrides, dist_info, tok, table, rows = oracle_setup
-    cfg = load_config(None, [*overrides, "--train.micro_batch=4", f"--objective.map_loss={form}"])
+    forms = [f"--objective.map_loss={form}", f"--objective.map_center={center}"]
+    cfg = load_config(None, [*overrides, "--train.micro_batch=4", *forms])
     assert sum(len(row.pairs) for row in rows) >= 4  # the step forms need other pairs to compare with
     initial, grads, grad_norm = train_step_gradients(cfg, dist_info, tok, table, rows)
     _check_against_oracle(cfg, tok, table, rows, initial, grads, grad_norm)
@@ -85,16 +86,24 @@ def test_two_process_train_step_gradient_is_that_of_the_documented_loss(oracle_s
 
 @pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("pairs", [1, 2, 7])
-def test_map_terms_follow_their_definitions(form, pairs):
+@pytest.mark.parametrize("by_language", [False, True])
+def test_map_terms_follow_their_definitions(form, pairs, by_language):
     """The vectorised forms (value and gradient) against the pair-by-pair definitions, on states that
-    share a dominant direction as a pretrained model's do."""
+    share a dominant direction and a per-language offset as a pretrained model's do."""
     cfg = load_config(None, [f"--objective.map_loss={form}", "--objective.map_margin=0.3"]).objective
     gen = torch.Generator().manual_seed(pairs)
     shared = 20 * torch.randn(16, generator=gen, dtype=torch.float64)
-    u = (shared + torch.randn(pairs, 16, generator=gen, dtype=torch.float64)).requires_grad_()
-    v = (shared + torch.randn(pairs, 16, generator=gen, dtype=torch.float64)).requires_grad_()
-    got = map_terms(u, v, cfg)
-    want = torch.stack(reference_map_terms(u, v, form, cfg.infonce_temperature, cfg.map_margin))
+    offset = 5 * torch.randn(3, 16, generator=gen, dtype=torch.float64)  # languages x, y, z
+    langs_u = ["x" if i % 2 else "y" for i in range(pairs)]  # pairs of x-z and y-z, z seen once when P = 1
+    langs_v = ["z"] * pairs
+    lang_offset = torch.stack([offset["xyz".index(lang)] for lang in langs_u + langs_v])
+    u = shared + lang_offset[:pairs] + torch.randn(pairs, 16, generator=gen, dtype=torch.float64)
+    v = shared + lang_offset[pairs:] + torch.randn(pairs, 16, generator=gen, dtype=torch.float64)
+    u, v = u.requires_grad_(), v.requires_grad_()
+    ids = torch.tensor(["xyz".index(lang) for lang in langs_u + langs_v]) if by_language else None
+    got = map_terms(u, v, cfg, ids)
+    langs = (langs_u, langs_v) if by_language else ()
+    want = torch.stack(reference_map_terms(u, v, form, cfg.infonce_temperature, cfg.map_margin, *langs))
     torch.testing.assert_close(got, want)
     grads = torch.autograd.grad(got.sum(), (u, v))
     for g, w in zip(grads, torch.autograd.grad(want.sum(), (u, v)), strict=True):

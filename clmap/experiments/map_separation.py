@@ -7,8 +7,8 @@ For every bundled pair and split: each side encoded alone as the evaluator does
 (:func:`clmap.evaluate.lm.pooled_hidden_states`, mean over the text tokens of ``<bos> text``), at the
 mapping layer (``--layer``, :func:`clmap.objectives.hidden_state_layer`'s convention, default the
 middle). With S_ij = cos(u_i, v_j), parallel pairs are the diagonal and non-parallel the rest. Reported
-raw, after removing the mean of the 2N pooled states (what the step forms of the mapping term do,
-docs/design.md), and after removing each side's own mean (a per-language centring): mean and sd of
+raw, after removing the mean of the 2N pooled states (``objective.map_center=all``), and after removing
+each side's own mean (``map_center=language``, the default; docs/design.md "The mapping term"): mean and sd of
 both, the AUC of one threshold on the cosine (all diagonal against all off-diagonal entries: what an
 absolute ``1 − cos`` target can use), retrieval P@1 (both directions) and LAC (rank-based). Then the
 mapping term of every form on those pairs (:func:`clmap.objectives.map_terms`, the training code) and
@@ -58,19 +58,21 @@ def separation(u: torch.Tensor, v: torch.Tensor) -> dict[str, float]:
 
 
 def form_signal(u: torch.Tensor, v: torch.Tensor, temperature: float, margin: float) -> dict[str, dict]:
-    """L_map of each form on these pairs, and |∇_(u,v) L_map| · mean |u| (scale-free gradient signal)."""
+    """L_map of each form on these pairs (step forms centred per language, the default), and
+    |∇_(u,v) L_map| · mean |u| (a scale-free gradient signal)."""
     from clmap.config import ObjectiveConfig
     from clmap.objectives import map_terms
 
     out = {}
     scale = float(torch.cat([u, v]).norm(dim=1).mean())
+    languages = torch.tensor([0] * len(u) + [1] * len(v))  # map_center=language: each side its own mean
     for form in FORMS:
         cfg = ObjectiveConfig(map_loss=form, infonce_temperature=temperature, map_margin=margin)
         a, b = u.double().requires_grad_(), v.double().requires_grad_()
-        loss = map_terms(a, b, cfg).mean()
+        loss = map_terms(a, b, cfg, languages).mean()
         ga, gb = torch.autograd.grad(loss, (a, b))
         grad = float(torch.sqrt((ga**2).sum() + (gb**2).sum()))
-        out[form] = {"loss": float(loss), "grad_x_norm": grad * scale}
+        out[form] = {"loss": float(loss.detach()), "grad_x_norm": grad * scale}
     return out
 
 
@@ -94,12 +96,14 @@ def markdown_table(result: dict) -> str:
         f"# Pooled-state separation at hidden state {meta['layer']} of {meta['num_layers']} "
         f"({meta['model_type']})",
         "",
-        f"Written by `{meta['command']}` ({meta['wall_s']} s, {meta['cpu']}). Cosine of the pooled source",
+        f"Model: {meta.get('model_name', meta['model'])}. Written by `{meta['command']}` "
+        f"({meta['wall_s']} s{'; ' + meta['encode_note'] if 'encode_note' in meta else ''}; {meta['cpu']}).",
+        "Cosine of the pooled source",
         "states of parallel (diagonal) and non-parallel (off-diagonal) pairs; AUC of one cosine threshold",
         "between them; retrieval P@1 among the split's pairs (mean of both directions). `centred`: the mean",
-        "of both sides removed (what the step forms of `objective.map_loss` do); `per side`: each side's",
-        "own mean removed. Last columns: L_map of each form on these pairs and its scale-free gradient",
-        "norm (|∇L_map| · mean |state|).",
+        "of both sides removed (`objective.map_center=all`); `per side`: each side's",
+        "own mean removed (`objective.map_center=language`, the default). Last columns: the scale-free",
+        "gradient norm |∇L_map| · mean |state| of each form on these pairs (step forms centred per side).",
         "",
         "| pair | split | n | raw par | raw non | raw AUC | raw P@1 | centred par | centred non | "
         "centred AUC | centred P@1 | per side AUC | per side P@1 | "
@@ -130,7 +134,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--temperature", type=float, default=0.05, help="infonce τ of the signal table")
     p.add_argument("--margin", type=float, default=0.2, help="margin m of the signal table")
     p.add_argument("--out", default="docs/map_separation.json")
-    p.add_argument("--cache", default="", help="also save the pooled states here (torch.save)")
+    p.add_argument(
+        "--cache", default="", help="pooled states saved here (torch.save); those found there are reused"
+    )
     p.add_argument("--table-only", action="store_true", help="rewrite the .md table from --out's JSON")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -154,12 +160,17 @@ def main(argv: list[str] | None = None) -> dict:
     lm = dataclasses.replace(lm, model=encoder)
     rows = []
     cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    if args.cache and Path(args.cache).exists():
+        cache = torch.load(args.cache)
     for pair in args.pairs.split(","):
         a, b = pair.split("-")
         for split in args.splits.split(","):
             segments = parallel_segments(a, b, split, limit=args.limit)
-            u = pooled_hidden_states(lm, [s.src for s in segments], args.batch_size)[layer]
-            v = pooled_hidden_states(lm, [s.tgt for s in segments], args.batch_size)[layer]
+            if f"{pair}/{split}" in cache and len(cache[f"{pair}/{split}"][0]) == len(segments):
+                u, v = cache[f"{pair}/{split}"]
+            else:
+                u = pooled_hidden_states(lm, [s.src for s in segments], args.batch_size)[layer]
+                v = pooled_hidden_states(lm, [s.tgt for s in segments], args.batch_size)[layer]
             mean = torch.cat([u, v]).mean(0)
             row = {"pair": pair, "split": split, "n": len(segments)}
             row["raw"] = separation(u, v)
