@@ -55,7 +55,7 @@ def _setup(case: dict):
     """Config, device, tokenizer, row iterator, model and the FLOPs per token, as the trainer has them."""
     from clmap.config import load_config
     from clmap.data.examples import GroupTable
-    from clmap.data.pipeline import load_texts, make_stream
+    from clmap.data.pipeline import load_texts, make_stream, open_stores
     from clmap.data.tokenizer import load_tokenizer
     from clmap.metrics import attention_flops_per_pair, flops_per_token
     from clmap.model import build_model
@@ -64,8 +64,9 @@ def _setup(case: dict):
     use_cuda = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
     device = torch.device("cuda" if use_cuda else "cpu")
     torch.manual_seed(cfg.train.seed)
-    mono, parallel = load_texts(cfg, "train")
     tok = load_tokenizer(cfg.tokenizer.path)
+    # the trainer's two sources: token stores (data.store) or the corpus texts
+    mono, parallel = open_stores(cfg, tok) if cfg.data.store else load_texts(cfg, "train")
     table = GroupTable(cfg.data.languages, cfg.data.pairs)
     rows = make_stream(cfg, tok, table, mono, parallel, cfg.train.seed).rows(0)
     model = build_model(cfg.model, tok, device)

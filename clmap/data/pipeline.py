@@ -9,6 +9,7 @@ small corpora such as the bundled one) or token stores (``data.store``: built on
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -249,9 +250,11 @@ def check_stores(run_dir: Path, stores: dict[str, TokenStore], resuming: bool, m
                 f"{run_dir}: the run started from other stores; changed since: {', '.join(changed)}. "
                 "Resume with the stores it started from, or start a new run_dir"
             )
-    if main:
+    if main and not (resuming and path.is_file()):  # the first start's record; every rank may read it
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(now, indent=2) + "\n")
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(now, indent=2) + "\n")
+        os.replace(tmp, path)
 
 
 def train_data(cfg: Config, run_dir: Path, dist_info: DistInfo, resuming: bool = False):

@@ -683,8 +683,8 @@ class StorePairs:
     """A parallel store's records that fit a row (``keep``: their record ids), read on access as
     ``(src_ids, tgt_ids)`` like ``build_sources``' pairs."""
 
-    def __init__(self, store: TokenStore, keep: np.ndarray):
-        self.store, self.keep = store, keep
+    def __init__(self, store: TokenStore, keep: np.ndarray, tokens: int | None = None):
+        self.store, self.keep, self.tokens = store, keep, tokens  # tokens: of all kept pairs, when known
 
     def __len__(self) -> int:
         return len(self.keep)
@@ -703,7 +703,10 @@ class StorePairs:
         return idx["src_length"][self.keep].astype(np.int64) + idx["tgt_length"][self.keep]
 
     def total_tokens(self) -> int:
-        """Tokens of both sides of every kept pair, summed chunk by chunk."""
+        """Tokens of both sides of every kept pair: known from the derivation, else summed chunk by chunk
+        (a budgeted view)."""
+        if self.tokens is not None:
+            return self.tokens
         chunks = _chunks(self.store, "src_length", "tgt_length", ids=self.keep)
         return sum(int(src.astype(np.int64).sum() + tgt.sum()) for _, (src, tgt) in chunks)
 
@@ -734,16 +737,19 @@ def store_sources(
         a, b = pair.split("-")
 
         def kept(store=store) -> np.ndarray:
-            both, fits = 0, []
+            both, tokens, fits = 0, 0, []
             for start, (src, tgt) in _chunks(store, "src_length", "tgt_length"):
                 has = (src > 0) & (tgt > 0)
                 both += int(has.sum())
-                fits.append(np.flatnonzero(has & (src <= side_cap) & (tgt <= side_cap)) + start)
-            return np.concatenate([[both], *fits]).astype(np.int64)
+                fit = np.flatnonzero(has & (src <= side_cap) & (tgt <= side_cap))
+                tokens += int(src[fit].astype(np.int64).sum() + tgt[fit].sum())
+                fits.append(fit + start)
+            return np.concatenate([[both, tokens], *fits]).astype(np.int64)
 
-        found = _derived(cache_dir, store, f"pairs{side_cap}", kept)  # [pairs with both sides, kept ids...]
+        # [pairs with both sides, tokens of the kept ones, kept ids...]
+        found = _derived(cache_dir, store, f"pairs{side_cap}", kept)
         kind = "text" if parallel_as_text else "cl"
-        records = StorePairs(store, found[1:])
+        records = StorePairs(store, found[2:], tokens=int(found[1]))
         sources.append(Source(f"{kind}:{pair}", kind, records, (a, b), dropped=int(found[0]) - len(records)))
     return check_sources(sources, side_cap, max_segment_tokens, seq_len)
 
