@@ -408,7 +408,8 @@ def test_in_and_out_of_domain_side_by_side(checkpoints, corpus_with_ood, tmp_pat
     assert (out / "similarity_en-cs_ood.png").is_file() and (out / "similarity_en-cs_test.png").is_file()
 
 
-def test_only_a_missing_split_skips_everything_with_notes(checkpoints, corpus_with_ood, tmp_path):
+def test_only_a_missing_split_skips_everything_with_notes(checkpoints, corpus_with_ood, tmp_path, capsys):
     report = evaluate(checkpoints["run"], tasks=["lac"], pairs="cs-uk", split="ood", limit=4, n_boot=10)
     assert report["tasks"]["lac"]["metrics"] == []
     assert report["tasks"]["lac"]["notes"][0].startswith("cs-uk: the bundled corpus has no 'ood' split")
+    assert "cs-uk: the bundled corpus has no 'ood' split" in capsys.readouterr().err  # said, not only noted

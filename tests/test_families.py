@@ -410,9 +410,10 @@ def test_unsupported_model_path_fails_at_start(small_tokenizer, tmp_path):
     proc = run_train(
         tiny_overrides(tmp_path / "nowhere", small_tokenizer, tmp_path / "run", **extra), check=False
     )
-    assert proc.returncode != 0
-    assert "UnsupportedModelError" in proc.stderr and "GPT2LMHeadModel" in proc.stderr
-    assert "has no .layers stack of decoder blocks" in proc.stderr
+    assert proc.returncode == 2  # one line, no traceback (issue 23)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("clmap.train: error: ")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "GPT2LMHeadModel" in errors[0] and "has no .layers stack of decoder blocks" in errors[0]
     assert "nowhere" not in proc.stderr
 
 

@@ -578,20 +578,17 @@ def test_a_report_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
 
 
 # -- issue 23, 3: the memory a configuration needs is checked before it is allocated -------------------------
-def test_an_absurd_seq_len_is_refused_at_once_by_name(small_corpus, small_tokenizer, tmp_path):
+def test_an_absurd_seq_len_is_refused_at_once_by_name(small_corpus, small_tokenizer, tmp_path, capsys):
     seq_len = 50_000_000
-    args = _overrides(
-        small_corpus,
-        small_tokenizer,
-        tmp_path / "run",
-        **{"data.seq_len": seq_len, "model.max_position": seq_len},
+    extra = {"data.seq_len": seq_len, "model.max_position": seq_len}
+    status, err = _train_here(_overrides(small_corpus, small_tokenizer, tmp_path / "run", **extra), capsys)
+    assert status == 2, err
+    assert err.count("\n") == 1 and err.startswith("clmap.train: error: this configuration needs at least"), (
+        err
     )
-    proc = _train(args)
-    assert proc.returncode == 2
-    line = _error_line(proc)
-    assert "this configuration needs at least" in line and f"data.seq_len={seq_len}" in line
-    assert "attention mask" in line and "lower data.seq_len or train.micro_batch" in line
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert f"data.seq_len={seq_len}" in err and "attention mask" in err
+    assert "lower data.seq_len or train.micro_batch" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_the_memory_estimate_passes_what_fits_and_names_what_does_not():
@@ -881,16 +878,6 @@ def test_a_resume_at_or_past_train_steps_trains_nothing_and_changes_nothing(copy
     assert (run_dir / "metrics.jsonl").read_text() == metrics
 
 
-def test_a_split_no_requested_pair_has_is_refused_before_any_model_work():
-    from clmap.evaluate.sources import EvalDataError, check_bundled_coverage
-
-    with pytest.raises(
-        EvalDataError, match=r"--split tset: no such split in the bundled corpus .*\(they have .*test"
-    ):
-        check_bundled_coverage([("en", "cs")], ["en"], ("mt",), ["test", "tset"])
-    check_bundled_coverage([("en", "cs")], ["en"], ("mt",), ["test"])
-
-
 def test_a_save_failing_for_another_reason_names_it_and_keeps_the_earlier(tmp_path, monkeypatch):
     """Not only a full disk: any I/O error during a save removes the partial folder and says so."""
     import errno
@@ -949,3 +936,16 @@ def test_a_choice_file_with_too_few_rows_names_the_file_the_pair_and_the_count()
         match=r"^pairs\.jsonl: en→cs translation choice needs at least 4 distinct target .*found 2 in 3",
     ):
         translation_choice_items(None, rows, "en", "cs", source="pairs.jsonl")
+
+
+def test_a_run_folder_is_named_as_such_where_a_model_is_expected(trained, tmp_path, capsys):
+    from clmap.evaluate.__main__ import main
+    from clmap.model import ModelPathError, load_model_config
+
+    with pytest.raises(ModelPathError, match=f"model.path: {trained} is a clmap run folder, not a model"):
+        load_model_config(trained)
+    bare = tmp_path / "run"  # neither checkpoints nor hf/: only its config and logs
+    shutil.copytree(trained, bare, ignore=shutil.ignore_patterns("hf", "checkpoints"))
+    assert main(["--checkpoint", str(bare), "--tasks", "lac", "--out", str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{bare} is a clmap run folder without an hf/ export" in err, err

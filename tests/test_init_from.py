@@ -107,7 +107,15 @@ def test_continues_the_source_with_a_fresh_optimizer_and_resumes_on_its_own(
     overrides = _overrides(small_corpus, small_tokenizer, run_dir, **extra)
     proc = run_train(["--init-from", str(copy), *overrides])
     assert f"initialised from {copy / 'hf'}" in proc.stdout
-    assert json.loads((run_dir / "config.json").read_text())["model"]["init_from"] == str(copy)
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["model"]["init_from"] == str(copy)
+    # the source's vocabulary, not the configured default: said and recorded (issue 23)
+    vocab = load_config(None, overrides).tokenizer.vocab_size
+    trained_vocab = saved["tokenizer"]["vocab_size"]
+    assert trained_vocab == load_tokenizer(run_dir / "tokenizer").vocab_size != vocab
+    assert (
+        f"the tokenizer of {copy} has {trained_vocab} tokens, not tokenizer.vocab_size={vocab}" in proc.stdout
+    )
     assert (run_dir / "tokenizer" / "tokenizer.model").read_bytes() == (
         copy / "hf" / "tokenizer.model"
     ).read_bytes()

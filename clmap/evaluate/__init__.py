@@ -138,7 +138,6 @@ def evaluate(
         pair_list if pair_tasks else [],
         _languages(pair_list) if "ppl" in tasks and "ppl" not in data else [],
         pair_tasks,
-        splits,
     )
     scorer_layer = None
     if "clqa" in tasks and "clqa" in data and bertscore_model and clqa.bertscore_available():

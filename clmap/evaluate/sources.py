@@ -205,15 +205,10 @@ def bundled_language_splits(lang: str) -> list[str]:
 
 
 def check_bundled_coverage(
-    pairs: list[tuple[str, str]],
-    languages: list[str],
-    pair_tasks: Sequence[str] = ("mt",),
-    splits: Sequence[str] = (),
+    pairs: list[tuple[str, str]], languages: list[str], pair_tasks: Sequence[str] = ("mt",)
 ) -> None:
     """Fail before any model work when a pair or language that ``pair_tasks`` (or perplexity) read from
-    the bundled corpus is not in it, or when a requested split is in none of them (a split only some
-    pairs have is skipped for the others, with a note); local data (``--data TASK=PATH``) may hold any
-    pair."""
+    the bundled corpus is not in it; local data (``--data TASK=PATH``) may hold any pair."""
     readers = _readers()
     stored = set(readers.bundled_pairs())
     missing = [f"{a}-{b}" for a, b in pairs if f"{a}-{b}" not in stored and f"{b}-{a}" not in stored]
@@ -230,16 +225,6 @@ def check_bundled_coverage(
             f"no bundled monolingual data for language(s) {', '.join(missing)} "
             f"(available: {', '.join(sorted(available))}); pass --data ppl=PATH"
         )
-    stored_splits = [set(bundled_pair_splits(a, b) or []) for a, b in pairs]
-    stored_splits += [set(bundled_language_splits(lang)) for lang in languages]
-    if stored_splits:
-        known = set().union(*stored_splits)
-        absent = [split for split in splits if split not in known]
-        if absent:
-            raise EvalDataError(
-                f"--split {','.join(absent)}: no such split in the bundled corpus for the requested pairs "
-                f"and languages (they have {', '.join(sorted(known))})"
-            )
 
 
 # Report prompts name languages in English ("Czech"); the one table is clmap.data.languages.
