@@ -172,21 +172,22 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, dist_info: DistInfo, mono, par
     With ``model.init_from`` it is that run's tokenizer, and with ``data.store`` (and no tokenizer named)
     the stores' own: either is copied into this run's folder on the first start so a resume (and the
     evaluator) reads its own copy."""
-    copy_from, own = None, run_dir / "tokenizer"
-    if cfg.model.init_from:  # the source's, until this run has its own copy (the source may be gone since)
-        from clmap.checkpoint import init_source
+    from_store = bool(cfg.data.store) and not (cfg.tokenizer.path or cfg.model.path)
+    if cfg.model.init_from or from_store:
+        own = run_dir / "tokenizer"
+        if dist_info.is_main and not (own / META_FILE).is_file():  # the source is looked at once only
+            if cfg.model.init_from:
+                from clmap.checkpoint import init_source
 
-        copy_from = own if (own / META_FILE).is_file() else init_source(cfg.model.init_from)[1]
-    elif cfg.data.store and not (cfg.tokenizer.path or cfg.model.path):
-        copy_from = Path(cfg.data.store) / "tokenizer"
-        if not (copy_from / META_FILE).is_file():
-            raise StoreError(
-                f"{copy_from}: no tokenizer; build the stores with python -m clmap.data.store build --config"
-            )
-    if copy_from is not None:
-        if dist_info.is_main and not (own / META_FILE).is_file():
-            tag_format = cfg.tokenizer.tag_format or None
-            load_tokenizer(copy_from, tag_format=tag_format).save(own)
+                copy_from = init_source(cfg.model.init_from)[1]
+            else:
+                copy_from = Path(cfg.data.store) / "tokenizer"
+                if not (copy_from / META_FILE).is_file():
+                    raise StoreError(
+                        f"{copy_from}: no tokenizer; build the stores with "
+                        "python -m clmap.data.store build --config"
+                    )
+            load_tokenizer(copy_from, tag_format=cfg.tokenizer.tag_format or None).save(own)
         barrier()
         return load_tokenizer(own)
     path = cfg.tokenizer.path or cfg.model.path
