@@ -268,7 +268,12 @@ def _check_same_config(run: Run, base: str) -> None:
     from clmap.config import load_config
 
     saved = json.loads((run.run_dir / "config.json").read_text())
-    wanted = json.loads(json.dumps(load_config(base, run.overrides).to_dict()))
+    cfg = load_config(base, run.overrides)
+    if cfg.model.init_from:  # the trainer records the source tokenizer's size, as it trained with it
+        from clmap.data.pipeline import init_vocabulary
+
+        cfg.tokenizer.vocab_size = init_vocabulary(cfg, run.run_dir)
+    wanted = json.loads(json.dumps(cfg.to_dict()))
     if saved != wanted:
         diff = sorted(
             f"{section}.{key}"
