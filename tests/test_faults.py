@@ -915,7 +915,7 @@ def test_a_replaced_tokenizer_is_named_as_such_not_as_a_model_change(trained, sm
     check_tokenizer(checkpoint, tok, str(small_tokenizer))  # the one it trained with
 
     replaced = shallow_copy(tok)  # the same size and special ids, another vocabulary (tag style here)
-    replaced.tag_format = "<2{lang}>"
+    replaced.tag_format = "<to_{lang}>"
     with pytest.raises(ConfigDriftError, match="the same vocabulary size, another vocabulary"):
         check_tokenizer(checkpoint, replaced, "TOK")
     replaced.vocab_size = 700
