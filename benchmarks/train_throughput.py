@@ -208,6 +208,9 @@ def run_trainer(tree: Path, config: str, overrides: list[str], run_dir: Path, ar
     return summary
 
 
+HANG_IMPL = "CLMAP_BENCH_HANG_IMPL"  # names an implementation whose run never ends (tests)
+
+
 def run_impl(
     impl: str, name: str, overrides: list[str], args, work: Path, tree: Path = REPO, label: str = ""
 ) -> dict:
@@ -215,6 +218,8 @@ def run_impl(
     config = PRESETS[name][0]
     overrides = overrides + (NTP_ONLY if impl in ("ntp", "titan") else [])
     start = time.perf_counter()
+    if os.environ.get(HANG_IMPL) == impl:  # fault injection (tests): a stuck child, as a hung trainer
+        subprocess.run([sys.executable, "-c", "import time; time.sleep(3600)", str(work)], check=False)
     try:
         if impl in TRAINER_IMPLS:
             run_dir = work / f"run_{name}_{impl}_{int(time.time() * 1e3)}"

@@ -313,8 +313,9 @@ def _processes_with(text: str) -> list[str]:
     return found
 
 
-# The dry run's train_1b: ~110 s here (tokenizer, then ~30 s per implementation); this budget leaves it ~60 s
-# (45 s are kept for mapping_target, ~30 s here): the first implementation ends, the trio cannot.
+# The dry run's train_1b: its first implementation takes ~10-30 s here, the second never ends (a hung child,
+# CLMAP_BENCH_HANG_IMPL); this budget leaves train_1b ~60 s (45 s are kept for mapping_target): the first
+# implementation's row is written, then the step times out, whatever the machine's speed.
 BUDGET_CUT_S, KEEP_S = 105, 45
 
 
@@ -367,6 +368,7 @@ def test_gpu_suite_budget_cut_kills_the_step_and_keeps_its_rows(tmp_path: Path) 
         CLMAP_SUITE_ONLY="train_1b,mapping_target",
         CLMAP_SUITE_BUDGET_S=str(BUDGET_CUT_S),
         CLMAP_SUITE_MIN_STEP_S=str(KEEP_S),
+        CLMAP_BENCH_HANG_IMPL="ntp",
         expect_rc=1,
     )
     assert _step_order(log) == ["train_1b", "mapping_target"], log[-3000:]
@@ -374,7 +376,7 @@ def test_gpu_suite_budget_cut_kills_the_step_and_keeps_its_rows(tmp_path: Path) 
     assert "step(s) not ok: train_1b:timeout" in log
     assert survivors == [[]], f"processes of the killed step still running: {survivors}"
     impls = [r["impl"] for r in csv.DictReader((out / "train_throughput_impl.csv").open())]
-    assert impls and impls == ["clmap", "ntp", "titan"][: len(impls)] and len(impls) < 3, impls
+    assert impls == ["clmap"], impls
     assert not (out / "train_throughput.csv").exists()  # the trio's row needs all three
     assert list(csv.DictReader((out / "mapping_loss.csv").open()))
 
