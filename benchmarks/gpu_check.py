@@ -322,7 +322,8 @@ def _caller() -> str:
         path = frame.filename
         if "site-packages" in path and "/transformers/" in path:
             return f"transformers/{path.split('/transformers/', 1)[1]}:{frame.name}"
-        if path.startswith(repo) and "/benchmarks/" not in path:
+        own = path.startswith(repo) and "site-packages" not in path  # not a .venv inside the checkout
+        if own and "/benchmarks/" not in path:
             return f"{os.path.relpath(path, repo)}:{frame.name}"
     return "torch"
 
