@@ -6,6 +6,8 @@ STAMP  := $(VENV)/.clmap-installed
 # CPU machines: the torch 2.13.0 CPU wheel. On a CUDA machine: make TORCH_SPEC='torch>=2.6' ...
 TORCH_SPEC ?= torch==2.13.0
 NPROC  ?= 2
+# pytest-xdist workers, a test file each (its module fixtures built once): the suite is mostly one-core work
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test lint bench clean
 
@@ -24,7 +26,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
