@@ -204,16 +204,11 @@ def _packing_rows(micro_batch: int, seq_len: int, vocab: int, seed: int):
     return rows
 
 
-def check_packing(impl: str, micro_batch: int, dtype: torch.dtype, device: str, size: str) -> dict:
-    """One row: packed sequences vs each alone, the leak of an unmasked forward, and the cost."""
+def _small_llama(sizes: tuple[int, int, int, int, int, int], attn: str):
+    """A random Llama of ``(hidden, layers, heads, kv_heads, vocab, seq_len)`` (PACKING_SIZES, STEP_SIZES)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from benchmarks.common import time_fn
-    from clmap.data.stream import collate
-    from clmap.model import packed_attention_inputs
-
-    hidden, layers, heads, kv_heads, vocab, seq_len = PACKING_SIZES[size]
-    torch.manual_seed(0)
+    hidden, layers, heads, kv_heads, vocab, seq_len = sizes
     config = LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
@@ -222,9 +217,20 @@ def check_packing(impl: str, micro_batch: int, dtype: torch.dtype, device: str, 
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
         max_position_embeddings=seq_len,
-        attn_implementation="sdpa",
+        attn_implementation=attn,
     )
-    reference_model = LlamaForCausalLM(config).to(device).eval()  # fp32 sdpa: the reference
+    return LlamaForCausalLM(config)
+
+
+def check_packing(impl: str, micro_batch: int, dtype: torch.dtype, device: str, size: str) -> dict:
+    """One row: packed sequences vs each alone, the leak of an unmasked forward, and the cost."""
+    from benchmarks.common import time_fn
+    from clmap.data.stream import collate
+    from clmap.model import packed_attention_inputs
+
+    *_, vocab, seq_len = PACKING_SIZES[size]
+    torch.manual_seed(0)
+    reference_model = _small_llama(PACKING_SIZES[size], "sdpa").to(device).eval()  # fp32 sdpa: the reference
     model = copy.deepcopy(reference_model).to(dtype)
     model.config._attn_implementation = impl
     rows = _packing_rows(micro_batch, seq_len, vocab, seed=micro_batch)
@@ -372,7 +378,6 @@ def check_step(device: str, size: str, warmup: int = 3) -> list[dict]:
     ``torch.cuda.set_sync_debug_mode("error")``: the first sync's message, or none)."""
     from torch._dynamo.eval_frame import _debug_get_cache_entry_list
     from torch._dynamo.utils import counters
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from clmap.config import load_config
     from clmap.data.examples import GroupTable
@@ -381,7 +386,7 @@ def check_step(device: str, size: str, warmup: int = 3) -> list[dict]:
     from clmap.parallel import init_distributed, shard_model
     from clmap.train import build_optimizer, prepare_step, train_step
 
-    hidden, layers, heads, kv_heads, vocab, seq_len = STEP_SIZES[size]
+    *_, vocab, seq_len = STEP_SIZES[size]
     overrides = [f"--data.seq_len={seq_len}", f"--model.max_position={seq_len}", "--data.languages=en,cs"]
     overrides += ["--data.pairs=en-cs", "--train.global_batch=4", "--train.micro_batch=2"]
     overrides += [f"--train.device={device}", "--train.compile=true", "--objective.lambda_map=0.1"]
@@ -390,18 +395,7 @@ def check_step(device: str, size: str, warmup: int = 3) -> list[dict]:
     table = GroupTable(cfg.data.languages, cfg.data.pairs)
     impl = attention_implementation(cfg.model, dist_info.device)
     torch.manual_seed(0)
-    lm = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=hidden,
-            intermediate_size=3 * hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=kv_heads,
-            max_position_embeddings=seq_len,
-            attn_implementation=impl,
-        )
-    ).to(dist_info.device)
+    lm = _small_llama(STEP_SIZES[size], impl).to(dist_info.device)
     objective = MappingObjective(lm, table, cfg.objective)
     precision = "bf16" if device == "cuda" else "fp32"
     objective = shard_model(objective, dist_info.device, precision, False, compile=True)
