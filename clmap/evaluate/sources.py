@@ -185,18 +185,6 @@ def monolingual_rows(
     return rows
 
 
-def monolingual_texts(
-    lang: str,
-    split: str = "test",
-    path: str | Path | None = None,
-    limit: int | None = None,
-    items: str = "first",
-    seed: int = 0,
-) -> list[str]:
-    """The texts of :func:`monolingual_rows`."""
-    return [r.text for r in monolingual_rows(lang, split, path, limit, items, seed)]
-
-
 def bundled_language_splits(lang: str) -> list[str]:
     """Splits stored for a language in the bundled monolingual corpus ([] when the language is not there)."""
     readers = _readers()
