@@ -155,9 +155,8 @@ def prepare_step(rows: list[Row], cfg: Config, table: GroupTable, dist_info: Dis
     mine = rows[dist_info.rank * per_rank : (dist_info.rank + 1) * per_rank]
     mb = cfg.train.micro_batch
     micro = [collate(mine[i : i + mb], pin_memory=pin) for i in range(0, len(mine), mb)]
-    for (
-        batch
-    ) in micro:  # the loss's chunk plan found here, on the prefetch thread: no device syncs in the step
+    # the loss's chunk plan found here, on the prefetch thread: no device syncs in the step
+    for batch in micro:
         batch["kept"] = kept_tokens(batch["targets"], batch["groups"], len(table), IGNORE_INDEX, pin)
     tokens = sum(row.num_tokens for row in rows)  # from the row layout: a pad id can equal a real token's
     rank_pairs = [
