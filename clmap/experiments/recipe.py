@@ -225,17 +225,13 @@ def shared_tokenizer(args: argparse.Namespace) -> Path | None:
     out = Path(args.out) / "tokenizer"
     if (out / "tokenizer.model").is_file():
         return out.resolve()
-    import numpy as np
-
-    from clmap.data.pipeline import load_texts
+    from clmap.data.pipeline import load_texts, sample_texts
     from clmap.data.tokenizer import train_sentencepiece
 
     cfg.data.ntp_share = 0.5  # both kinds of text, whatever the variant
     mono, parallel = load_texts(cfg, "train")
-    texts = [t for texts in mono.values() for t in texts]
-    texts += [t for src, tgt in parallel.values() for t in (*src, *tgt)]
-    rng = np.random.default_rng(0)
-    sample = [texts[i] for i in rng.permutation(len(texts))[: cfg.tokenizer.train_sentences]]
+    columns = [*mono.values(), *(side for sides in parallel.values() for side in sides)]
+    sample = sample_texts(columns, cfg.tokenizer.train_sentences, seed=0)
     print(f"[ablation] training the shared tokenizer on {len(sample)} texts -> {out}", flush=True)
     train_sentencepiece(sample, out, cfg.data.languages, vocab_size=cfg.tokenizer.vocab_size)
     return out.resolve()
