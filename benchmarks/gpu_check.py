@@ -302,8 +302,8 @@ SYNC_OPS = frozenset(
 
 # Where the CPU path syncs by design, and why; none runs on CUDA, where every counted sync fails the row.
 CPU_ONLY_SYNCS = {
-    "kernels/pooled_similarity.py:_pool_spans_torch": "CPU span pooling (CUDA: Triton)",
-    "kernels/pooled_similarity.py:_check_spans": "span value checks, on by default off CUDA only",
+    "clmap/kernels/pooled_similarity.py:_pool_spans_torch": "CPU span pooling (CUDA: Triton)",
+    "clmap/kernels/pooled_similarity.py:_check_spans": "span value checks, on by default off CUDA only",
 }
 
 

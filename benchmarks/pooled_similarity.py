@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 
 import torch
-from clmap.kernels.pooled_similarity import paired_cosine
 
 from benchmarks.common import append_csv, environment_tags, time_fn
+from clmap.kernels.pooled_similarity import paired_cosine
 
 FULL_CPU = [(n, h, s) for n in (4096, 16384) for h in (256, 1024) for s in (16, 256)]
 QUICK_CPU = [(4096, 256, 64)]

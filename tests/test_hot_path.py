@@ -24,14 +24,14 @@ from clmap.parallel import resolve_reshard, shard_model, use_compile
 from clmap.train import NonfiniteGuard, NonFiniteLoss, build_optimizer, prepare_step, step_counts, train_step
 
 REPO = Path(__file__).resolve().parent.parent
-OURS = (str(REPO / "clmap") + os.sep, str(REPO / "kernels") + os.sep)
+OURS = (str(REPO / "clmap") + os.sep,)
 # What reads a device value on the host (a sync on CUDA), and what copies host memory to the device in
 # a way that waits for the queue (a blocking .to(device) or torch.tensor(..., device=...)).
 READS = ("item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu")
 # Host syncs that remain inside a step, outside the trainer, with the reason. A sync anywhere else fails.
 KNOWN_SYNCS = {
     # the CPU path of span pooling needs the total span length on the host (CUDA runs the Triton kernel)
-    ("kernels/pooled_similarity.py", "_pool_spans_torch"),
+    ("clmap/kernels/pooled_similarity.py", "_pool_spans_torch"),
     # transformers infers packed documents from restarting position_ids and asks the host whether it
     # found any (per micro-batch on the versions that do), until the batch passes its attention inputs
     ("transformers/masking_utils.py", "find_packed_sequence_indices"),

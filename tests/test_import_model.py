@@ -208,6 +208,7 @@ def test_gemma_vocabulary_never_materialises_full_logits():
     """At V = 262,144 (Gemma 3) the CPU path holds one chunk of logits, never N x V, and matches plain
     full-logits cross-entropy in loss and gradients."""
     import torch.nn.functional as F
+
     from clmap.kernels.mapping_loss import mapping_loss
     from clmap.kernels.mapping_loss_chunks import CHUNK_BYTES
 

@@ -10,11 +10,12 @@ import os
 
 os.environ["TRITON_INTERPRET"] = "1"
 
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
 import clmap.kernels.pooled_similarity as ps  # noqa: E402
 import clmap.kernels.pooled_similarity_backward_triton as bwd  # noqa: E402
 import clmap.kernels.pooled_similarity_forward_triton as fwd  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
 from clmap.kernels.pooled_similarity import (  # noqa: E402
     cosine_matrix,
     cosine_matrix_reference,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from clmap.kernels.pooled_similarity_spans import Spans, span_bounds
 from clmap.kernels.triton_common import num_sms
 

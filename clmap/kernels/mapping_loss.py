@@ -30,9 +30,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from torch import Tensor
+
 from clmap.kernels.dispatch import choose_backend
 from clmap.kernels.mapping_loss_chunks import ChunkPlan, KeptTokens, chunk_pass, make_plan
-from torch import Tensor
 
 
 class GroupedLoss(NamedTuple):

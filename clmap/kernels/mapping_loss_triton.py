@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from clmap.kernels.triton_common import interpreting, round_to
 
 

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from clmap.kernels.dispatch import choose_backend
 from torch import Tensor
+
+from clmap.kernels.dispatch import choose_backend
 
 
 def _acc_dtype(hidden: Tensor) -> torch.dtype:
