@@ -403,3 +403,42 @@ def test_variant_files_are_overrides_of_the_base():
     assert "--optim.min_lr_ratio=1.0" in recipe.stage_overrides("stage2")
     assert writeup.fmt_delta(0.5) == "+0.5" and fmt(12.345) == "12.35"
     assert stats.mean_interval([1.0, 3.0]) == (2.0, 2.0 - 12.706, 2.0 + 12.706)
+
+
+def test_a_pretrained_base_is_continued_and_evaluated_as_a_row(recipe_run, small_corpus, tmp_path):
+    """``--base-steps 0`` with ``model.path``: no stage 1; every variant continues the pretrained
+    folder (its weights and tokenizer), and the pretrained model itself is evaluated, untouched, as the
+    ``pretrained`` row of the tables (the real-model preset, ``--preset gemma``, at toy size)."""
+    out, _ = recipe_run
+    pretrained = out / "base" / "hf"  # a Hugging Face folder, as models/gemma3-270m is
+    before = (pretrained / "model.safetensors").read_bytes()
+    args = _args(small_corpus, pretrained, tmp_path / "runs", tmp_path / "docs")
+    args = [a for a in args if not a.startswith(("--set=model.", "--set=tokenizer."))]
+    for flag, value in (
+        ("--base-steps", "0"),
+        ("--budgets", "3"),
+        ("--seeds", "0"),
+        ("--scale-variants", ""),
+    ):
+        args[args.index(flag) + 1] = value
+    args.remove("--tokenizer"), args.remove(str(pretrained))
+    args += [f"--set=model.path={pretrained}", f"--set=tokenizer.path={pretrained}"]
+    assert ablation.main(args) == 0
+    runs = {r["name"]: r for r in results.read_results(tmp_path / "docs" / "ablation_results.json")["runs"]}
+    assert set(runs) == {"pretrained", "ntp_only_s0_3", "cl_map_s0_3"}
+    assert runs["pretrained"]["stage"] == "pretrained" and runs["pretrained"]["training"] is None
+    report = json.loads((tmp_path / "runs" / "eval" / "pretrained" / "template" / "report.json").read_text())
+    assert (
+        report["checkpoint"].endswith(str(pretrained))
+        and (pretrained / "model.safetensors").read_bytes() == before
+    )
+    for name in ("ntp_only_s0_3", "cl_map_s0_3"):
+        config = json.loads((tmp_path / "runs" / name / "config.json").read_text())
+        assert config["model"]["path"] == str(pretrained) and not config["model"]["init_from"]
+    # the pretrained model is a column of the tables beside the variants, with its own reported values
+    indexed = stats.select(list(runs.values()), 3, "own")
+    assert list(indexed) == ["pretrained", "ntp_only", "cl_map"]
+    chrf = next(m for m in report["tasks"]["mt"]["metrics"] if m["metric"].startswith("chrf++"))
+    key = ("mt", chrf["key"], chrf["metric"].removesuffix(" (test)"), "test")
+    assert indexed["pretrained"][0][key]["value"] == chrf["value"]
+    assert recipe.LABELS["pretrained"] in (tmp_path / "docs" / "ablation_results.md").read_text()

@@ -167,13 +167,19 @@ def score_continuations(
             seq = sequences[i][0]
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = 1
-        logits = lm.model(input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device)).logits.float()
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-        token_logprobs = logprobs.gather(-1, ids[:, 1:].to(lm.device).unsqueeze(-1)).squeeze(-1).cpu()
+        # position t predicts token t + 1, so a continuation is predicted from n_context - 1 on: the head
+        # runs on the last ``keep`` positions only, and each row's log-softmax on its own continuation
+        # (a 262k vocabulary makes full-width logits of a batch gigabytes)
+        first = min(sequences[i][1] for i in batch) - 1
+        keep = width - first
+        logits = lm.model(
+            input_ids=ids.to(lm.device), attention_mask=mask.to(lm.device), logits_to_keep=keep
+        ).logits
         for row, i in enumerate(batch):
             seq, n_context = sequences[i]
-            # position t predicts token t + 1, so the continuation is predicted from n_context - 1 on
-            picked = token_logprobs[row, n_context - 1 : len(seq) - 1]
+            span = logits[row, n_context - 1 - first : len(seq) - 1 - first].float()
+            targets = ids[row, n_context : len(seq)].to(lm.device)
+            picked = torch.log_softmax(span, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
             results[i] = (float(picked.double().sum()), len(seq) - n_context)
     return results
 

@@ -30,7 +30,6 @@ from clmap.experiments import recipe, results, writeup
 from clmap.outputs import writable_folder
 
 DEFAULT_TASKS = "mt,clnlu,ppl,lac"
-DEFAULT_PAIRS = "en-cs,cs-uk,zh-ja"
 DEFAULT_SPLITS = "test,ood"
 
 
@@ -44,29 +43,30 @@ def build_parser() -> argparse.ArgumentParser:
     add = p.add_argument
     add("--protocol", choices=("continue", "scratch"), default="continue", help="default: continue")
     add("--preset", choices=sorted(recipe.PRESETS), default="cpu", help="sizes and machine settings")
-    add("--variants", default=",".join(recipe.VARIANTS), help="comma list of configs/ablation/<variant>.toml")
+    add("--variants", default=None, help="comma list of configs/ablation/<variant>.toml (preset)")
     add("--seeds", default=None, help="comma list of training seeds (preset: 0,1,2)")
     add("--base-steps", type=int, default=None, help="continue: steps of the stage-1 base model")
     add("--budgets", default=None, help="continue: stage-2 budgets of the scale curve, e.g. 150,600,2400")
     add("--main-budget", type=int, default=None, help="continue: stage-2 steps of every variant and seed")
     add("--stage-lr", default=None, help="continue: peak learning rates of stage 1 and stage 2 (preset)")
-    add("--scale-variants", default="ntp_only,cl_map", help="continue: variants of the scale curve")
+    add("--scale-variants", default=None, help="continue: variants of the scale curve (preset)")
     add("--steps", type=int, default=None, help="scratch: override train.steps for every variant")
-    add("--out", default=None, help="folder of the runs and evaluations (default runs/ablation_<protocol>)")
+    add("--out", default=None, help="folder of the runs and evaluations (default runs/STEM_<protocol>)")
     add("--docs", default=str(recipe.REPO / "docs"), help="where the write-up, tables and figures are")
-    add("--results", default=None, help="the results file (default DOCS/ablation_results.json)")
+    add("--stem", default=None, help="name of the write-up DOCS/STEM.md and its files (preset: ablation)")
+    add("--results", default=None, help="the results file (default DOCS/STEM_results.json)")
     add("--base", default=None, help="shared config (preset: configs/ablation/base.toml)")
     add("--config-dir", default=str(recipe.CONFIG_DIR), help="folder of the variants' override files")
     add("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override for every run")
     add("--tokenizer", default=None, help="an existing tokenizer folder for every run")
     add("--jobs", type=int, default=None, help="independent runs at a time (preset cpu: 2)")
     add("--nproc", type=int, default=1, help="processes per stage-2 / scratch run (torchrun when > 1)")
-    add("--threads", type=int, default=1, help="OMP threads per stage-2 / scratch run and evaluation")
+    add("--threads", type=int, default=None, help="OMP threads per stage-2 / scratch run and evaluation")
     add("--base-nproc", type=int, default=None, help="processes of the stage-1 run")
     add("--base-threads", type=int, default=None, help="OMP threads per process of the stage-1 run")
     add("--eval-limit", type=int, default=None, help="items per task, direction and split (0 = all)")
     add("--tasks", default=DEFAULT_TASKS, help="evaluator tasks")
-    add("--pairs", default=DEFAULT_PAIRS, help="evaluation language pairs")
+    add("--pairs", default=None, help="evaluation language pairs (preset)")
     add("--splits", default=DEFAULT_SPLITS, help="bundled splits scored side by side (test, ood)")
     add("--device", default=None, help="evaluation device (preset)")
     add(
@@ -88,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     """Fill what the command line left open from the preset; parse the comma lists."""
     for key, value in recipe.PRESETS[args.preset].items():
-        if getattr(args, key) is None:
+        if key == "set":  # the preset's overrides first: the command line's win
+            args.set = [*value, *args.set]
+        elif getattr(args, key) is None:
             setattr(args, key, value)
     split = lambda text: [x.strip() for x in str(text).split(",") if x.strip()]  # noqa: E731
     args.variants, args.scale_variants, args.splits = (
@@ -104,8 +106,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         args.budgets = sorted({*args.budgets, args.main_budget})
     args.eval_limit = args.eval_limit or None
     args.base = str(Path(args.base).resolve())
-    args.out = str(Path(args.out or f"runs/ablation_{args.protocol}").resolve())
-    args.results = Path(args.results or Path(args.docs) / "ablation_results.json")
+    args.out = str(Path(args.out or f"runs/{args.stem}_{args.protocol}").resolve())
+    args.results = Path(args.results or Path(args.docs) / f"{args.stem}_results.json")
     args.timing = {}
     if args.skip_existing and args.overwrite:
         raise SystemExit("--skip-existing and --overwrite exclude each other")
@@ -135,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         writable_folder(args.out, "--out")
     command = "python -m clmap.experiments.ablation " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.report_only:
-        written = writeup.write_docs(results.read_results(args.results), Path(args.docs))
+        written = writeup.write_docs(results.read_results(args.results), Path(args.docs), args.stem)
         print(f"[ablation] regenerated {', '.join(str(p) for p in written)} from {args.results}")
         return 0
     t_start = time.perf_counter()
@@ -162,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     records = [results.run_record(run, reports[run.name]) for run in runs]
     results.write_results(args.results, meta, records)
-    written = writeup.write_docs(results.read_results(args.results), Path(args.docs))
+    written = writeup.write_docs(results.read_results(args.results), Path(args.docs), args.stem)
     print(
         f"[ablation] wrote {args.results} and {', '.join(str(p) for p in written)} "
         f"({meta['wall_min']:.1f} min: training {meta['train_min']:.1f}, evaluation {meta['eval_min']:.1f})"

@@ -43,12 +43,14 @@ CONFIG_DIR = REPO / "configs" / "ablation"
 VARIANTS = ("ntp_only", "parallel_text", "cl_both", "cl_map", "cl_forward", "placebo")
 LABELS = {
     "base": "base model (stage 1)",
+    "pretrained": "pretrained model (no continued training)",
     "ntp_only": "(a) NTP only",
     "parallel_text": "(b) NTP + parallel as text",
     "cl_both": "(c) NTP + CL both ways",
     "cl_map": "(d) NTP + CL + map",
     "cl_forward": "(e) NTP + CL one way",
     "placebo": "(f) placebo: (d) on shuffled pairs",
+    "cl_map_centered": "(d') (d) with the centred map term",
 }
 BASELINES = ("ntp_only", "parallel_text")
 _EXPORT_LOCK = threading.Lock()
@@ -56,6 +58,9 @@ _EXPORT_LOCK = threading.Lock()
 PRESETS: dict[str, dict] = {
     "cpu": {  # 2 CPU cores: stage 1 as 2 processes, then two single-threaded runs at a time (measured faster)
         "base": str(CONFIG_DIR / "base.toml"),
+        "stem": "ablation",
+        "variants": ",".join(VARIANTS),
+        "scale_variants": "ntp_only,cl_map",
         "base_steps": 2400,
         "budgets": "150,600,2400",
         "main_budget": 600,
@@ -63,14 +68,19 @@ PRESETS: dict[str, dict] = {
         "seeds": "0,1,2",
         "device": "cpu",
         "jobs": 2,
+        "threads": 1,
         "base_nproc": 2,
         "base_threads": 1,
         "eval_limit": 32,
         "eval_batch_size": 16,
+        "pairs": "en-cs,cs-uk,zh-ja",
         "max_new_tokens": 32,
     },
     "gpu": {  # one GPU: a ~100M-parameter model, four runs sharing the device; the same ratios of budgets
         "base": str(CONFIG_DIR / "base_gpu.toml"),
+        "stem": "ablation",
+        "variants": ",".join(VARIANTS),
+        "scale_variants": "ntp_only,cl_map",
         "base_steps": 1200,
         "budgets": "75,300,1200",
         "main_budget": 300,
@@ -78,11 +88,35 @@ PRESETS: dict[str, dict] = {
         "seeds": "0,1,2",
         "device": "cuda",
         "jobs": 4,
+        "threads": 1,
         "base_nproc": 1,
         "base_threads": 4,
         "eval_limit": 64,
         "eval_batch_size": 64,
+        "pairs": "en-cs,cs-uk,zh-ja",
         "max_new_tokens": 48,
+    },
+    "gemma": {  # the pretrained Gemma 3 270M continued on 2 CPU cores: no stage 1, one run at a time
+        "base": str(CONFIG_DIR / "base_gemma.toml"),
+        "stem": "ablation_gemma",
+        "variants": "ntp_only,parallel_text,cl_map,cl_map_centered,placebo",
+        "scale_variants": "",
+        "base_steps": 0,
+        "budgets": "24",
+        "main_budget": 24,
+        "pairs": "en-cs,zh-ja",
+        "stage_lr": "0,2e-5",  # stage 1 unused
+        # before the command line's --set: stages/stage2.toml's 30 warm-up steps are longer than this budget
+        "set": ["optim.warmup_steps=4", "checkpoint.every=12"],
+        "seeds": "0",
+        "device": "cpu",
+        "jobs": 1,
+        "threads": 2,
+        "base_nproc": 1,
+        "base_threads": 2,
+        "eval_limit": 16,
+        "eval_batch_size": 8,
+        "max_new_tokens": 20,
     },
 }
 
@@ -142,13 +176,19 @@ class Run:
     formats: tuple[str, ...]
     parent: Run | None = None  # for a checkpoint: the longer run it is taken from, at step ``steps``
     children: list[Run] = field(default_factory=list)  # checkpoints of this run that are evaluated
+    out: Path | None = None  # the recipe's folder, where a pretrained model outside it is evaluated into
 
     @property
     def name(self) -> str:
-        return self.run_dir.name
+        return "pretrained" if self.stage == "pretrained" else self.run_dir.name
+
+    @property
+    def model_dir(self) -> Path:
+        """What the evaluator loads: a pretrained model's own folder, a trained run's ``hf/`` export."""
+        return self.run_dir if self.stage == "pretrained" else self.run_dir / "hf"
 
     def eval_dir(self, prompt_format: str) -> Path:
-        return self.run_dir.parent / "eval" / self.name / prompt_format
+        return (self.out or self.run_dir.parent) / "eval" / self.name / prompt_format
 
 
 def _config(args: argparse.Namespace, overrides: list[str]):
@@ -184,10 +224,12 @@ def plan_runs(args: argparse.Namespace, tokenizer: Path | None) -> list[Run]:
         cfg = _config(args, overrides)
         runs.append(Run("base", 0, args.base_steps, base_dir, overrides, "base", prompt_formats(cfg)))
         stage2.append(f"--model.init_from={base_dir}")
-    elif not _config(args, extra).model.path:
+    elif not (pretrained := _config(args, extra).model.path):
         raise ValueError("--base-steps 0 continues a pretrained model: set model.path (--set model.path=DIR)")
-    else:
+    else:  # the pretrained model itself is a row of the tables, evaluated as it is
         stage2 += shared
+        model = Path(pretrained) if Path(pretrained).is_absolute() else REPO / pretrained
+        runs.append(Run("pretrained", 0, 0, model, [], "pretrained", ("template",), out=out))
     longest = max(args.budgets)
     every = math.gcd(*args.budgets, args.main_budget)
     for seed in args.seeds:
@@ -286,6 +328,8 @@ def _check_same_config(run: Run, base: str) -> None:
 
 def _prepare(run: Run, args: argparse.Namespace) -> bool:
     """Whether ``run`` must be (re)made: False for a finished run that is reused."""
+    if run.stage == "pretrained":
+        return False  # evaluated as it is
     if not run.run_dir.exists():
         return True
     if args.overwrite:
@@ -363,10 +407,11 @@ def evaluate(run: Run, prompt_format: str, args: argparse.Namespace) -> tuple[Pa
             settings.get("split"),
             settings.get("prompt_format"),
         ) == wanted:
-            if report.stat().st_mtime >= (run.run_dir / "hf" / "config.json").stat().st_mtime:
+            if report.stat().st_mtime >= (run.model_dir / "config.json").stat().st_mtime:
                 print(f"[ablation] {run.name}: {prompt_format} evaluation reused", flush=True)
                 return report, 0.0
-    cmd = [sys.executable, "-m", "clmap.evaluate", "--checkpoint", str(run.run_dir), "--out", str(out)]
+    checkpoint = run.model_dir if run.stage == "pretrained" else run.run_dir
+    cmd = [sys.executable, "-m", "clmap.evaluate", "--checkpoint", str(checkpoint), "--out", str(out)]
     cmd += ["--tasks", tasks, "--pairs", args.pairs, "--device", args.device, "--seed", "0"]
     cmd += ["--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.eval_batch_size)]
     cmd += evaluator_options(prompt_format, args.splits)
@@ -400,7 +445,7 @@ def execute(runs: Sequence[Run], args: argparse.Namespace) -> dict[str, dict[str
             timed("eval", seconds)
 
     def chain(run: Run) -> None:
-        if run.stage != "base":  # the base is trained before the others start
+        if run.stage not in ("base", "pretrained"):  # the base is trained first; a pretrained one not at all
             timed("train", train(run, args, args.nproc, args.threads))
         for child in run.children:
             timed("train", train(child, args))

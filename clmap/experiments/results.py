@@ -105,7 +105,9 @@ def run_record(run, reports: dict[str, Path]) -> dict:
         "run_dir": str(run.run_dir),
         "metrics": metrics,
         "lac_layers": layers,
-        "training": training_summary(trained, upto=run.steps if run.parent is not None else None),
+        "training": None  # a pretrained model evaluated as it is was not trained here
+        if run.stage == "pretrained"
+        else training_summary(trained, upto=run.steps if run.parent is not None else None),
     }
 
 

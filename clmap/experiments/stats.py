@@ -51,10 +51,11 @@ def run_metrics(run: dict, view: str) -> dict[MetricId, dict]:
 
 
 def select(runs: Sequence[dict], steps: int, view: str) -> dict[str, dict[int, dict[MetricId, dict]]]:
-    """variant → seed → metrics of the stage-2 (or from-scratch) runs of one budget, in recipe order."""
+    """variant → seed → metrics of the stage-2 (or from-scratch) runs of one budget, in recipe order, and
+    of a pretrained base evaluated as it is (variant ``pretrained``)."""
     out: dict = {}
     for run in runs:
-        if run["stage"] != "base" and run["steps"] == steps:
+        if run["stage"] == "pretrained" or (run["stage"] != "base" and run["steps"] == steps):
             out.setdefault(run["variant"], {})[run["seed"]] = run_metrics(run, view)
     return out
 
@@ -153,7 +154,7 @@ def scale_curve(runs: Sequence[dict], variants: Sequence[str], view: str) -> dic
     over the seeds each budget has; the base model (stage 1) is budget 0 of every variant."""
     values: dict = {}
     for run in runs:
-        if run["stage"] == "base":
+        if run["stage"] in ("base", "pretrained"):
             targets, budget = list(variants), 0
         elif run["variant"] in variants:
             targets, budget = [run["variant"]], run["steps"]
@@ -178,7 +179,7 @@ def lac_layers(runs: Sequence[dict], steps: int) -> dict[tuple[str, str], dict[s
     the bootstrap band of a single run."""
     rows: dict = {}
     for run in runs:
-        if run["stage"] == "base" or run["steps"] != steps:
+        if run["stage"] == "base" or (run["steps"] != steps and run["stage"] != "pretrained"):
             continue
         for r in run["lac_layers"]:
             rows.setdefault((r["pair"], r["split"]), {}).setdefault(run["variant"], {}).setdefault(
