@@ -18,6 +18,7 @@ import math
 import sys
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -33,7 +34,7 @@ else:  # pragma: no cover
 # How a resume treats a change of a field against the run folder's config.json (clmap/run_folder.py).
 SAFE = "safe"  # may differ (steps, logging, checkpoint cadence, evaluation, devices): applied and printed
 TRAINED = "trained"  # alters what is trained: refused unless listed in resume.allow_changes
-NOT_COMPARED = "not compared"  # where the folder lives and how this one command resumes
+NOT_COMPARED = "not compared"  # where the folder lives, how this one command resumes; evaluator options
 RESUME_CLASSES = (SAFE, TRAINED, NOT_COMPARED)
 
 
@@ -498,8 +499,9 @@ class ConfigError(UserError, ValueError):
     """A config file or override that does not fit the dataclasses above."""
 
 
-def _coerce(value, annotation, where: str):
-    """Check ``value`` against ``annotation``; strings from the command line are parsed."""
+def coerce(value, annotation, where: str):
+    """Check ``value`` against ``annotation``; strings from the command line are parsed. ``where`` names
+    the key in the error (``train.steps``, ``--batch-size``)."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
@@ -515,14 +517,14 @@ def _coerce(value, annotation, where: str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if isinstance(value, str):
             value = dict(kv.split("=", 1) for kv in value.split(",") if kv)
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a table, got {value!r}")
         _, item = typing.get_args(annotation) or (str, str)
-        return {str(k): _coerce(v, item, f"{where}[{k!r}]") for k, v in value.items()}
+        return {str(k): coerce(v, item, f"{where}[{k!r}]") for k, v in value.items()}
     if annotation is bool:
         if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
             return value.lower() in ("true", "1", "yes")
@@ -558,7 +560,7 @@ def _merge(obj, data: dict, where: str):
                 raise ConfigError(f"{where}.{key} is a section; got {value!r}")
             _merge(current, value, f"{where}.{key}")
         else:
-            setattr(obj, key, _coerce(value, hints[key], f"{where}.{key}"))
+            setattr(obj, key, coerce(value, hints[key], f"{where}.{key}"))
     return obj
 
 
@@ -616,8 +618,8 @@ def in_range(value: float, interval: str) -> bool:
     return above and below and not math.isnan(value)
 
 
-def get_field(config: Config, key: str):
-    """The value of ``section.key`` (or of a top-level field)."""
+def get_field(config, key: str):
+    """The value of ``section.key`` (or of a top-level field) of a config dataclass."""
     node = config
     for part in key.split("."):
         node = getattr(node, part)
@@ -642,12 +644,19 @@ def field_metadata(obj=None, prefix: str = "") -> dict[str, dict]:
     return found
 
 
+def check_ranges(obj, name: typing.Callable[[str], str] = str) -> None:
+    """Every field of the dataclass ``obj`` (a ``Config``, or the evaluator's) inside its option's range;
+    a field left unset (None) has nothing to check. ``name`` turns ``section.key`` into what the error
+    calls it (the evaluator: ``--batch-size``)."""
+    for key, meta in field_metadata(obj).items():
+        interval, value = meta["range"], get_field(obj, key)
+        if interval is not None and value is not None and not in_range(value, interval):
+            raise ConfigError(f"{name(key)}: {value} is outside the allowed range {interval}")
+
+
 def validate(config: Config) -> None:
-    """Ranges and cross-field checks that a type alone cannot express (choices are checked by ``_coerce``)."""
-    for key, meta in field_metadata(config).items():
-        interval, value = meta["range"], get_field(config, key)
-        if interval is not None and not in_range(value, interval):
-            raise ConfigError(f"{key}: {value} is outside the allowed range {interval}")
+    """Ranges and cross-field checks that a type alone cannot express (choices are checked by ``coerce``)."""
+    check_ranges(config)
     for pair in config.data.pairs:
         a, _, b = pair.partition("-")
         if not a or not b or a == b:
@@ -730,6 +739,8 @@ def check_batch(train: TrainConfig, world_size: int) -> None:
 
 
 def _type_name(annotation) -> str:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # an option that may stay unset
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
     if typing.get_origin(annotation) is Literal:
         return "{" + ",".join(typing.get_args(annotation)) + "}"
     return str(annotation) if typing.get_origin(annotation) else annotation.__name__
@@ -737,6 +748,8 @@ def _type_name(annotation) -> str:
 
 def _shown(value) -> str:
     """A default as it is written on the command line."""
+    if value is None:
+        return "(unset)"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, list):
@@ -744,6 +757,13 @@ def _shown(value) -> str:
     if isinstance(value, dict):
         return ",".join(f"{k}={v}" for k, v in value.items()) or "(empty)"
     return repr(value) if isinstance(value, str) else str(value)
+
+
+def option_summary(annotation, value, metadata: Mapping) -> str:
+    """``int, default 8, range [1, inf)``: an option's type, default and range as ``--help`` shows them
+    (the trainer's and the evaluator's)."""
+    where = f", range {metadata['range']}" if metadata.get("range") else ""
+    return f"{_type_name(annotation)}, default {_shown(value)}{where}"
 
 
 def config_help() -> str:
@@ -759,9 +779,8 @@ def config_help() -> str:
                 lines.extend(["", f"[{f.name}] {f.metadata.get('doc', '')}"])
                 describe(value, f"{prefix}{f.name}.")
             else:
-                where = f", range {f.metadata['range']}" if f.metadata.get("range") else ""
                 lines.append(
-                    f"  --{prefix}{f.name}  {_type_name(hints[f.name])}, default {_shown(value)}{where}"
+                    f"  --{prefix}{f.name}  {option_summary(hints[f.name], value, f.metadata)}"
                     f"; on resume: {f.metadata['resume']}"
                 )
                 lines.append(f"      {f.metadata.get('doc', '(no doc)')}")

@@ -19,7 +19,8 @@ import torch
 from conftest import LANGS, PAIRS, run_train, tiny_overrides
 from safetensors.torch import load_file
 
-from clmap.evaluate.report import TASK_TITLES, fmt
+from clmap.evaluate.report import fmt
+from clmap.evaluate.tasks import TASK_TITLES
 from clmap.experiments import ablation, recipe, results, stats, writeup
 
 VARIANTS = ["ntp_only", "cl_map"]

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clmap.data.examples import mapping_prompt
-from clmap.evaluate import PROMPT_FORMATS
 from clmap.evaluate.lm import LoadedModel, generate, training_config
+from clmap.evaluate.options import PROMPT_FORMATS
 from clmap.evaluate.sources import LANGUAGE_NAMES, ParallelSegment
 
 DEFAULT_TEMPLATE = "{src_name}: {src}\n{tgt_name}:"

@@ -19,14 +19,12 @@ from pathlib import Path
 
 from clmap.outputs import atomic_write_text
 
-TASK_TITLES = {
-    "mt": "Machine translation",
-    "clnlu": "Cross-lingual understanding",
-    "clqa": "Cross-lingual QA",
-    "clsum": "Cross-lingual summarisation",
-    "ppl": "Perplexity per language",
-    "lac": "Language alignment",
-}
+
+def task_title(task: str) -> str:
+    """A task's heading (its ``title`` in :mod:`clmap.evaluate.tasks`), or its name if unknown there."""
+    from clmap.evaluate.tasks import TASK_TITLES  # the tasks import this module
+
+    return TASK_TITLES.get(task, task)
 
 
 def metric(
@@ -106,7 +104,7 @@ def render_markdown(report: dict) -> str:
     if settings:
         lines += ["Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items() if v is not None), ""]
     for task, result in report.get("tasks", {}).items():
-        lines += [f"## {TASK_TITLES.get(task, task)}", ""]
+        lines += [f"## {task_title(task)}", ""]
         if result.get("data"):
             lines.append("Data: " + "; ".join(f"{k} = {v}" for k, v in result["data"].items()) + "  ")
         for name, prompt in result.get("prompt", {}).items():
@@ -334,7 +332,7 @@ def render_comparison(comparison: dict) -> str:
         for row in rows:
             deltas = [_delta_cell(row, name) for name in names[1:]]
             body.append([row["key"], row["metric"], *(fmt(row["values"][n]) for n in names), *deltas])
-        lines += [f"## {TASK_TITLES.get(task, task)}", "", *markdown_table(header, body), ""]
+        lines += [f"## {task_title(task)}", "", *markdown_table(header, body), ""]
     return "\n".join(lines)
 
 
@@ -353,5 +351,5 @@ def write_comparison(comparison: dict, out_dir: str | Path) -> list[Path]:
         by_task.setdefault(row["task"], {})[f"{row['key']} {row['metric']}"] = values
     for task, groups in by_task.items():
         path = out_dir / f"compare_{task}.png"
-        written.append(plot_bars(groups, f"{TASK_TITLES.get(task, task)}: runs compared", "value", path))
+        written.append(plot_bars(groups, f"{task_title(task)}: runs compared", "value", path))
     return written

@@ -7,9 +7,11 @@ import without it); this module only picks the source, applies ``--limit`` and n
 from __future__ import annotations
 
 import json
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from clmap.data.languages import FLORES_CODES, LANGUAGES
 
@@ -63,7 +65,9 @@ class DataSource:
 
 # How ``--limit`` picks the scored rows: a seeded sample stratified over documents (the default), or
 # the first rows of the file / split (what the evaluator did before items were sampled).
-ITEM_SELECTIONS = ("sample", "first")
+# how --limit picks the items (clmap.evaluate.bootstrap.sample_items / first_items)
+ItemSelection = Literal["sample", "first"]
+ITEM_SELECTIONS: tuple[str, ...] = typing.get_args(ItemSelection)
 
 
 def select_items(docs: Sequence[str], limit: int | None, items: str, seed: int, stratum: str) -> list[int]:

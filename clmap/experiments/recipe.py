@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clmap.evaluate.tasks import PROMPTED_TASKS
 from clmap.launch import train_command
 
 if sys.version_info >= (3, 11):
@@ -394,7 +395,7 @@ def evaluate(run: Run, prompt_format: str, args: argparse.Namespace) -> tuple[Pa
     for the run's own format, MT and translation choice only for the second; the same test items for
     every run (evaluation seed 0)."""
     own = prompt_format == run.formats[0]
-    tasks = args.tasks if own else ",".join(t for t in args.tasks.split(",") if t in ("mt", "clnlu"))
+    tasks = args.tasks if own else ",".join(t for t in args.tasks.split(",") if t in PROMPTED_TASKS)
     out = run.eval_dir(prompt_format)
     report = out / "report.json"
     if report.is_file() and not args.overwrite:

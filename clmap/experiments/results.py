@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-# Tasks whose prompt depends on the format (mapping vs text template); the others score plain text.
-FORMAT_TASKS = ("mt", "clnlu")
+from clmap.evaluate.tasks import PROMPTED_TASKS  # their prompt depends on the format; others: plain text
+
 CURVE_POINTS = 200  # training-loss points kept per run (the plot needs no more)
 
 
@@ -34,7 +34,7 @@ def report_entries(report: dict, prompt_format: str) -> tuple[list[dict], list[d
                     "key": m["key"],
                     "metric": m["metric"].removesuffix(f" ({split})"),
                     "split": split,
-                    "format": prompt_format if task in FORMAT_TASKS else None,
+                    "format": prompt_format if task in PROMPTED_TASKS else None,
                     "value": m["value"],
                     "ci": m.get("ci"),
                     "n": m.get("n"),

@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from clmap.evaluate.report import TASK_TITLES, fmt, markdown_table
+from clmap.evaluate.report import fmt, markdown_table, task_title
 from clmap.experiments import plots, stats
 from clmap.experiments.recipe import BASELINES, LABELS
 
@@ -155,7 +155,7 @@ def metric_tables(table: dict) -> list[str]:
     for row in table["rows"]:
         by_task.setdefault(row["task"], []).append(row)
     for task, rows in by_task.items():
-        lines += [f"### {TASK_TITLES.get(task, task)}", ""]
+        lines += [f"### {task_title(task)}", ""]
         body = [
             [
                 r["key"],
