@@ -850,9 +850,9 @@ def test_torchrun_passes_a_workers_exit_2_up(small_tokenizer, tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--limit", "-3"], "--limit -3: must be at least 1"),
-        (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
-        (["--few-shot", "-1"], "--few-shot -1: must be at least 0"),
+        (["--limit", "-3"], "--limit: -3 is outside the allowed range [1, inf)"),
+        (["--batch-size", "0"], "--batch-size: 0 is outside the allowed range [1, inf)"),
+        (["--few-shot", "-1"], "--few-shot: -1 is outside the allowed range [0, inf)"),
     ],
 )
 def test_evaluator_counts_are_checked_against_their_meaning(tmp_path, capsys, argv, message):
