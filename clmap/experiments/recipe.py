@@ -185,7 +185,8 @@ class Run:
 
     @property
     def model_dir(self) -> Path:
-        """What the evaluator loads: a pretrained model's own folder, a trained run's ``hf/`` export."""
+        """The model an evaluation scores (a pretrained model's own folder, a trained run's ``hf/``): a
+        report older than its config.json is stale."""
         return self.run_dir if self.stage == "pretrained" else self.run_dir / "hf"
 
     def eval_dir(self, prompt_format: str) -> Path:
@@ -329,8 +330,6 @@ def _check_same_config(run: Run, base: str) -> None:
 
 def _prepare(run: Run, args: argparse.Namespace) -> bool:
     """Whether ``run`` must be (re)made: False for a finished run that is reused."""
-    if run.stage == "pretrained":
-        return False  # evaluated as it is
     if not run.run_dir.exists():
         return True
     if args.overwrite:
@@ -411,8 +410,7 @@ def evaluate(run: Run, prompt_format: str, args: argparse.Namespace) -> tuple[Pa
             if report.stat().st_mtime >= (run.model_dir / "config.json").stat().st_mtime:
                 print(f"[ablation] {run.name}: {prompt_format} evaluation reused", flush=True)
                 return report, 0.0
-    checkpoint = run.model_dir if run.stage == "pretrained" else run.run_dir
-    cmd = [sys.executable, "-m", "clmap.evaluate", "--checkpoint", str(checkpoint), "--out", str(out)]
+    cmd = [sys.executable, "-m", "clmap.evaluate", "--checkpoint", str(run.run_dir), "--out", str(out)]
     cmd += ["--tasks", tasks, "--pairs", args.pairs, "--device", args.device, "--seed", "0"]
     cmd += ["--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.eval_batch_size)]
     cmd += evaluator_options(prompt_format, args.splits)
