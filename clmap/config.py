@@ -355,7 +355,8 @@ class TrainConfig:
     )
     mixed_precision: Literal["auto", "bf16", "fp32"] = option(
         "auto",
-        "compute precision (parameters stay fp32); auto: bf16 on CUDA, fp32 on CPU",
+        "compute precision (parameters stay fp32); auto: bf16 on CUDA and, for models of ≥ 100M "
+        "parameters, on CPUs with AMX-BF16 or AVX512-BF16; fp32 otherwise",
         resume=SAFE,
     )
     activation_checkpointing: bool = option(

@@ -51,8 +51,9 @@ def estimate(cfg: Config, num_params: int, world_size: int, device: torch.device
 
     m, d, t = cfg.model, cfg.data, cfg.train
     from clmap.model import attention_implementation, load_model_config
+    from clmap.parallel import resolve_mixed_precision
 
-    compute_bytes = 2 if device.type == "cuda" and t.mixed_precision != "fp32" else 4
+    compute_bytes = 2 if resolve_mixed_precision(t.mixed_precision, device, num_params) == "bf16" else 4
     tokens = t.micro_batch * d.seq_len  # one micro-batch
     if cfg.model.path:  # the local model's own shapes
         config = load_model_config(m.path)

@@ -148,8 +148,8 @@ class MappingObjective(nn.Module):
             return torch.float32
         if compute != torch.bfloat16:
             raise ValueError(
-                f"objective.loss_accum_dtype=bf16 needs bf16 compute (train.mixed_precision=bf16, or auto on "
-                f"CUDA); the hidden states are {compute}"
+                f"objective.loss_accum_dtype=bf16 needs bf16 compute (train.mixed_precision=bf16, or auto "
+                f"where it means bf16); the hidden states are {compute}"
             )
         return torch.bfloat16
 

@@ -7,6 +7,8 @@ import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -113,9 +115,52 @@ def set_prefetch(blocks: Sequence[torch.nn.Module], depth: int) -> None:
         block.set_modules_to_backward_prefetch(list(reversed(blocks[max(0, i - depth) : i])))
 
 
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs with bf16 matmul instructions
+# Below this size a CPU step is not matmul-bound and bf16 only rounds: the 1.8 M-parameter tiny model ran
+# 0.337 s a step in fp32 and 0.324 s in bf16 on a 2-core Xeon with AMX-BF16, Gemma 3 270M 15.0 s and 11.5 s
+# (benchmarks/results/cpu_real_model.csv).
+CPU_BF16_MIN_PARAMETERS = 100_000_000
+
+
+@cache
+def cpu_bf16_features() -> tuple[str, ...]:
+    """The bf16 instruction sets this CPU names in /proc/cpuinfo's flags (what ``lscpu`` prints)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ()
+    lines = (line for line in text.splitlines() if line.startswith("flags"))
+    flags = next((line.split(":", 1)[1].split() for line in lines), [])
+    return tuple(f for f in BF16_CPU_FLAGS if f in flags)
+
+
+def resolve_mixed_precision(setting: str, device: torch.device, num_params: int) -> str:
+    """``train.mixed_precision`` as ``"bf16"`` or ``"fp32"``. ``auto`` is bf16 on CUDA, and on a CPU
+    with bf16 matmul instructions (AMX-BF16, AVX512-BF16) for a model of at least
+    :data:`CPU_BF16_MIN_PARAMETERS`, where bf16 is the faster path; fp32 elsewhere."""
+    if setting != "auto":
+        return setting
+    if device.type == "cuda":
+        return "bf16"
+    if device.type == "cpu" and cpu_bf16_features() and num_params >= CPU_BF16_MIN_PARAMETERS:
+        return "bf16"
+    return "fp32"
+
+
+def precision_note(setting: str, device: torch.device, num_params: int) -> str | None:
+    """One line for the start-up log when ``auto`` picked bf16 on a CPU (a choice made per machine)."""
+    if setting != "auto" or device.type != "cpu":
+        return None
+    if resolve_mixed_precision(setting, device, num_params) == "fp32":
+        return None
+    return (
+        f"train.mixed_precision=auto: bf16 compute on this CPU ({'+'.join(cpu_bf16_features())}, "
+        f"{num_params / 1e6:.0f}M parameters); --train.mixed_precision=fp32 keeps fp32"
+    )
+
+
 def shard_model(
     objective: MappingObjective,
-    device: torch.device,
     mixed_precision: str,
     activation_checkpointing: bool,
     wrap: Sequence[str] = (),
@@ -129,6 +174,7 @@ def shard_model(
 
     The root group holds the embeddings, final norm and lm_head, so inside the root's forward the
     fused loss sees the whole (unsharded) lm_head weight. FSDP2 never reshards the root after forward.
+    ``mixed_precision`` is ``"bf16"`` or ``"fp32"`` (:func:`resolve_mixed_precision`);
     ``compile``, ``reshard_after_forward`` and ``prefetch`` are ``train.compile`` (resolved),
     ``train.reshard_after_forward`` and ``train.fsdp_prefetch``.
     """
@@ -138,7 +184,9 @@ def shard_model(
             lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    bf16 = mixed_precision == "bf16" or (mixed_precision == "auto" and device.type == "cuda")
+    if mixed_precision not in ("bf16", "fp32"):
+        raise ValueError(f"shard_model takes a resolved precision, bf16 or fp32; got {mixed_precision!r}")
+    bf16 = mixed_precision == "bf16"
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
     kwargs = {"mp_policy": policy} if policy is not None else {}
     units = fsdp_units(objective.lm, wrap)

@@ -33,7 +33,7 @@ from clmap.checkpoint import (
     load_model_weights,
 )
 from clmap.cli import UserError, add_debug_flag, run_main
-from clmap.config import Config, check_batch, config_help, load_config
+from clmap.config import Config, ConfigError, check_batch, config_help, load_config
 from clmap.data.examples import IGNORE_INDEX, GroupTable
 from clmap.data.pipeline import (
     describe_mixture,
@@ -65,7 +65,16 @@ from clmap.objectives import (
     step_mapping_plan,
     summarize_totals,
 )
-from clmap.parallel import DistInfo, all_reduce_sum, cleanup, init_distributed, shard_model, use_compile
+from clmap.parallel import (
+    DistInfo,
+    all_reduce_sum,
+    cleanup,
+    init_distributed,
+    precision_note,
+    resolve_mixed_precision,
+    shard_model,
+    use_compile,
+)
 from clmap.run_folder import (
     check_resume_config,
     check_tokenizer,
@@ -456,7 +465,14 @@ def train(cfg: Config, dist_info: DistInfo) -> Path:
         check_tokenizer(checkpointer.latest(), tok, where)
     fingerprint = tokenizer_record(tok)
     # before anything is sized by the configuration: rows, dev rows, the model (clmap/memory.py)
-    check_memory(cfg, parameter_count(cfg.model, tok), dist_info.world_size, dist_info.device)
+    planned_params = parameter_count(cfg.model, tok)
+    check_memory(cfg, planned_params, dist_info.world_size, dist_info.device)
+    precision = resolve_mixed_precision(cfg.train.mixed_precision, dist_info.device, planned_params)
+    if cfg.objective.loss_accum_dtype == "bf16" and precision == "fp32":
+        raise ConfigError(
+            "objective.loss_accum_dtype=bf16 needs bf16 compute; train.mixed_precision=auto means fp32 on "
+            "this device for this model (set train.mixed_precision=bf16)"
+        )
     table = GroupTable(cfg.data.languages, cfg.data.pairs)
     # indexes derived from stores: built once by rank 0 beside the run, memory-mapped by every rank
     stream = make_stream(cfg, tok, table, mono, parallel, cfg.train.seed, cache_dir=run_dir / "data_index")
@@ -474,8 +490,7 @@ def train(cfg: Config, dist_info: DistInfo) -> Path:
     objective = MappingObjective(lm, table, cfg.objective).to(dist_info.device)
     objective = shard_model(
         objective,
-        dist_info.device,
-        cfg.train.mixed_precision,
+        precision,
         cfg.train.activation_checkpointing,
         wrap=cfg.model.fsdp_wrap,
         compile=use_compile(cfg.train.compile, dist_info.device),
@@ -505,6 +520,8 @@ def train(cfg: Config, dist_info: DistInfo) -> Path:
             f"{dist_info.world_size}, device {dist_info.device}, run folder {run_dir}",
             flush=True,
         )
+        if note := precision_note(cfg.train.mixed_precision, dist_info.device, planned_params):
+            print(note, flush=True)
 
     profiler = _profiler(cfg, run_dir) if cfg.profile.enabled else nullcontext()
     # data: each step's global batch is drawn and collated ahead on a thread; every rank draws the same

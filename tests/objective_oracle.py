@@ -155,7 +155,7 @@ def train_step_gradients(cfg, dist_info, tok, table, rows):
     torch.manual_seed(0)
     lm = build_model(cfg.model, tok, dist_info.device)
     initial = {k: v.detach().clone() for k, v in lm.state_dict().items()}
-    objective = shard_model(MappingObjective(lm, table, cfg.objective), dist_info.device, "fp32", False)
+    objective = shard_model(MappingObjective(lm, table, cfg.objective), "fp32", False)
     optimizer = RecordingOptimizer(objective)
     batch = prepare_step(rows, cfg, table, dist_info)
     _, grad_norm, finite = train_step(objective, optimizer, batch, cfg, dist_info)

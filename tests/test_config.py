@@ -83,3 +83,37 @@ def test_the_batch_check_is_one_function_for_the_config_and_the_world_size():
     check_batch(TrainConfig(global_batch=16, micro_batch=8), world_size=2)
     with pytest.raises(ConfigError, match=r"train.global_batch \(16\) must be a multiple of .* \(8 × 4\)"):
         check_batch(TrainConfig(global_batch=16, micro_batch=8), world_size=4)
+
+
+@pytest.mark.parametrize(
+    "setting, device, flags, params, expected",
+    [
+        ("auto", "cuda", (), 10**6, "bf16"),
+        ("auto", "cpu", ("amx_bf16", "avx512_bf16"), 268_000_000, "bf16"),
+        ("auto", "cpu", ("avx512_bf16",), 268_000_000, "bf16"),
+        ("auto", "cpu", (), 268_000_000, "fp32"),  # no bf16 matmul instructions
+        ("auto", "cpu", ("amx_bf16",), 1_800_000, "fp32"),  # too small for bf16 to pay
+        ("fp32", "cpu", ("amx_bf16",), 268_000_000, "fp32"),
+        ("bf16", "cpu", (), 10**6, "bf16"),
+    ],
+)
+def test_auto_precision_is_bf16_where_it_was_measured_faster(
+    monkeypatch, setting, device, flags, params, expected
+):
+    import torch
+
+    from clmap import parallel
+
+    monkeypatch.setattr(parallel, "cpu_bf16_features", lambda: flags)
+    assert parallel.resolve_mixed_precision(setting, torch.device(device), params) == expected
+    note = parallel.precision_note(setting, torch.device(device), params)
+    assert (note is not None) == (setting == "auto" and device == "cpu" and expected == "bf16")
+    if note:
+        assert note.startswith(f"train.mixed_precision=auto: bf16 compute on this CPU ({'+'.join(flags)}")
+
+
+def test_auto_precision_with_bf16_loss_chunks_is_refused_where_auto_means_fp32(tmp_path):
+    """The 1.8 M tiny model computes in fp32 under auto on any CPU: bf16 loss chunks are refused at start."""
+    argv = ["--config", str(REPO / "configs" / "tiny.toml"), f"--run_dir={tmp_path / 'run'}"]
+    with pytest.raises(ConfigError, match="train.mixed_precision=auto means fp32 on this device"):
+        main([*argv, "--objective.loss_accum_dtype=bf16", "--train.steps=1"])

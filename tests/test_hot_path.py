@@ -108,7 +108,7 @@ def _model(setup, **shard):
     cfg, dist_info, tok, table, _ = setup
     torch.manual_seed(0)
     objective = MappingObjective(build_model(cfg.model, tok, dist_info.device), table, cfg.objective)
-    objective = shard_model(objective, dist_info.device, "fp32", False, **shard)
+    objective = shard_model(objective, "fp32", False, **shard)
     return objective, *build_optimizer(objective, cfg)
 
 

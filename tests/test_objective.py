@@ -56,7 +56,7 @@ def _train(setup, backend: str | None, steps: int = 3, activation_checkpointing:
     try:
         torch.manual_seed(0)
         objective = MappingObjective(build_model(cfg.model, tok, dist_info.device), table, cfg.objective)
-        objective = shard_model(objective, dist_info.device, "fp32", activation_checkpointing)
+        objective = shard_model(objective, "fp32", activation_checkpointing)
         optimizer, scheduler = build_optimizer(objective, cfg)
         losses = []
         gb = cfg.train.global_batch
