@@ -10,10 +10,13 @@ Here the launcher is told by the workers instead. torchrun is asked not to handl
 keeps waiting, so the agent sees the workers finish: all exit 0 (clmap.train saves a checkpoint and
 leaves) and the launcher exits 0; a worker that fails makes it fail as usual. Ctrl-C (SIGINT) is
 forwarded the same way (the workers, in their own sessions, do not see the terminal's). A second SIGTERM
-or SIGINT falls back to torchrun's own shutdown (the signal sent on to the workers, SIGKILL after
-``--shutdown-timeout``) and the launcher exits 128 + the signal's number. A worker that stops on a user
-error (exit status 2, its message already printed) makes the launcher exit 2 too, without torchrun's
-failure report.
+or SIGINT aborts the workers at once, even in the middle of their save: torchrun's own shutdown is
+started with SIGINT, which a worker already asked to save takes as a second Ctrl-C (it stops without
+saving, exit status 130), where a repeated SIGTERM would be ignored (a scheduler may deliver one
+preemption's SIGTERM to the workers directly and through this launcher) and the save would run on until
+torchrun's SIGKILL after ``--shutdown-timeout``. The launcher then exits 128 + the second signal's number.
+A worker that stops on a user error (exit status 2, its message already printed) makes the launcher exit
+2 too, without torchrun's failure report.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 
 FORWARDED = ("SIGTERM", "SIGINT")  # forwarded to the workers, which save a checkpoint and exit
 TORCHRUN_SIGNALS = ("SIGHUP", "SIGQUIT")  # torchrun's defaults, less the forwarded ones
+ABORT = signal.SIGINT  # sent by torchrun's shutdown after a second signal: a worker's "second Ctrl-C"
 
 
 def worker_pids() -> list[int]:
@@ -57,12 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     from torch.distributed.run import main as torchrun
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    forwarded = False
+    forwarded, second = False, None
 
     def on_signal(signum, frame):
-        nonlocal forwarded
+        nonlocal forwarded, second
         pids = worker_pids()
-        if forwarded or not pids or not sys.platform.startswith("linux"):
+        if forwarded:  # torchrun's shutdown, with the signal the workers take as "abort now"
+            second = signal.Signals(signum)
+            raise SignalException(f"Process {os.getpid()} got signal: {second}", sigval=ABORT)
+        if not pids or not sys.platform.startswith("linux"):
             _terminate_process_handler(signum, frame)  # torchrun's own shutdown
         forwarded = True
         name = signal.Signals(signum).name
@@ -82,9 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         if first.exitcode == 2:
             return 2  # a user error, already printed by the worker
         raise
-    except SignalException as exc:  # a second signal: torchrun stopped the workers
-        print(f"clmap.torchrun: {exc.sigval.name} again: workers stopped without waiting", file=sys.stderr)
-        return 128 + int(exc.sigval)
+    except SignalException as exc:  # a signal before the workers ran, or a second one: torchrun stopped them
+        if second is None:
+            print(f"clmap.torchrun: {exc.sigval.name}: workers stopped", file=sys.stderr)
+            return 128 + int(exc.sigval)
+        print(f"clmap.torchrun: {second.name} again: workers aborted without saving", file=sys.stderr)
+        return 128 + int(second)
     return 0
 
 

@@ -491,6 +491,62 @@ def test_torchrun_exits_0_after_a_clean_signal_checkpoint(small_corpus, small_to
     assert not (tmp_path / LOCK_FILE).exists()
 
 
+# Every rank's save stops in a sleep after marking the folder named by CLMAP_TEST_SAVING: the second signal
+# arrives while the workers save, whatever the machine's speed.
+SLOW_SAVE_SHIM = """
+import os, runpy, sys, time
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+import clmap.checkpoint
+def save(self, step, *args, **kwargs):
+    Path(os.environ["CLMAP_TEST_SAVING"], "rank" + os.environ["RANK"]).touch()
+    time.sleep(600)
+clmap.checkpoint.Checkpointer.save = save
+sys.argv = ["clmap.train", *sys.argv[1:]]
+runpy.run_module("clmap.train", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_a_second_sigterm_while_the_workers_save_aborts_them_at_once(small_corpus, small_tokenizer, tmp_path):
+    """First SIGTERM: the workers start saving; a second one stops them at once (no save, no SIGKILL after
+    torchrun's shutdown timeout) and the launcher exits 128 + 15."""
+    run_dir, saving = tmp_path / "run", tmp_path / "saving"
+    saving.mkdir()
+    shim = tmp_path / "slow_save.py"
+    shim.write_text(SLOW_SAVE_SHIM.format(repo=str(REPO)))
+    args = _overrides(
+        small_corpus, small_tokenizer, run_dir, **{"checkpoint.every": 1000, "train.steps": 400}
+    )
+    launcher = [sys.executable, "-m", "clmap.torchrun", "--standalone", "--nproc_per_node=2", str(shim)]
+    proc = subprocess.Popen(
+        [*launcher, *args],
+        cwd=REPO,
+        env={**child_env(), "CLMAP_TEST_SAVING": str(saving)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    metrics = run_dir / "metrics.jsonl"
+
+    def wait_for(condition) -> None:
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline and not condition():
+            time.sleep(0.1)
+
+    wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    wait_for(lambda: len(list(saving.iterdir())) == 2)
+    assert sorted(p.name for p in saving.iterdir()) == ["rank0", "rank1"]
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "clmap.torchrun: SIGTERM forwarded to workers" in err
+    assert "clmap.torchrun: SIGTERM again: workers aborted without saving" in err, err[-3000:]
+    assert "clmap.train: interrupted" in err and "Unable to shutdown process" not in err, err[-3000:]
+    assert "checkpoint saved" not in out and not (run_dir / "checkpoints" / "latest").exists()
+
+
 # -- issue 23, 1: append-only logs are cut back on resume ----------------------------------------------------
 def _records(path: Path) -> list[dict]:
     """Every line of a JSONL file as a record: a half line (or a record glued onto one) fails here."""
