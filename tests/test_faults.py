@@ -1005,3 +1005,47 @@ def test_a_run_folder_is_named_as_such_where_a_model_is_expected(trained, tmp_pa
     assert main(["--checkpoint", str(bare), "--tasks", "lac", "--out", str(tmp_path / "eval")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{bare} is a clmap run folder without an hf/ export" in err, err
+
+
+# -- issue 23: the ablation checks every argument before any work ------------------------------------------
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--seeds", "x"], "--seeds: expected a comma list of int values, got 'x'"),
+        (["--budgets", "0"], "--budgets: expected int values of at least 1, got '0'"),
+        (["--stage-lr", "1e-3"], "--stage-lr [0.001]: expected two learning rates"),
+        (["--eval-limit", "-1"], "--eval-limit: -1 is below the least allowed value 0"),
+        (["--jobs", "0"], "--jobs: 0 is below the least allowed value 1"),
+        (["--variants", "nope"], "--variants: "),
+        (["--tasks", "mt,bogus"], "--tasks: unknown task(s) ['bogus']"),
+        (["--pairs", "en"], "--pairs: language pair 'en' is not of the form 'src-tgt'"),
+        (["--splits", "a-b"], "--splits 'a-b': expected a comma list of split names"),
+        (["--eval-batch-size", "0"], "--eval-batch-size: 0 is outside the allowed range [1, inf)"),
+        (["--data", "mt"], "--data 'mt': expected TASK=PATH"),
+        (["--data", "bogus=x"], "--data keys ['bogus'] unknown"),
+        (["--tokenizer", "/nonexistent/tok"], "--tokenizer /nonexistent/tok: no such file or folder"),
+    ],
+)
+def test_the_ablation_refuses_a_bad_argument_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
+    from clmap.experiments import ablation
+
+    monkeypatch.setattr(ablation.recipe, "shared_tokenizer", lambda *a: pytest.fail("ran before the check"))
+    folders = ["--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs")]
+    assert run_main(ablation.main, [*folders, *argv], "clmap.experiments.ablation") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"clmap.experiments.ablation: error: {message}"), err
+
+
+@pytest.mark.parametrize("preset", ["cpu", "gpu", "gemma"])
+def test_every_preset_passes_the_ablations_argument_checks(tmp_path, monkeypatch, preset):
+    from clmap.experiments import ablation
+
+    class Reached(Exception):
+        pass
+
+    def reached(*args):
+        raise Reached
+
+    monkeypatch.setattr(ablation.recipe, "shared_tokenizer", reached)
+    with pytest.raises(Reached):
+        ablation.main(["--preset", preset, "--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs")])

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from clmap.cli import add_debug_flag, run_main
+from clmap.config import ConfigError
 from clmap.experiments import recipe, results, writeup
 from clmap.outputs import writable_folder
 
@@ -98,10 +99,14 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         split(args.scale_variants),
         split(args.splits),
     )
-    args.seeds, args.budgets = [int(s) for s in split(args.seeds)], [int(b) for b in split(args.budgets)]
-    args.stage_lr = [float(x) for x in split(args.stage_lr)]
-    if len(args.stage_lr) != 2:
-        raise SystemExit(f"--stage-lr {args.stage_lr}: expected two learning rates, stage 1 and stage 2")
+    args.seeds = numbers("--seeds", split(args.seeds), int, 0)
+    args.budgets = numbers("--budgets", split(args.budgets), int, 1)
+    args.stage_lr = numbers("--stage-lr", split(args.stage_lr), float, 0)
+    if len(args.stage_lr) != 2 or not args.stage_lr[1] > 0:
+        raise ConfigError(
+            f"--stage-lr {args.stage_lr}: expected two learning rates, stage 1 (≥ 0) and stage 2 (> 0)"
+        )
+    check_arguments(args)
     if args.protocol == "continue" and args.main_budget not in args.budgets:
         args.budgets = sorted({*args.budgets, args.main_budget})
     args.eval_limit = args.eval_limit or None
@@ -110,11 +115,89 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     args.results = Path(args.results or Path(args.docs) / f"{args.stem}_results.json")
     args.timing = {}
     if args.skip_existing and args.overwrite:
-        raise SystemExit("--skip-existing and --overwrite exclude each other")
+        raise ConfigError("--skip-existing and --overwrite exclude each other")
     unknown = [v for v in args.scale_variants if v not in args.variants]
     if args.protocol == "continue" and unknown:
-        raise SystemExit(f"--scale-variants {unknown} are not among --variants")
+        raise ConfigError(f"--scale-variants {unknown} are not among --variants")
     return args
+
+
+def numbers(flag: str, items: list[str], kind: type, least: float) -> list:
+    """A comma list of numbers, each at least ``least``; anything else is one line naming the flag."""
+    text, name = ",".join(items), kind.__name__
+    try:
+        values = [kind(x) for x in items]
+    except ValueError:
+        raise ConfigError(f"{flag}: expected a comma list of {name} values, got {text!r}") from None
+    if not values or any(v < least for v in values):
+        raise ConfigError(f"{flag}: expected {name} values of at least {least}, got {text!r}")
+    return values
+
+
+# Counts of the command line with the least each may be (None: unset, the preset's value applies).
+COUNTS = {
+    "--jobs": ("jobs", 1),
+    "--nproc": ("nproc", 1),
+    "--threads": ("threads", 1),
+    "--base-nproc": ("base_nproc", 1),
+    "--base-threads": ("base_threads", 1),
+    "--base-steps": ("base_steps", 0),
+    "--main-budget": ("main_budget", 1),
+    "--steps": ("steps", 1),
+    "--eval-limit": ("eval_limit", 0),
+}
+# The evaluator's settings the ablation passes on: its own checks (clmap/evaluate/options.py), named
+# by the ablation's flags.
+EVAL_FLAGS = {
+    "tasks": "--tasks",
+    "pairs": "--pairs",
+    "split": "--splits",
+    "limit": "--eval-limit",
+    "device": "--device",
+    "batch_size": "--eval-batch-size",
+    "max_new_tokens": "--max-new-tokens",
+    "data": "--data",
+}
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every argument against its meaning before any work (a bad one would otherwise surface after
+    hours of training, in the evaluator): counts, the variants' files, the base config, the tokenizer
+    and, with the evaluator's own rules, what is passed on to it."""
+    from clmap.evaluate.options import eval_config
+
+    for flag, (key, least) in COUNTS.items():
+        value = getattr(args, key)
+        if value is not None and value < least:
+            raise ConfigError(f"{flag}: {value} is below the least allowed value {least}")
+    config_dir = Path(args.config_dir)
+    for variant in args.variants:
+        try:
+            recipe.variant_overrides(variant, config_dir)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"--variants: {exc}") from None
+    if not args.variants:
+        raise ConfigError("--variants: no variant given")
+    for flag, path in (("--base", args.base), ("--tokenizer", args.tokenizer)):
+        if path is not None and not Path(path).exists():
+            raise ConfigError(f"{flag} {path}: no such file or folder")
+    data = {}
+    for entry in args.data:
+        task, sep, path = entry.partition("=")
+        if not sep or not task or not path:
+            raise ConfigError(f"--data {entry!r}: expected TASK=PATH")
+        data[task] = path
+    settings = {
+        "tasks": args.tasks,
+        "pairs": args.pairs,
+        "split": args.splits,
+        "limit": args.eval_limit or None,
+        "device": args.device,
+        "batch_size": args.eval_batch_size,
+        "max_new_tokens": args.max_new_tokens,
+        "data": data,
+    }
+    eval_config(settings, name=lambda key: EVAL_FLAGS[key])
 
 
 def describe_model(args: argparse.Namespace, run: recipe.Run) -> str:
