@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 IGNORE = -100  # docs/design.md: positions without loss hold the ignore index
+#: λ_map = 1 so the mapping term's share of the gradient is large; no clipping so the gradient is the raw one
+ORACLE = {"objective.lambda_map": 1.0, "optim.grad_clip": 0.0, "objective.map_margin": 0.5}
 
 
 def reference_map_terms(
@@ -125,6 +127,29 @@ def oracle_loss(lm, rows, kinds: list[str], names: list[str], cfg) -> torch.Tens
         )
         loss = loss + cfg.lambda_map * sum(terms) / len(terms)
     return loss
+
+
+def check_against_oracle(cfg, tok, table, rows, initial, grads, grad_norm) -> None:
+    """``train_step``'s gradients and norm (:func:`train_step_gradients`) against the fp64 oracle's."""
+    import pytest
+
+    from clmap.model import build_model
+
+    lm = build_model(cfg.model, tok, torch.device("cpu"))
+    lm.load_state_dict(initial)
+    lm = lm.double()
+    loss = oracle_loss(lm, rows, table.kinds, table.names, cfg.objective)
+    loss.backward()
+    expected = {name: p.grad for name, p in lm.named_parameters()}
+    assert expected.keys() == grads.keys()
+    for name, want in expected.items():
+        # fp32 training against the fp64 oracle: an absolute slack of 1e-5 of the tensor's largest entry
+        atol = 1e-5 * float(want.abs().max()) + 1e-9
+        torch.testing.assert_close(
+            grads[name].double(), want, rtol=1e-4, atol=atol, msg=lambda m, name=name: f"{name}: {m}"
+        )
+    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in expected.values()))
+    assert grad_norm == pytest.approx(float(norm), rel=1e-5)
 
 
 class RecordingOptimizer:
