@@ -239,6 +239,40 @@ def test_table_numbers_are_the_reports_numbers(recipe_run):
         assert _numbers(cell.rstrip("*"))[0] == pytest.approx(sum(diffs) / 2, rel=1e-3, abs=1e-6)
 
 
+def test_headline_deltas_carry_the_paired_bootstrap_of_the_reports_items(recipe_run, monkeypatch):
+    """A headline delta's paired interval is the joint bootstrap over the items the two arms' reports
+    stored, both seeds paired (CL + map's mapping-format report against NTP-only's template one),
+    recomputed here from the report.json files; the toy run's 8 documents are too few for an interval,
+    which the write-up says, so the interval itself is checked with the threshold lowered."""
+    from clmap.evaluate import bootstrap
+
+    out, docs = recipe_run
+    text = (docs / "ablation_results.md").read_text()
+    line = next(
+        x for x in text.splitlines() if x.startswith("- (d) NTP + CL + map vs (a) NTP only, in-domain")
+    )
+    parts = dict(
+        part.split(" ", 1) for part in line.split(": ", 1)[1].replace("retrieval P@1", "P@1").split("; ")
+    )
+    monkeypatch.setattr(bootstrap, "MIN_DOCUMENTS", 2)
+    indexed = stats.select(list(_results(docs).values()), 3, "own")
+    head = stats.headline(indexed, recipe.BASELINES)
+    for task, metric, label in [("mt", "chrf++", "chrF++"), ("lac", "lac", "LAC")]:
+        groups: dict[str, list] = {}
+        for seed in (0, 1):
+            mine = _report(out, f"cl_map_s{seed}_3", "mapping")["tasks"][task]["metrics"]
+            their = _report(out, f"ntp_only_s{seed}_3", "template")["tasks"][task]["metrics"]
+            theirs = {m["key"]: m["items"] for m in their if m["metric"] == metric}
+            for m in (m for m in mine if m["metric"] == metric):
+                pair = (m["items"], theirs[m["key"]])
+                groups.setdefault(m["key"], []).append(tuple(map(bootstrap.ItemScores.from_dict, pair)))
+        want = bootstrap.paired_mean_interval(list(groups.values()), stats.PAIRED_BOOTSTRAP, 0)
+        assert f"(paired: {want['documents']} documents, too few for an interval)" in parts[label]
+        got = head["paired"][label, "test", "ntp_only", "cl_map"]
+        assert got["lo"] is not None and got == pytest.approx(want)
+    assert "paired" not in parts["BLEU"] and "paired" not in parts["P@1"]
+
+
 def test_token_budget_and_scale_curve(recipe_run):
     out, docs = recipe_run
     text = (docs / "ablation_results.md").read_text()

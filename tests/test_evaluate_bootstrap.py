@@ -168,3 +168,27 @@ def test_compare_reports_a_paired_interval_where_both_runs_have_items():
     assert paired["hi"] - paired["lo"] < 0.5 * (own[1] - own[0])
     assert "paired bootstrap" in render_comparison(comparison)
     assert f"[{paired['lo']:.4g}, {paired['hi']:.4g}]*" in render_comparison(comparison)
+
+
+def test_a_mean_over_keys_resamples_their_shared_documents_together():
+    """Two keys on the same 12 documents whose run-to-run deltas cancel document by document: every joint
+    resample keeps them cancelling (interval [0, 0]); resampling the keys apart would not."""
+    from clmap.evaluate.bootstrap import ItemScores, paired_interval, paired_mean_interval
+
+    docs = [f"doc{i // 2}" for i in range(24)]
+    ids = [f"{d}#{i}" for i, d in enumerate(docs)]
+    gain = [float(i % 5) for i in range(24)]  # differs by document, so a resample moves each key's delta
+
+    def scores(values):
+        return ItemScores(ids, docs, [[v] for v in values])
+
+    zero = scores([0.0] * 24)
+    up, down = (scores(gain), zero), (scores([0.0] * 24), scores(gain))
+    joint = paired_mean_interval([[up], [down]], n_boot=500, seed=1)
+    assert joint["delta"] == pytest.approx(0.0) and joint["documents"] == 12 and joint["items"] == 48
+    assert joint["lo"] == pytest.approx(0.0) and joint["hi"] == pytest.approx(0.0)
+    alone = paired_interval([up], n_boot=500, seed=1)
+    assert alone["hi"] - alone["lo"] > 0.5  # each key alone does move under resampling
+    assert paired_mean_interval([[up]], n_boot=500, seed=1) == alone
+    halves = paired_mean_interval([[up], [(scores(gain), scores(gain))]], n_boot=500, seed=1)
+    assert halves["delta"] == pytest.approx(alone["delta"] / 2)

@@ -176,24 +176,42 @@ def paired_interval(
     bootstrap interval resampling their documents jointly (one resample serves every pair, e.g. every
     seed of an ablation arm scored on the same items). None when no item is shared; the interval is
     None below :data:`MIN_DOCUMENTS` shared documents."""
-    if not pairs:
-        return None
-    shared = set(pairs[0][0].ids)
-    for a, b in pairs:
-        if a.statistic != b.statistic:
-            raise ValueError(f"cannot pair a {a.statistic!r} score with a {b.statistic!r} score")
-        shared &= set(a.ids) & set(b.ids)
-    ids = [item for item in pairs[0][0].ids if item in shared]
-    if not ids:
-        return None
-    doc_of = dict(zip(pairs[0][0].ids, pairs[0][0].docs, strict=True))
-    docs = [doc_of[item] for item in ids]
-    delta = sum(point(a, ids) - point(b, ids) for a, b in pairs) / len(pairs)
-    out = {"delta": delta, "lo": None, "hi": None, "items": len(ids), "documents": len(set(docs))}
-    if len(set(docs)) >= MIN_DOCUMENTS and n_boot > 0:
+    return paired_mean_interval([pairs], n_boot, seed)
+
+
+def paired_mean_interval(
+    keys: Sequence[Sequence[tuple[ItemScores, ItemScores]]], n_boot: int = 1000, seed: int = 0
+) -> dict | None:
+    """The mean over ``keys`` (e.g. the directions of a headline metric) of each key's paired delta as
+    :func:`paired_interval` computes it, with one 95 % bootstrap that resamples the documents of all
+    keys jointly: a source document scored under several keys (both directions of a pair, or the same
+    source text in two pairs) moves as one cluster. None when a key shares no item."""
+    shared_ids, docs_of = [], []
+    for pairs in keys:
+        if not pairs:
+            return None
+        shared = set(pairs[0][0].ids)
+        for a, b in pairs:
+            if a.statistic != b.statistic:
+                raise ValueError(f"cannot pair a {a.statistic!r} score with a {b.statistic!r} score")
+            shared &= set(a.ids) & set(b.ids)
+        ids = [item for item in pairs[0][0].ids if item in shared]
+        if not ids:
+            return None
+        doc_of = dict(zip(pairs[0][0].ids, pairs[0][0].docs, strict=True))
+        shared_ids.append(ids)
+        docs_of.append([doc_of[item] for item in ids])
+    docs = [doc for key_docs in docs_of for doc in key_docs]
+
+    def key_mean(pairs, ids, stat) -> float | np.ndarray:
+        return sum(stat(a, ids) - stat(b, ids) for a, b in pairs) / len(pairs)
+
+    delta = sum(key_mean(p, ids, point) for p, ids in zip(keys, shared_ids, strict=True)) / len(keys)
+    documents = len(set(docs))
+    out = {"delta": delta, "lo": None, "hi": None, "items": len(docs), "documents": documents}
+    if documents >= MIN_DOCUMENTS and n_boot > 0:
         names, counts = document_counts(docs, n_boot, seed)
-        stats = sum(
-            _replicates(a, names, counts, ids) - _replicates(b, names, counts, ids) for a, b in pairs
-        ) / len(pairs)
+        replicate = lambda scores, ids: _replicates(scores, names, counts, ids)  # noqa: E731
+        stats = sum(key_mean(p, ids, replicate) for p, ids in zip(keys, shared_ids, strict=True)) / len(keys)
         out["lo"], out["hi"] = _percentiles(stats)
     return out

@@ -53,7 +53,7 @@ LABELS = {
     "placebo": "(f) placebo: (d) on shuffled pairs",
     "cl_map_centered": "(d') (d) with the centred map term",
 }
-BASELINES = ("ntp_only", "parallel_text")
+BASELINES = ("ntp_only", "parallel_text", "placebo")  # placebo: what the relation adds to the format
 _EXPORT_LOCK = threading.Lock()
 # Settings of the recipe per machine; every one can be overridden on the command line.
 PRESETS: dict[str, dict] = {

@@ -38,6 +38,7 @@ def report_entries(report: dict, prompt_format: str) -> tuple[list[dict], list[d
                     "value": m["value"],
                     "ci": m.get("ci"),
                     "n": m.get("n"),
+                    "items": m.get("items"),  # per-item scores: the paired intervals between runs
                 }
             )
         if task == "lac":

@@ -105,6 +105,14 @@ def aggregate(indexed: dict[str, dict[int, dict[MetricId, dict]]], baselines: Se
 
 def headline_values(metrics: dict[MetricId, dict]) -> dict[tuple[str, str], dict[str, float]]:
     """(label, split) → {key: value} of one run's headline metrics (NaN values left out)."""
+    return {
+        group: {key: m["value"] for key, m in entries.items()}
+        for group, entries in headline_entries(metrics).items()
+    }
+
+
+def headline_entries(metrics: dict[MetricId, dict]) -> dict[tuple[str, str], dict[str, dict]]:
+    """(label, split) → {key: metric entry} of one run's headline metrics (NaN values left out)."""
     out: dict = {}
     for (task, key, name, split), m in metrics.items():
         for h_task, prefix, label in HEADLINE:
@@ -113,7 +121,7 @@ def headline_values(metrics: dict[MetricId, dict]) -> dict[tuple[str, str], dict
                 and (name == prefix or name.startswith(prefix + " "))
                 and not math.isnan(m["value"])
             ):
-                out.setdefault((label, split), {})[f"{key} {name}"] = m["value"]
+                out.setdefault((label, split), {})[f"{key} {name}"] = m
     return out
 
 
@@ -121,13 +129,17 @@ def headline(indexed: dict[str, dict[int, dict[MetricId, dict]]], baselines: Seq
     """Per variant, headline metric and split: the per-seed mean over directions/pairs/languages, then
     the mean over seeds and paired deltas vs the baselines (interval over seeds, else range over keys)."""
     per_key: dict = {}  # (label, split, variant) → seed → {key: value}
+    items: dict = {}  # (label, split, variant) → seed → {key: per-item scores or None}
     for v, seeds in indexed.items():
         for seed, metrics in seeds.items():
-            for (label, split), values in headline_values(metrics).items():
-                per_key.setdefault((label, split, v), {})[seed] = values
+            for (label, split), entries in headline_entries(metrics).items():
+                per_key.setdefault((label, split, v), {})[seed] = {k: m["value"] for k, m in entries.items()}
+                items.setdefault((label, split, v), {})[seed] = {
+                    k: m.get("items") for k, m in entries.items()
+                }
     splits = list(dict.fromkeys(split for _, split, _ in per_key))
     result: dict = {"labels": [h[2] for h in HEADLINE], "splits": splits, "variants": list(indexed)}
-    result["cells"], result["deltas"] = {}, {}
+    result["cells"], result["deltas"], result["paired"] = {}, {}, {}
     for (label, split, v), seeds in per_key.items():
         means = {s: sum(values.values()) / len(values) for s, values in seeds.items()}
         result["cells"][label, split, v] = (*mean_interval(list(means.values())), len(means))
@@ -146,7 +158,30 @@ def headline(indexed: dict[str, dict[int, dict[MetricId, dict]]], baselines: Seq
                 key_diffs = [mine[k] - other[k] for k in mine if k in other]
                 lo, hi, kind = min(key_diffs), max(key_diffs), "keys"
             result["deltas"][label, split, base, v] = (mean, lo, hi, kind)
+            paired = paired_headline(items[label, split, v], items[label, split, base], common)
+            if paired is not None:
+                result["paired"][label, split, base, v] = paired
     return result
+
+
+PAIRED_BOOTSTRAP = 1000  # replicates of the paired intervals (seed 0: the same resamples for every table)
+
+
+def paired_headline(mine: dict, theirs: dict, seeds: Sequence[int]) -> dict | None:
+    """The paired bootstrap of a headline delta (mean over keys, then over ``seeds``) over the items the
+    two arms share, resampling documents jointly (:func:`clmap.evaluate.bootstrap.paired_mean_interval`);
+    None unless every key of both arms has per-item scores at every seed (BLEU, P@1 and bits per byte
+    have none)."""
+    from clmap.evaluate.bootstrap import ItemScores, paired_mean_interval
+
+    keys = [k for k in mine[seeds[0]] if all(k in mine[s] and k in theirs[s] for s in seeds)]
+    groups = []
+    for key in keys:
+        pairs = [(mine[s][key], theirs[s][key]) for s in seeds]
+        if any(a is None or b is None for a, b in pairs):
+            return None
+        groups.append([(ItemScores.from_dict(a), ItemScores.from_dict(b)) for a, b in pairs])
+    return paired_mean_interval(groups, PAIRED_BOOTSTRAP, 0) if groups else None
 
 
 def scale_curve(runs: Sequence[dict], variants: Sequence[str], view: str) -> dict:

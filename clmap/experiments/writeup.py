@@ -85,19 +85,33 @@ def headline_tables(head: dict, labels: Sequence[str] | None = None) -> list[str
 
 
 def delta_lines(head: dict) -> list[str]:
-    """One line per variant, baseline and split: the headline deltas the write-up discusses."""
+    """One line per variant, baseline and split: the headline deltas the write-up discusses, each with
+    its interval over seeds (or range over keys from one seed) and, where the items were stored, the
+    paired bootstrap over the shared items (``paired [lo, hi]``)."""
     lines = []
     for base in BASELINES:
         for v in head["variants"]:
             for s in head["splits"]:
                 parts = [
                     f"{m} {fmt_delta(d[0])} [{fmt(d[1])}, {fmt(d[2])}]"
+                    + paired_note(head.get("paired", {}).get((m, s, base, v)))
                     for m in head["labels"]
                     if (d := head["deltas"].get((m, s, base, v)))
                 ]
                 if parts:
                     lines.append(f"- {label(v)} vs {label(base)}, {split_name(s)}: " + "; ".join(parts))
     return lines
+
+
+def paired_note(paired: dict | None) -> str:
+    """`` (paired [lo, hi]*, N items / D docs)``: ``*`` when the interval excludes 0; '' without one."""
+    if paired is None:
+        return ""
+    if paired["lo"] is None:
+        return f" (paired: {paired['documents']} documents, too few for an interval)"
+    mark = "*" if paired["lo"] > 0 or paired["hi"] < 0 else ""
+    where = f"{paired['items']} items / {paired['documents']} docs"
+    return f" (paired [{fmt(paired['lo'])}, {fmt(paired['hi'])}]{mark}, {where})"
 
 
 def scale_table(curve: dict, variants: Sequence[str]) -> list[str]:
