@@ -252,7 +252,11 @@ def test_headline_deltas_carry_the_paired_bootstrap_of_the_reports_items(recipe_
         x for x in text.splitlines() if x.startswith("- (d) NTP + CL + map vs (a) NTP only, in-domain")
     )
     parts = dict(
-        part.split(" ", 1) for part in line.split(": ", 1)[1].replace("retrieval P@1", "P@1").split("; ")
+        part.split(" ", 1)
+        for part in line.split(": ", 1)[1]
+        .replace("retrieval P@1", "P@1")
+        .replace("LAC above floor", "LAC-floor")
+        .split("; ")
     )
     monkeypatch.setattr(bootstrap, "MIN_DOCUMENTS", 2)
     indexed = stats.select(list(_results(docs).values()), 3, "own")
@@ -271,6 +275,7 @@ def test_headline_deltas_carry_the_paired_bootstrap_of_the_reports_items(recipe_
         got = head["paired"][label, "test", "ntp_only", "cl_map"]
         assert got["lo"] is not None and got == pytest.approx(want)
     assert "paired" not in parts["BLEU"] and "paired" not in parts["P@1"]
+    assert "(paired: " in parts["LAC-floor"]  # the mapping layer minus the embedding layer, from its items
 
 
 def test_token_budget_and_scale_curve(recipe_run):

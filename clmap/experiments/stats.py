@@ -22,6 +22,7 @@ HEADLINE = [
     ("mt", "chrf++", "chrF++"),
     ("clnlu", "accuracy", "choice acc."),
     ("lac", "lac", "LAC"),
+    ("lac", "lac@map-floor", "LAC above floor"),  # mapping layer minus the embedding layer (lexical floor)
     ("lac", "p@1", "retrieval P@1"),
     ("ppl", "bits_per_byte", "bits/byte ↓"),
 ]
