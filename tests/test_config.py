@@ -110,10 +110,3 @@ def test_auto_precision_is_bf16_where_it_was_measured_faster(
     assert (note is not None) == (setting == "auto" and device == "cpu" and expected == "bf16")
     if note:
         assert note.startswith(f"train.mixed_precision=auto: bf16 compute on this CPU ({'+'.join(flags)}")
-
-
-def test_auto_precision_with_bf16_loss_chunks_is_refused_where_auto_means_fp32(tmp_path):
-    """The 1.8 M tiny model computes in fp32 under auto on any CPU: bf16 loss chunks are refused at start."""
-    argv = ["--config", str(REPO / "configs" / "tiny.toml"), f"--run_dir={tmp_path / 'run'}"]
-    with pytest.raises(ConfigError, match="train.mixed_precision=auto means fp32 on this device"):
-        main([*argv, "--objective.loss_accum_dtype=bf16", "--train.steps=1"])

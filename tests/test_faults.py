@@ -1049,3 +1049,10 @@ def test_every_preset_passes_the_ablations_argument_checks(tmp_path, monkeypatch
     monkeypatch.setattr(ablation.recipe, "shared_tokenizer", reached)
     with pytest.raises(Reached):
         ablation.main(["--preset", preset, "--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs")])
+
+
+def test_auto_precision_with_bf16_loss_chunks_is_refused_where_auto_means_fp32(tmp_path, capsys):
+    """The 1.8 M tiny model computes in fp32 under auto on any CPU: bf16 loss chunks are refused at start."""
+    args = ["--config", str(REPO / "configs" / "tiny.toml"), f"--run_dir={tmp_path / 'run'}"]
+    status, err = _train_here([*args, "--objective.loss_accum_dtype=bf16", "--train.steps=1"], capsys)
+    assert status == 2 and "train.mixed_precision=auto means fp32 on this device" in err, err
