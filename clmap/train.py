@@ -44,7 +44,7 @@ from clmap.data.pipeline import (
     train_data,
 )
 from clmap.data.prefetch import Prefetcher
-from clmap.data.stream import Row, collate, to_device
+from clmap.data.stream import Row, TrainingStream, collate, to_device
 from clmap.kernels.mapping_loss_chunks import kept_tokens
 from clmap.memory import check_memory
 from clmap.metrics import (
@@ -287,18 +287,30 @@ class NonFiniteLoss(UserError):
 
 def resume(checkpointer: Checkpointer, cfg: Config, objective, optimizer, scheduler, main: bool):
     """Load the newest usable checkpoint if resuming (clmap/checkpoint.py verifies and falls back):
-    (step, rows consumed, non-finite steps so far, the checkpoint's folder or None)."""
+    (step, rows consumed, non-finite steps so far, the checkpoint's folder or None, the data cursor)."""
     if not cfg.checkpoint.resume:
         checkpointer.set_aside()
-        return 0, 0, 0, None
+        return 0, 0, 0, None, None
     restored = checkpointer.restore(objective, optimizer, scheduler)
     if restored is None:
-        return 0, 0, 0, None
+        return 0, 0, 0, None, None
     path, state = restored
     set_hyperparameters(optimizer, scheduler, cfg)
     if main:
         print(f"resumed from {path} (step {state['step']})", flush=True)
-    return state["step"], state["rows"], state.get("nonfinite_total", 0), path
+    return state["step"], state["rows"], state.get("nonfinite_total", 0), path, state.get("data_cursor")
+
+
+def data_cursor(stream: TrainingStream, cursor: dict | None, main: bool) -> dict | None:
+    """The checkpoint's data cursor if it is this stream's; a stream changed by an allowed config change
+    (``resume.allow_changes``) is re-planned from its first row instead, said once."""
+    if cursor is not None and cursor["signature"] != stream.signature():
+        if main:
+            print(
+                "data: the stream differs from the checkpoint's; counting its rows from the start", flush=True
+            )
+        return None
+    return cursor
 
 
 class StepMetrics:
@@ -498,7 +510,7 @@ def train(cfg: Config, dist_info: DistInfo) -> Path:
         prefetch=cfg.train.fsdp_prefetch,
     )
     optimizer, scheduler = build_optimizer(objective, cfg)
-    start_step, rows_done, nonfinite_total, last_saved = resume(
+    start_step, rows_done, nonfinite_total, last_saved, cursor = resume(
         checkpointer, cfg, objective, optimizer, scheduler, main
     )
     if last_saved is not None and start_step >= cfg.train.steps:
@@ -529,7 +541,8 @@ def train(cfg: Config, dist_info: DistInfo) -> Path:
     # A rank reads the tokens of its own rows only; the others' layout comes from the index (loss counts).
     per_rank = cfg.train.global_batch // dist_info.world_size
     lo, hi = dist_info.rank * per_rank, (dist_info.rank + 1) * per_rank
-    rows_iter = stream.rows(rows_done, keep=lambda p: lo <= p % cfg.train.global_batch < hi)
+    cursor = data_cursor(stream, cursor, main)  # where rows_done lies: no re-planning of the rows before it
+    rows_iter = stream.rows(rows_done, keep=lambda p: lo <= p % cfg.train.global_batch < hi, cursor=cursor)
     batches = Prefetcher(
         lambda: prepare_step([next(rows_iter) for _ in range(cfg.train.global_batch)], cfg, table, dist_info),
         depth=cfg.train.prefetch_steps,
@@ -578,6 +591,7 @@ def train(cfg: Config, dist_info: DistInfo) -> Path:
             # while steps are being skipped as non-finite (resuming there would only fail again)
             if due and streak == 0:
                 extra = {"rows": rows_done, "nonfinite_total": nonfinite_total, "tokenizer": fingerprint}
+                extra["data_cursor"] = stream.cursor(batch.rows[-1], rows_done - 1)
                 last_saved = checkpointer.save(step, objective, optimizer, scheduler, extra)
             if log or due:  # dev evaluation and checkpoints are no step's time
                 step_metrics.start += time.perf_counter() - paused

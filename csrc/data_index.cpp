@@ -36,7 +36,10 @@ void require_1d(const py::array& a, const char* name) {
 
 // Megatron-LM style greedy blending: at step i take the source whose realised count lags its target
 // share the most, so every prefix of the stream matches the weights to within one sample per source.
-py::tuple build_blended_index(const F64Array& weights_in, const I64Array& sizes_in, int64_t num_samples) {
+// ``start`` and ``taken`` continue the stream at a later position: samples [start, start + num_samples) of
+// the same index, given how many samples of each source the first ``start`` took (chunks in bounded memory).
+py::tuple build_blended_index(const F64Array& weights_in, const I64Array& sizes_in, int64_t num_samples,
+                              int64_t start, const I64Array& taken_in) {
     require_1d(weights_in, "weights");
     require_1d(sizes_in, "sizes");
     const auto k_sources = static_cast<size_t>(weights_in.shape(0));
@@ -50,7 +53,26 @@ py::tuple build_blended_index(const F64Array& weights_in, const I64Array& sizes_
     if (num_samples < 0) {
         throw py::value_error("num_samples must be >= 0, got " + std::to_string(num_samples));
     }
+    if (start < 0) throw py::value_error("start must be >= 0, got " + std::to_string(start));
     if (k_sources > static_cast<size_t>(INT32_MAX)) throw py::value_error("too many sources for int32 ids");
+    std::vector<int64_t> taken(k_sources, 0);
+    if (start != 0 || taken_in.size() != 0) {
+        require_1d(taken_in, "taken");
+        if (static_cast<size_t>(taken_in.shape(0)) != k_sources) {
+            throw py::value_error("taken must have one count per source, got " +
+                                  std::to_string(taken_in.shape(0)) + " for " + std::to_string(k_sources));
+        }
+        int64_t total_taken = 0;
+        for (size_t k = 0; k < k_sources; ++k) {
+            if (taken_in.data()[k] < 0) throw py::value_error("taken must be >= 0");
+            taken[k] = taken_in.data()[k];
+            total_taken += taken[k];
+        }
+        if (total_taken != start) {
+            throw py::value_error("taken must add up to start (" + std::to_string(start) + "), got " +
+                                  std::to_string(total_taken));
+        }
+    }
 
     std::vector<double> weights(weights_in.data(), weights_in.data() + k_sources);
     std::vector<int64_t> sizes(sizes_in.data(), sizes_in.data() + k_sources);
@@ -82,9 +104,8 @@ py::tuple build_blended_index(const F64Array& weights_in, const I64Array& sizes_
     int64_t* smp = sample.mutable_data();
     {
         py::gil_scoped_release release;
-        std::vector<int64_t> taken(k_sources, 0);
         for (int64_t i = 0; i < num_samples; ++i) {
-            const double step = static_cast<double>(i + 1);
+            const double step = static_cast<double>(start + i + 1);
             size_t best = 0;
             double best_err = weights[0] * step - static_cast<double>(taken[0]);
             for (size_t k = 1; k < k_sources; ++k) {
@@ -255,8 +276,9 @@ py::array_t<int64_t> plan_packing(const I64Array& lengths_in, int64_t capacity) 
 PYBIND11_MODULE(_csrc, m) {
     m.doc() = "clmap C++ data-index builders: blended sample index and sequence-packing plan";
     m.def("build_blended_index", &build_blended_index, py::arg("weights"), py::arg("sizes"),
-          py::arg("num_samples"),
-          "Greedy weighted interleaving of K sources; returns (source int32[n], sample int64[n]).");
+          py::arg("num_samples"), py::arg("start") = 0, py::arg("taken") = I64Array(0),
+          "Greedy weighted interleaving of K sources; returns (source int32[n], sample int64[n]) of the\n"
+          "positions [start, start + n), given the samples each source took before start.");
     m.def("plan_packing", &plan_packing, py::arg("lengths"), py::arg("capacity"),
           "Best-fit-decreasing bin packing; returns the bin id (in order of opening) of every item.");
 }

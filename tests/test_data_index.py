@@ -92,6 +92,25 @@ def test_blended_index_is_resumable_prefix() -> None:
     np.testing.assert_array_equal(scaled[0], long[0])
 
 
+@pytest.mark.parametrize("backend", ["cpp", "python"])
+def test_blended_index_continues_from_counts(backend) -> None:
+    """Positions [start, start + n) given the counts before start equal that slice of the whole index, so
+    the stream can build it in chunks of bounded memory; counts that do not add up to start are refused."""
+    weights, sizes = [0.5, 0.3, 0.2], [5, 7, 100]
+    whole = blended_index(weights, sizes, 1_000, backend=backend)
+    taken, start, parts = np.zeros(3, dtype=np.int64), 0, []
+    for n in (1, 13, 300, 686):
+        part = blended_index(weights, sizes, n, backend=backend, start=start, taken=taken)
+        parts.append(part)
+        taken, start = taken + np.bincount(part[0], minlength=3), start + n
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), whole[0])
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), whole[1])
+    with pytest.raises(ValueError, match="taken must add up to start"):
+        blended_index(weights, sizes, 3, backend=backend, start=2, taken=[1, 0, 0])
+    with pytest.raises(ValueError, match="start must be >= 0"):
+        blended_index(weights, sizes, 3, backend=backend, start=-1, taken=[0, 0, 0])
+
+
 def test_blended_index_single_source_and_ties() -> None:
     src, smp = blended_index([2.0], [3], 7)
     np.testing.assert_array_equal(src, 0)

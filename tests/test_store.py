@@ -26,6 +26,7 @@ from clmap.data.store import (
     STORE_FILE,
     StoreError,
     TokenStore,
+    _write_store,
     build_store,
     main,
     repeat_store,
@@ -197,6 +198,39 @@ def test_damaged_and_foreign_stores_are_refused_by_name(corpus, tmp_path):
         TokenStore(out)
 
 
+def test_verify_finds_a_shard_changed_in_place(corpus, tmp_path, capsys):
+    """A shard of the right size with other bytes opens (sizes only), and ``verify`` names it from its
+    sha256 in store.json, through the CLI too (exit 2, one line); the hashes are part of the store's
+    fingerprint, so a store whose shards hold other tokens under the same index is another store."""
+    out = build_store(corpus["tok_dir"], [corpus["mono"]], "mono", tmp_path / "s", shard_tokens=1000)
+    meta = json.loads((out / STORE_FILE).read_text())
+    assert all(len(shard["sha256"]) == 64 for shard in meta["shards"])
+    assert TokenStore(out).verify(progress=False) == sum(shard["bytes"] for shard in meta["shards"])
+    assert main(["verify", str(out)]) == 0 and "match store.json" in capsys.readouterr().out
+    shard = out / "tokens-00001.bin"
+    data = bytearray(shard.read_bytes())
+    data[0:2] = data[2:4]
+    shard.write_bytes(bytes(data))
+    store = TokenStore(out)  # same size: opening cannot tell
+    with pytest.raises(StoreError, match=r"tokens-00001.bin: content differs from store.json's sha256"):
+        store.verify(progress=False)
+    assert main(["verify", str(tmp_path)]) == 2  # a folder of stores: each one under it
+    assert "tokens-00001.bin: content differs" in capsys.readouterr().err
+    copy = tmp_path / "other"
+    shutil.copytree(out, copy)
+    meta["shards"][1]["sha256"] = "0" * 64
+    (copy / STORE_FILE).unlink()
+    _write_store(copy, *_store_parts(meta, TokenStore(out)))
+    assert TokenStore(copy).fingerprint != store.fingerprint
+
+
+def _store_parts(meta: dict, store: TokenStore) -> tuple:
+    """What ``_write_store`` is given for ``store`` with ``meta``'s shard records."""
+    head = {k: meta[k] for k in ("kind", "tokenizer", "dtype", "shard_tokens")}
+    index = {field: np.asarray(values) for field, values in store.index.items()}
+    return head, index, meta["shards"], meta["languages"], meta["sources"]
+
+
 def test_cli(corpus, tmp_path, capsys):
     args = [
         "build",
@@ -322,7 +356,7 @@ def test_mixture_weights_and_token_budget(stores, small_tokenizer, tmp_path, mon
         expect[members] = share[task] * raw / raw.sum()
     np.testing.assert_allclose(stream.weights, expect, rtol=1e-12)
     draws = 20000
-    counts = np.bincount(stream._blend(draws)[0][:draws], minlength=len(expect))
+    counts = np.bincount(stream._blend(0, draws)[0], minlength=len(expect))
     sigma = np.sqrt(draws * expect * (1 - expect))
     assert np.all(np.abs(counts - draws * expect) <= 3 * sigma + 1), (counts, draws * expect)
     from clmap.data.pipeline import describe_mixture

@@ -20,6 +20,7 @@ from clmap.data.examples import (
 )
 from clmap.data.stream import Row, TrainingStream, build_sources, collate, placebo_records, source_weights
 from clmap.data.tokenizer import load_tokenizer
+from clmap.train import data_cursor
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_packed_rows_hold_each_unit_once_in_its_layout(tok):
     (relative to where it starts) and positions 0, 1, ...; no row holds more than seq_len real tokens; the
     padding tail is pad ids without loss; rows are mostly full."""
     stream, *_ = _stream(tok)
-    source_ids, samples = stream._blend(stream.window)
+    source_ids, samples = stream._blend(0, stream.window)
     units = [
         stream._unit(int(i), stream._record(int(i), int(j))) for i, j in zip(source_ids, samples, strict=True)
     ]
@@ -147,9 +148,46 @@ def test_stream_resumes_from_any_row(tok):
     assert [r.input_ids for r in other_seed.window_rows(0)] != [r.input_ids for r in stream.window_rows(0)]
 
 
+def test_blended_index_in_small_chunks_gives_the_same_rows(tok):
+    """The stream builds its blended index in chunks (bounded memory, whatever the run's length): with
+    chunks of 7 samples, so that every window of 32 straddles several, the rows from the start and from a
+    resume equal those of one chunk, and only the two newest chunks stay in memory."""
+    stream, *_ = _stream(tok)
+    reference = [row.input_ids for _, row in zip(range(60), stream.rows(), strict=False)]
+    for start in (0, 37):
+        chunked, *_ = _stream(tok)
+        chunked.BLEND_CHUNK = 7
+        rows = [row.input_ids for _, row in zip(range(60 - start), chunked.rows(start), strict=False)]
+        assert rows == reference[start:]
+        assert len(chunked._chunks) <= 2 and len(chunked._taken_before) > 10
+
+
+def test_resume_from_a_cursor_plans_no_window_before_it(tok, capsys):
+    """A checkpoint's cursor (the window of the last row trained and the rows before that window) lets a
+    resume start at that window: the same rows as counting from row 0, and no earlier window planned. A
+    cursor of another stream (other seed) is refused by the stream and dropped by the trainer, said once."""
+    stream, *_ = _stream(tok)
+    reference = [row for _, row in zip(range(60), stream.rows(), strict=False)]
+    cursor = stream.cursor(reference[36], 36)
+    assert cursor["window"] > 0
+    fresh, *_ = _stream(tok)
+    planned = []
+    plan = fresh.window_rows
+    fresh.window_rows = lambda w, keep=None: planned.append(w) or plan(w, keep)
+    resumed = [row for _, row in zip(range(23), fresh.rows(37, cursor=cursor), strict=False)]
+    assert [r.input_ids for r in resumed] == [r.input_ids for r in reference[37:60]]
+    assert min(planned) == cursor["window"]
+    other_seed, *_ = _stream(tok, seed=1)
+    with pytest.raises(ValueError, match="not one of this stream's"):
+        next(other_seed.rows(37, cursor=cursor))
+    assert data_cursor(other_seed, cursor, main=True) is None
+    assert "counting its rows from the start" in capsys.readouterr().out
+    assert data_cursor(fresh, cursor, main=True) == cursor
+
+
 def test_blend_follows_temperature_weights(tok):
     stream, _, sources, weights = _stream(tok)
-    source_ids, _ = stream._blend(6000)
+    source_ids, _ = stream._blend(0, 6000)
     observed = np.bincount(source_ids[:6000], minlength=len(sources)) / 6000
     np.testing.assert_allclose(observed, weights, atol=2e-3)
     ntp = sum(w for w, s in zip(weights, sources, strict=True) if s.kind == "ntp")

@@ -85,32 +85,37 @@ def _check_backend(backend: str | None) -> str:
 
 
 def blended_index_reference(
-    weights: Sequence[float], sizes: Sequence[int], num_samples: int
+    weights: Sequence[float],
+    sizes: Sequence[int],
+    num_samples: int,
+    start: int = 0,
+    taken: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Plain-Python greedy blending; the specification ``build_blended_index`` in C++ must match exactly.
 
     At step i pick the source k maximising ``w_k * (i + 1) - taken_k`` (ties → lowest k), emit sample
-    ``taken_k % size_k`` of it (wrapping into a new epoch), then count it as taken.
+    ``taken_k % size_k`` of it (wrapping into a new epoch), then count it as taken. ``start`` and
+    ``taken`` (the samples each source took before ``start``) continue the index from position ``start``.
     """
     weights = [float(w) for w in weights]
     sizes = [int(s) for s in sizes]
     _validate_blend(weights, sizes, num_samples)
+    taken = _validate_start(start, taken, len(weights))
     total = 0.0
     for w in weights:  # sequential sum, same order as the C++ loop, so normalised weights agree bit for bit
         total += w
     weights = [w / total for w in weights]
 
-    taken = [0] * len(weights)
     source = np.empty(num_samples, dtype=np.int32)
     sample = np.empty(num_samples, dtype=np.int64)
-    for i in range(num_samples):
+    for i in range(start, start + num_samples):
         best, best_err = 0, weights[0] * (i + 1) - taken[0]
         for k in range(1, len(weights)):
             err = weights[k] * (i + 1) - taken[k]
             if err > best_err:
                 best, best_err = k, err
-        source[i] = best
-        sample[i] = taken[best] % sizes[best]
+        source[i - start] = best
+        sample[i - start] = taken[best] % sizes[best]
         taken[best] += 1
     return source, sample
 
@@ -134,17 +139,38 @@ def _validate_blend(weights: list[float], sizes: list[int], num_samples: int) ->
         raise ValueError("weights must not all be zero")
 
 
+def _validate_start(start: int, taken: Sequence[int] | None, num_sources: int) -> list[int]:
+    """The counts a continued index starts from (the C++ side checks the same)."""
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    if start == 0 and taken is None:
+        return [0] * num_sources
+    counts = [int(t) for t in (taken if taken is not None else [])]
+    if len(counts) != num_sources:
+        raise ValueError(f"taken must have one count per source, got {len(counts)} for {num_sources}")
+    if any(t < 0 for t in counts):
+        raise ValueError("taken must be >= 0")
+    if sum(counts) != start:
+        raise ValueError(f"taken must add up to start ({start}), got {sum(counts)}")
+    return counts
+
+
 def blended_index(
     weights: Sequence[float] | np.ndarray,
     sizes: Sequence[int] | np.ndarray,
     num_samples: int,
     backend: Backend | None = None,
+    *,
+    start: int = 0,
+    taken: Sequence[int] | np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Interleave K sources by weight: returns ``(source int32[n], sample int64[n])``.
 
     Every prefix of the stream holds each source within one sample of its target share, and the index is a
     pure function of its inputs, so sample position p of a resumed run is the same sample as before.
-    Weights need not be normalised; a source that runs out wraps into a new epoch.
+    Weights need not be normalised; a source that runs out wraps into a new epoch. ``start`` and
+    ``taken`` (how many samples of each source positions [0, start) took: the bincount of their source
+    ids) give positions [start, start + n) of the same index, so it can be built in chunks of bounded size.
     """
     backend = _check_backend(backend)
     num_samples = int(num_samples)
@@ -154,8 +180,9 @@ def blended_index(
         if arr.ndim != 1:
             raise ValueError(f"{name} must be 1-D, got {arr.ndim} dimensions")
     if backend == "python":
-        return blended_index_reference(w.tolist(), s.tolist(), num_samples)
-    return _load_csrc().build_blended_index(w, s, num_samples)
+        return blended_index_reference(w.tolist(), s.tolist(), num_samples, int(start), taken)
+    counts = np.ascontiguousarray(taken if taken is not None else [], dtype=np.int64)
+    return _load_csrc().build_blended_index(w, s, num_samples, int(start), counts)
 
 
 def plan_packing_reference(lengths: Sequence[int], capacity: int) -> np.ndarray:

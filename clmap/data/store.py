@@ -8,16 +8,18 @@ not fit in memory. A store is a folder (format v2, docs/design.md "Token stores"
     index/<field>.npy      one entry per record, memory-mapped on open: shard, offset, length (parallel:
                            src_*/tgt_* of both sides) and language ids into store.json's ``languages``
     store.json             written last: tokenizer (path, kind, vocab size, fingerprint), dtype, records,
-                           tokens and bytes of every shard, counts per language/pair, source files
+                           tokens, bytes and sha256 of every shard, counts per language/pair, source files
 
 ``store.json`` is written last, so a folder without it is an unfinished build: ``build/progress.json``
 records the shards closed so far, and running the same command again continues after the last of them
 (the shards come out identical to an uninterrupted build). Opening a store checks every shard's size
-against store.json (a truncated or missing shard is named) and, given the run's tokenizer, its fingerprint.
+against store.json (a truncated or missing shard is named) and, given the run's tokenizer, its fingerprint;
+``verify`` re-hashes the shards' content against the sha256 store.json records for each.
 
     python -m clmap.data.store build --tokenizer DIR --input PATH [--input PATH ...] --kind mono|parallel \\
         --out DIR [--num-proc N] [--shard-tokens N]
     python -m clmap.data.store build --config configs/tiny.toml --out DIR [--num-proc N] [--section.key=v]
+    python -m clmap.data.store verify DIR [DIR ...]    # re-hash every shard against store.json
 
 The second form builds what ``--data.store=DIR`` trains from: ``DIR/tokenizer`` (the configured one, or
 one trained on a bounded seeded sample of the corpus), ``DIR/mono/<lang>`` and ``DIR/parallel/<a-b>``
@@ -153,6 +155,7 @@ class _ShardWriter:
     def _open(self) -> None:
         i = len(self.progress["shards"])
         self.fh = open(self.out / _shard_name(i), "wb")  # a partial shard of a killed build is rewritten
+        self.hash = hashlib.sha256()  # of the shard's bytes as written: store.json keeps it (``verify``)
         self.filled, self.records = 0, 0
         self.cols: dict[str, list[np.ndarray]] = {f: [] for f in self.fields}
 
@@ -162,7 +165,12 @@ class _ShardWriter:
         arrays = {k: np.concatenate(v) if v else np.zeros(0, np.int64) for k, v in self.cols.items()}
         np.savez(self.out / BUILD_DIR / f"shard-{i:05d}.npz", **arrays)
         self.progress["shards"].append(
-            {"file": _shard_name(i), "records": self.records, "tokens": self.filled}
+            {
+                "file": _shard_name(i),
+                "records": self.records,
+                "tokens": self.filled,
+                "sha256": self.hash.hexdigest(),
+            }
         )
         self.progress["records"] += self.records
         _write_json(self.out / BUILD_DIR / PROGRESS_FILE, self.progress)
@@ -215,6 +223,7 @@ class _ShardWriter:
             for f, values in zip(lang_fields, lang_ids, strict=True):
                 self.cols[f].append(values[j:k])
             chunk.tofile(self.fh)
+            self.hash.update(chunk)
             pos = self.filled + len(chunk)
             self.filled, self.records = pos, self.records + (k - j)
             j = k
@@ -352,7 +361,7 @@ def _finish_store(out, kind, tok_path, tok, fingerprint, dtype, progress, source
 
 def _write_store(out: Path, head: dict, index: dict, shards: list, languages: list, sources: list) -> None:
     """index/*.npy, then store.json (last): counts per language/pair and the store's fingerprint (the
-    tokenizer's and every record's place and length)."""
+    tokenizer's, every record's place and length, and every shard's content hash where recorded)."""
     (out / INDEX_DIR).mkdir(exist_ok=True)
     for field, values in index.items():
         np.save(out / INDEX_DIR / f"{field}.npy", values)
@@ -378,6 +387,8 @@ def _write_store(out: Path, head: dict, index: dict, shards: list, languages: li
     for field in sorted(index):
         digest.update(field.encode())
         digest.update(np.ascontiguousarray(index[field]).tobytes())
+    for shard in shards:  # stores built before shard hashes were recorded keep their fingerprint
+        digest.update(shard.get("sha256", "").encode())
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -523,6 +534,33 @@ class TokenStore:
                 ) from None
             if length != n:
                 raise StoreError(f"{path}: {length} entries, store.json records {n}; rebuild the store")
+
+    def verify(self, progress: bool = True) -> int:
+        """Re-hash every shard against store.json (what opening does not do: it checks sizes only, so
+        a shard overwritten in place or damaged on disk is found here); the bytes checked. Raises
+        ``StoreError`` naming the first shard that differs, or a store built before hashes were kept."""
+        unhashed = [s["file"] for s in self.meta["shards"] if "sha256" not in s]
+        if unhashed:
+            raise StoreError(
+                f"{self.directory}: no content hash recorded for {', '.join(unhashed[:3])}"
+                f"{' ...' if len(unhashed) > 3 else ''} (built before shard hashes); rebuild the store"
+            )
+        total = sum(int(s["bytes"]) for s in self.meta["shards"])
+        with tqdm(
+            total=total, unit="B", unit_scale=True, desc=f"verify {self.directory.name}", disable=not progress
+        ) as bar:
+            for shard in self.meta["shards"]:
+                digest = hashlib.sha256()
+                with open(self.directory / shard["file"], "rb") as fh:
+                    while block := fh.read(1 << 26):
+                        digest.update(block)
+                        bar.update(len(block))
+                if digest.hexdigest() != shard["sha256"]:
+                    raise StoreError(
+                        f"{self.directory / shard['file']}: content differs from store.json's sha256 "
+                        f"{shard['sha256'][:16]}...; the store is damaged, rebuild it"
+                    )
+        return total
 
     def __len__(self) -> int:
         return int(self.meta["num_records"])
@@ -835,8 +873,15 @@ def _main(argv: list[str]) -> int:
     b.add_argument("--tgt-lang", help="parallel: target language")
     b.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     add_debug_flag(b)
+    v = sub.add_parser("verify", help="re-hash every shard of stores against their store.json")
+    v.add_argument("stores", nargs="+", help="store folders (or a build --config folder: all its stores)")
+    add_debug_flag(v)
     args, overrides = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "verify":
+        if overrides:
+            parser.error(f"unrecognized arguments: {' '.join(overrides)}")
+        return _verify(args.stores)
     _check_out(Path(args.out))
     if args.config:
         from clmap.config import load_config
@@ -871,6 +916,21 @@ def _main(argv: list[str]) -> int:
     print(
         f"{out}: {meta['num_records']} records, {meta['num_tokens']} tokens, {len(meta['shards'])} shard(s)"
     )
+    return 0
+
+
+def _verify(folders: list[str]) -> int:
+    """``verify``: every store named, or every store found under a folder (a ``build --config`` one)."""
+    stores = []
+    for folder in map(Path, folders):
+        found = sorted(p.parent for p in folder.rglob(STORE_FILE)) if folder.is_dir() else []
+        if not found:
+            raise StoreError(f"{folder}: no {STORE_FILE} in it or under it; not a token store")
+        stores += found
+    for folder in stores:
+        store = TokenStore(folder)
+        checked = store.verify()
+        print(f"{folder}: {checked} bytes in {len(store.meta['shards'])} shard(s) match store.json")
     return 0
 
 

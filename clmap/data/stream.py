@@ -8,6 +8,7 @@ decreasing over ``pack_window`` samples), so window ``w`` always yields the same
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -51,6 +52,8 @@ class Row:
     spans: list[tuple[int, int]]
     pairs: list[tuple[int, int]]  # indices into spans
     seq_lens: list[int]  # length of each packed sequence, in order; the padding tail is not one of them
+    window: int = -1  # the packing window it came from, and its place among that window's rows
+    slot: int = -1
 
     @property
     def num_targets(self) -> int:
@@ -236,16 +239,49 @@ class TrainingStream:
         self.weights = np.asarray(weights, dtype=np.float64)
         self.seq_len, self.packing, self.window = seq_len, packing, window
         self.directions, self.seed = directions, seed
-        self._index: tuple[np.ndarray, np.ndarray] | None = None
+        self._sizes = np.array([len(s.records) for s in sources], dtype=np.int64)
+        # the blended index in chunks of BLEND_CHUNK samples: the two newest kept, and for every chunk
+        # reached the samples each source took before it (how the next one continues)
+        self._chunks: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._taken_before: list[np.ndarray] = [np.zeros(len(sources), dtype=np.int64)]
         self._perms: dict[tuple[int, int], np.ndarray] = {}
 
     # -- sample order ---------------------------------------------------------------------------
-    def _blend(self, num_samples: int) -> tuple[np.ndarray, np.ndarray]:
-        if self._index is None or len(self._index[0]) < num_samples:
-            size = max(num_samples, 2 * len(self._index[0]) if self._index is not None else 0)
-            sizes = np.array([len(s.records) for s in self.sources], dtype=np.int64)
-            self._index = blended_index(self.weights, sizes, size)
-        return self._index
+    BLEND_CHUNK = 1 << 20  # samples per chunk of the blended index: 12 MiB, whatever the run's length
+
+    def _blend_chunk(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """Chunk ``c`` of the blended index (positions from c·BLEND_CHUNK): it continues from the counts
+        of the chunks before it, so reaching it the first time computes those too (a resume far into a
+        run replays them in C++, ~40 ms a chunk) and keeps only their counts."""
+        while c not in self._chunks:
+            k = min(c, len(self._taken_before) - 1)  # the first chunk not yet computed on the way to c
+            chunk = blended_index(
+                self.weights,
+                self._sizes,
+                self.BLEND_CHUNK,
+                start=k * self.BLEND_CHUNK,
+                taken=self._taken_before[k],
+            )
+            if k == len(self._taken_before) - 1:
+                counts = np.bincount(chunk[0], minlength=len(self.sources))
+                self._taken_before.append(self._taken_before[k] + counts)
+            if k >= c - 1:  # the chunk asked for, or the one before it (a window may straddle the two)
+                self._chunks[k] = chunk
+                for old in [j for j in self._chunks if j < k - 1]:
+                    del self._chunks[old]
+        return self._chunks[c]
+
+    def _blend(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(source ids, samples) of blended positions [first, first + count)."""
+        size = self.BLEND_CHUNK
+        parts = []
+        for c in range(first // size, (first + count - 1) // size + 1):
+            lo, hi = max(first, c * size) - c * size, min(first + count, (c + 1) * size) - c * size
+            source_ids, samples = self._blend_chunk(c)
+            parts.append((source_ids[lo:hi], samples[lo:hi]))
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def _record(self, source_id: int, sample: int, shape: bool = False):
         """The ``sample``-th draw from a source: a seeded permutation per epoch of that source (cached,
@@ -288,9 +324,8 @@ class TrainingStream:
         ``keep(i)`` (i: the row's index in the window) says which rows need their tokens: the others
         get the layout only (zeros for ids, read from a store's index without touching its shards), so
         a rank reads only the rows it trains while every rank knows every row's loss counts."""
-        first = w * self.window
-        source_ids, samples = self._blend(first + self.window)
-        draws = [(int(source_ids[i]), int(samples[i])) for i in range(first, first + self.window)]
+        source_ids, samples = self._blend(w * self.window, self.window)
+        draws = list(zip(source_ids.tolist(), samples.tolist(), strict=True))
         lazy = keep is not None and any(hasattr(s.records, "shape") for s in self.sources)
         units = [self._unit(sid, self._record(sid, n, shape=lazy)) for sid, n in draws]
         bins, order = self._plan(units, w)
@@ -299,7 +334,10 @@ class TrainingStream:
                 if keep(i):
                     for j in bins[b]:
                         units[j] = self._unit(draws[j][0], self._record(*draws[j]))
-        return [self._make_row([units[j] for j in bins[b]]) for b in order]
+        rows = [self._make_row([units[j] for j in bins[b]]) for b in order]
+        for slot, row in enumerate(rows):
+            row.window, row.slot = w, slot
+        return rows
 
     def every_record_rows(self) -> list[Row]:
         """Each record of each source exactly once, packed: a fixed evaluation set (no blending)."""
@@ -343,13 +381,30 @@ class TrainingStream:
         groups += [0] * pad
         return Row(input_ids, targets, positions, groups, spans, pairs, seq_lens)
 
-    def rows(self, start: int = 0, keep=None) -> Iterator[Row]:
+    def signature(self) -> str:
+        """What fixes the row order besides the records: a cursor from another stream is not used."""
+        digest = hashlib.sha256(self.weights.tobytes() + self._sizes.tobytes())
+        settings = (self.seq_len, self.packing, self.window, self.directions, self.seed)
+        digest.update(repr((settings, [s.name for s in self.sources])).encode())
+        return digest.hexdigest()[:16]
+
+    def cursor(self, row: Row, position: int) -> dict:
+        """Where the row at global ``position`` lies (its window, the rows before that window): saved with
+        a checkpoint so that a resume starts at that window instead of re-planning every one before it."""
+        return {"window": row.window, "rows_before": position - row.slot, "signature": self.signature()}
+
+    def rows(self, start: int = 0, keep=None, cursor: dict | None = None) -> Iterator[Row]:
         """Rows from global row position ``start`` onwards, forever (sources wrap into new epochs).
 
-        Windows before ``start`` are re-planned to count their rows: cheap next to a training step.
-        ``keep(p)`` (p: global row position) names the rows whose tokens are read (``window_rows``).
+        Without a ``cursor`` (``cursor()`` of a row at or before ``start``) the windows before ``start``
+        are re-planned to count their rows (~50 µs a row). ``keep(p)`` (p: global row position) names
+        the rows whose tokens are read (``window_rows``).
         """
         w, before = 0, 0
+        if cursor is not None:
+            if cursor["signature"] != self.signature() or not 0 <= cursor["rows_before"] <= start:
+                raise ValueError(f"data cursor {cursor} is not one of this stream's at or before row {start}")
+            w, before = cursor["window"], cursor["rows_before"]
         while True:
             if keep is None:
                 rows = self.window_rows(w)
