@@ -700,11 +700,6 @@ def validate(config: Config) -> None:
             if not (math.isfinite(value) and value >= (0 if key == "weights" else 1)):
                 rule = "a finite weight ≥ 0" if key == "weights" else "at least 1 token"
                 raise ConfigError(f"data.{key}[{name!r}]: {value} is not {rule}")
-    if config.data.store and config.data.parallel_as_mono:
-        raise ConfigError(
-            "data.parallel_as_mono merges identical texts, which a token store does not keep; train it "
-            "from the corpus files (data.store empty)"
-        )
     if config.data.parallel_as_mono:
         pair_langs = {lang for pair in config.data.pairs for lang in pair.split("-")}
         missing = sorted(pair_langs - set(config.data.languages))

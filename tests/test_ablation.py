@@ -177,6 +177,35 @@ def test_a_shorter_budget_is_the_long_runs_checkpoint(recipe_run, small_corpus, 
     assert json.loads((out / "ntp_only_s0_3" / "config.json").read_text())["train"]["steps"] == 3
 
 
+def test_the_recipe_from_token_stores_trains_what_it_trains_from_texts(
+    recipe_run, small_corpus, small_tokenizer, tmp_path
+):
+    """``--stores``: stage 1 from stores of documents (pair sides merged, as data.parallel_as_mono reads
+    the texts) and stage 2 from stores of pairs, built by the recipe; both models equal the texts-trained
+    ones of the same recipe bit for bit."""
+    out, _ = recipe_run
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "ablation.md").write_text(TEMPLATE)
+    argv = _args(small_corpus, small_tokenizer, tmp_path / "out", docs)
+    argv += ["--seeds", "0", "--variants", "cl_map", "--scale-variants", "", "--budgets", "3"]
+    argv += ["--tasks", "ppl", "--stores", str(tmp_path / "stores")]
+    assert ablation.main(argv) == 0
+    for name, layout in (("base", "documents"), ("cl_map_s0_3", "pairs")):
+        config = json.loads((tmp_path / "out" / name / "config.json").read_text())
+        assert config["data"]["store"] == str(tmp_path / "stores" / layout)
+        ours = load_file(str(tmp_path / "out" / name / "hf" / "model.safetensors"))
+        theirs = load_file(str(out / name / "hf" / "model.safetensors"))
+        assert all(torch.equal(ours[k], theirs[k]) for k in theirs), name
+    assert sorted(p.name for p in (tmp_path / "stores" / "documents").iterdir()) == [
+        "layout.json",
+        "merged",
+        "mono",
+        "tokenizer",
+    ]
+    assert (tmp_path / "stores" / "pairs" / "parallel" / "en-cs" / "store.json").is_file()
+
+
 def test_prompt_formats_are_fair(recipe_run):
     """Baselines in the text template only; CL runs in the mapping format (all tasks) and the template
     (MT and translation choice only)."""

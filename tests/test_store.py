@@ -3,6 +3,7 @@ foreign stores are refused by name, and training rows from stores equal rows fro
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import pickle
@@ -309,6 +310,46 @@ def test_rows_from_stores_equal_rows_from_texts(stores, small_tokenizer, monkeyp
             assert all(a in (0, b) for a, b in zip(row.input_ids, want.input_ids, strict=True)), p
     spans_mine = sum(len(want.seq_lens) for p, want in enumerate(expected, start=start) if mine(p))
     assert 0 < len(reads) <= 2 * spans_mine  # a pair reads its two sides; a document piece one span
+
+
+def test_placebo_rows_from_stores_equal_those_from_texts(stores, small_tokenizer, tmp_path):
+    """The placebo arm (``data.placebo_pairs``) from stores: the same derangement of the targets as from
+    the texts, so the rows are equal, and no pair keeps its own target."""
+    cfg, store_cfg, _ = stores
+    tok = load_tokenizer(small_tokenizer)
+    table = GroupTable(LANGS, PAIRS)
+    cfg, store_cfg = copy.deepcopy(cfg), copy.deepcopy(store_cfg)
+    cfg.data.placebo_pairs = store_cfg.data.placebo_pairs = True
+    mono, parallel = load_texts(cfg, "train")
+    texts = make_stream(cfg, tok, table, mono, parallel, seed=3)
+    smono, spar = open_stores(store_cfg, tok)
+    from_store = make_stream(store_cfg, tok, table, smono, spar, seed=3, cache_dir=tmp_path / "index")
+    n = 2 * cfg.data.pack_window
+    assert list(islice(from_store.rows(0), n)) == list(islice(texts.rows(0), n))
+    pairs = next(s for s in from_store.sources if s.kind == "cl").records
+    assert pairs.targets is not pairs.keep and not np.any(pairs.targets == pairs.keep)
+    assert pairs.total_tokens() == int(pairs.token_counts().sum()) == pairs.head(len(pairs)).total_tokens()
+
+
+def test_stores_are_read_only_as_their_layout_was_built(stores, small_tokenizer):
+    """A folder of stores built without data.parallel_as_mono (pairs apart) is refused by name for a
+    config with it (its mono stores would lack the pair sides), and the other way round."""
+    _, store_cfg, root = stores
+    tok = load_tokenizer(small_tokenizer)
+    merged = copy.deepcopy(store_cfg)
+    merged.data.parallel_as_mono = True
+    with pytest.raises(
+        StoreError, match=r"built for \{'parallel_as_mono': False\}.*--data.parallel_as_mono=true"
+    ):
+        open_stores(merged, tok)
+    layout = root / "s" / "layout.json"
+    saved = layout.read_text()
+    layout.write_text(json.dumps({"parallel_as_mono": True, "pairs": store_cfg.data.pairs}))
+    try:
+        with pytest.raises(StoreError, match="--data.parallel_as_mono=false"):
+            open_stores(store_cfg, tok)
+    finally:
+        layout.write_text(saved)
 
 
 def test_mixture_weights_and_token_budget(stores, small_tokenizer, tmp_path, monkeypatch):

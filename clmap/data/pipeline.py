@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from clmap import BUNDLED_CORPUS
-from clmap.config import Config, ConfigError
+from clmap.config import Config
 from clmap.data.examples import GroupTable
 from clmap.data.readers import read_monolingual, read_parallel
-from clmap.data.store import StoreError, TokenStore, store_sources
+from clmap.data.store import StoreError, TokenStore, check_layout, store_sources
 from clmap.data.stream import (
     Row,
     TrainingStream,
@@ -221,8 +221,10 @@ def open_stores(cfg: Config, tok: ClmapTokenizer) -> tuple[dict[str, TokenStore]
     """The stores of ``data.store`` for the configured languages and pairs, each checked against the
     run's tokenizer (fingerprint) and its own record (shard sizes)."""
     root = Path(cfg.data.store)
+    check_layout(root, cfg)
     mono, parallel = {}, {}
-    for kind, names, into in (("mono", cfg.data.languages, mono), ("parallel", cfg.data.pairs, parallel)):
+    pairs = [] if cfg.data.parallel_as_mono else cfg.data.pairs  # their sides are in the mono stores
+    for kind, names, into in (("mono", cfg.data.languages, mono), ("parallel", pairs, parallel)):
         for name in names:
             folder = store_folder(root, kind, name)
             if not folder.is_dir():
@@ -280,17 +282,12 @@ def make_stream(
         "max_segment_tokens": cfg.data.max_segment_tokens,
         "parallel_as_text": cfg.data.parallel_as_text,
     }
+    kwargs["placebo_seed"] = cfg.train.seed if cfg.data.placebo_pairs else None
     stores = [*mono.values(), *parallel.values()]
     if stores and all(isinstance(s, TokenStore) for s in stores):
-        if cfg.data.placebo_pairs:
-            raise ConfigError(
-                "data.placebo_pairs: the placebo arm reads texts; it is not available with data.store "
-                f"({cfg.data.store}) — train it from the corpus files"
-            )
         sources = store_sources(tok, mono, parallel, cache_dir=cache_dir, **kwargs)
     else:
-        placebo_seed = cfg.train.seed if cfg.data.placebo_pairs else None
-        sources = build_sources(tok, mono, parallel, placebo_seed=placebo_seed, **kwargs)
+        sources = build_sources(tok, mono, parallel, **kwargs)
     sources = apply_token_budget(sources, cfg.data.token_budget if budget else {})
     weights = source_weights(sources, cfg.data.ntp_share, cfg.data.temperature, cfg.data.weights)
     return TrainingStream(

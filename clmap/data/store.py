@@ -719,37 +719,51 @@ class StorePieces:
 
 class StorePairs:
     """A parallel store's records that fit a row (``keep``: their record ids), read on access as
-    ``(src_ids, tgt_ids)`` like ``build_sources``' pairs."""
+    ``(src_ids, tgt_ids)`` like ``build_sources``' pairs. ``targets``: the record whose target side each
+    pair takes (the placebo arm's derangement; default its own)."""
 
-    def __init__(self, store: TokenStore, keep: np.ndarray, tokens: int | None = None):
+    def __init__(
+        self,
+        store: TokenStore,
+        keep: np.ndarray,
+        tokens: int | None = None,
+        targets: np.ndarray | None = None,
+    ):
         self.store, self.keep, self.tokens = store, keep, tokens  # tokens: of all kept pairs, when known
+        self.targets = keep if targets is None else targets
 
     def __len__(self) -> int:
         return len(self.keep)
 
     def __getitem__(self, k: int):
         src, tgt, _, _ = self.store[int(self.keep[k])]
+        if self.targets is not self.keep:
+            tgt = self.store[int(self.targets[k])][1]
         return src.tolist(), tgt.tolist()
 
     def shape(self, k: int):
-        r = int(self.keep[k])
         idx = self.store.index
-        return [0] * int(idx["src_length"][r]), [0] * int(idx["tgt_length"][r])
+        return [0] * int(idx["src_length"][int(self.keep[k])]), [0] * int(
+            idx["tgt_length"][int(self.targets[k])]
+        )
 
     def token_counts(self) -> np.ndarray:
         idx = self.store.index
-        return idx["src_length"][self.keep].astype(np.int64) + idx["tgt_length"][self.keep]
+        return idx["src_length"][self.keep].astype(np.int64) + idx["tgt_length"][self.targets]
 
     def total_tokens(self) -> int:
-        """Tokens of both sides of every kept pair: known from the derivation, else summed chunk by chunk
-        (a budgeted view)."""
+        """Tokens of both sides of every kept pair: known from the derivation (a derangement of the
+        targets keeps their sum), else summed chunk by chunk (a budgeted view)."""
         if self.tokens is not None:
             return self.tokens
-        chunks = _chunks(self.store, "src_length", "tgt_length", ids=self.keep)
-        return sum(int(src.astype(np.int64).sum() + tgt.sum()) for _, (src, tgt) in chunks)
+        return sum(
+            int(lengths.astype(np.int64).sum())
+            for field, ids in (("src_length", self.keep), ("tgt_length", self.targets))
+            for _, (lengths,) in _chunks(self.store, field, ids=ids)
+        )
 
     def head(self, k: int) -> StorePairs:
-        return StorePairs(self.store, self.keep[:k])
+        return StorePairs(self.store, self.keep[:k], targets=self.targets[:k])
 
 
 def store_sources(
@@ -760,11 +774,13 @@ def store_sources(
     seq_len: int,
     max_segment_tokens: int,
     parallel_as_text: bool = False,
+    placebo_seed: int | None = None,
     cache_dir: Path | None = None,
 ):
     """The stream's sources from stores, record for record those ``build_sources`` makes of the same
-    texts (same cut, same pairs dropped), reading no token until a record is drawn."""
-    from clmap.data.stream import Source, check_sources, pair_side_cap
+    texts (same cut, same pairs dropped, the same placebo pairing), reading no token until a record is
+    drawn."""
+    from clmap.data.stream import Source, check_sources, pair_side_cap, placebo_targets
 
     sources = [
         Source(f"ntp:{lang}", "ntp", StorePieces(s, seq_len - 2, cache_dir), (lang,))
@@ -787,7 +803,17 @@ def store_sources(
         # [pairs with both sides, tokens of the kept ones, kept ids...]
         found = _derived(cache_dir, store, f"pairs{side_cap}", kept)
         kind = "text" if parallel_as_text else "cl"
-        records = StorePairs(store, found[2:], tokens=int(found[1]))
+        keep, targets = found[2:], None
+        if placebo_seed is not None:
+            n = len(keep)
+            order = _derived(
+                cache_dir,
+                store,
+                f"placebo{side_cap}-{placebo_seed}",
+                lambda n=n, pair=pair: placebo_targets(n, placebo_seed, pair),
+            )
+            targets = keep[np.asarray(order)]
+        records = StorePairs(store, keep, tokens=int(found[1]), targets=targets)
         sources.append(Source(f"{kind}:{pair}", kind, records, (a, b), dropped=int(found[0]) - len(records)))
     return check_sources(sources, side_cap, max_segment_tokens, seq_len)
 
@@ -798,8 +824,9 @@ def build_config_stores(
 ) -> Path:
     """Everything ``--data.store=OUT`` trains from, for ``cfg``'s languages and pairs: ``OUT/tokenizer``
     (``tokenizer.path``/``model.path`` copied, or trained on a bounded seeded sample of the corpus as the
-    trainer would), ``OUT/mono/<lang>`` and ``OUT/parallel/<a-b>`` from the config's training files.
-    A finished store is kept and an unfinished one continued, so the command resumes after a kill."""
+    trainer would), ``OUT/mono/<lang>`` and ``OUT/parallel/<a-b>`` from the config's training files
+    (with ``data.parallel_as_mono``: ``OUT/mono/<lang>`` of ``merged_documents`` only). A finished store
+    is kept and an unfinished one continued, so the command resumes after a kill."""
     from clmap.data.pipeline import corpus_columns, split_files, store_folder, train_tokenizer
     from clmap.data.tokenizer import META_FILE
 
@@ -816,6 +843,9 @@ def build_config_stores(
             train_tokenizer(cfg, corpus_columns(cfg), tmp, cfg.train.seed)
         os.replace(tmp, tok_dir)
     mono, parallel = split_files(cfg, "train")
+    check_layout(out, cfg, building=True)
+    if cfg.data.parallel_as_mono:  # one store per language: its documents and its pairs' sides, merged
+        mono, parallel = {lang: merged_documents(cfg, lang, out) for lang in mono}, {}
     jobs = [("mono", lang, path, {"lang": lang}) for lang, path in mono.items()]
     jobs += [
         ("parallel", pair, path, {"src_lang": pair.split("-")[0], "tgt_lang": pair.split("-")[1]})
@@ -845,6 +875,64 @@ def build_config_stores(
         if pool is not None:
             pool.terminate()
     return out
+
+
+LAYOUT_FILE = "layout.json"  # a build --config folder: whether its mono stores hold the pairs' sides too
+MERGED_DIR = "merged"
+
+
+def check_layout(root: Path, cfg, building: bool = False) -> None:
+    """A folder of stores is built for ``data.parallel_as_mono`` or not (its mono stores differ), and
+    read only as it was built; a build records it (``layout.json``) before its first store."""
+    want = {"parallel_as_mono": bool(cfg.data.parallel_as_mono)}
+    if want["parallel_as_mono"]:
+        want["pairs"] = list(cfg.data.pairs)
+    path = root / LAYOUT_FILE
+    have = json.loads(path.read_text()) if path.is_file() else None
+    if have is None and not building:
+        have = {"parallel_as_mono": False}  # folders built before the layout was recorded
+    if have is None:
+        root.mkdir(parents=True, exist_ok=True)
+        _write_json(path, want)
+    elif have != want:
+        how = "with" if want["parallel_as_mono"] else "without"
+        raise StoreError(
+            f"{root}: its stores were built for {have} and the config asks for {want}; build a folder of "
+            f"stores {how} data.parallel_as_mono (python -m clmap.data.store build --config ... "
+            f"--data.parallel_as_mono={str(want['parallel_as_mono']).lower()} --out OTHER)"
+        )
+
+
+def merged_documents(cfg, lang: str, out: Path) -> Path:
+    """``data.parallel_as_mono``'s documents of ``lang`` as one JSONL file under ``out/merged``: the
+    language's own documents, then the side of each pair that is in it, in ``data.pairs`` order, a text
+    seen before left out (what ``load_texts`` does in memory, streamed, with a set of 16-byte digests)."""
+    from clmap.data.pipeline import split_files
+
+    path = out / MERGED_DIR / f"{lang}.jsonl"
+    if path.is_file():
+        return path
+    mono, parallel = split_files(cfg, "train")
+    columns = [(read_monolingual(mono[lang], lang=lang), "text")]
+    for pair, file in parallel.items():
+        a, b = pair.split("-")
+        if lang in (a, b):
+            columns.append((read_parallel(file, src_lang=a, tgt_lang=b), "src" if lang == a else "tgt"))
+    dedup = len(columns) > 1  # load_texts merges (and so deduplicates) only a language some pair has
+    seen: set[bytes] = set()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for dataset, column in columns:
+            for text in dataset.select_columns([column]).iter(batch_size=10_000):
+                for t in text[column]:
+                    key = hashlib.blake2b(t.encode(), digest_size=16).digest()
+                    if dedup and key in seen:
+                        continue
+                    seen.add(key)
+                    fh.write(json.dumps({"text": t, "lang": lang}, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:

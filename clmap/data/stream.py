@@ -70,17 +70,23 @@ class Row:
         return self.seq_lens + ([pad] if pad else [])
 
 
-def placebo_records(records: list, seed: int, pair: str) -> list:
-    """The placebo arm (``data.placebo_pairs``): every source keeps its text but gets the target of
-    another pair of the same language pair, a seeded derangement (one random cycle through all pairs), so
-    the targets' languages, lengths and token counts are those of the real pairs and nothing is parallel."""
-    if len(records) < 2:
-        raise ValueError(f"data.placebo_pairs: {pair} has {len(records)} pair(s); a shuffle needs 2 or more")
+def placebo_targets(n: int, seed: int, pair: str) -> np.ndarray:
+    """The placebo arm's pairing (``data.placebo_pairs``): record i takes the target of record
+    ``targets[i]``, a seeded derangement (one random cycle through all n records), so the targets'
+    languages, lengths and token counts are those of the real pairs and nothing is parallel."""
+    if n < 2:
+        raise ValueError(f"data.placebo_pairs: {pair} has {n} pair(s); a shuffle needs 2 or more")
     rng = np.random.default_rng([seed, *pair.encode("utf-8")])
-    cycle = rng.permutation(len(records))
-    target_of = np.empty(len(records), dtype=np.int64)
-    target_of[cycle] = np.roll(cycle, -1)  # cycle[k] takes the target of cycle[k + 1]: no pair keeps its own
-    return [(records[i][0], records[int(target_of[i])][1]) for i in range(len(records))]
+    cycle = rng.permutation(n)
+    targets = np.empty(n, dtype=np.int64)
+    targets[cycle] = np.roll(cycle, -1)  # cycle[k] takes the target of cycle[k + 1]: no pair keeps its own
+    return targets
+
+
+def placebo_records(records: list, seed: int, pair: str) -> list:
+    """Every source with the target of another pair of the same language pair (``placebo_targets``)."""
+    targets = placebo_targets(len(records), seed, pair)
+    return [(records[i][0], records[int(targets[i])][1]) for i in range(len(records))]
 
 
 def build_sources(

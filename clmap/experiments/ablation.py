@@ -15,6 +15,8 @@
 
 ``--skip-existing`` keeps finished runs (a run folder with ``hf/``) and matching evaluations, so an
 interrupted recipe resumes; an unfinished run resumes from its own checkpoint (the trainer does that).
+``--stores DIR`` trains every run from token stores built once in DIR (``recipe.use_stores``), the same
+rows as from the corpus files, for corpora that do not fit in memory.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--config-dir", default=str(recipe.CONFIG_DIR), help="folder of the variants' override files")
     add("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override for every run")
     add("--tokenizer", default=None, help="an existing tokenizer folder for every run")
+    add("--stores", default=None, help="train from token stores built (once) in this folder, not the texts")
     add("--jobs", type=int, default=None, help="independent runs at a time (preset cpu: 2)")
     add("--nproc", type=int, default=1, help="processes per stage-2 / scratch run (torchrun when > 1)")
     add("--threads", type=int, default=None, help="OMP threads per stage-2 / scratch run and evaluation")
@@ -218,13 +221,18 @@ def main(argv: list[str] | None = None) -> int:
         writable_folder(folder, what)  # before hours of training, not after them
     if not args.report_only:
         writable_folder(args.out, "--out")
+        if args.stores:
+            writable_folder(args.stores, "--stores")
     command = "python -m clmap.experiments.ablation " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.report_only:
         written = writeup.write_docs(results.read_results(args.results), Path(args.docs), args.stem)
         print(f"[ablation] regenerated {', '.join(str(p) for p in written)} from {args.results}")
         return 0
     t_start = time.perf_counter()
-    runs = recipe.plan_runs(args, recipe.shared_tokenizer(args))
+    tokenizer = recipe.shared_tokenizer(args)
+    runs = recipe.plan_runs(args, tokenizer)
+    if args.stores:
+        recipe.use_stores(runs, args, tokenizer)
     reports = recipe.execute(runs, args)
     meta = {
         "command": command.strip(),

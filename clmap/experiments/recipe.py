@@ -255,6 +255,29 @@ def plan_runs(args: argparse.Namespace, tokenizer: Path | None) -> list[Run]:
     return runs
 
 
+def use_stores(runs: Sequence[Run], args: argparse.Namespace, tokenizer: Path | None) -> None:
+    """``--stores DIR``: every trained run reads token stores instead of the corpus files, through
+    ``data.store``: ``DIR/documents`` for stage 1 (``data.parallel_as_mono``: pair sides as documents)
+    and ``DIR/pairs`` for the others, each built here from the run's config with the shared tokenizer
+    (``clmap.data.store build --config``: a finished store is kept, an unfinished one continued)."""
+    from clmap.data.store import build_config_stores
+
+    built: set[tuple] = set()
+    for run in runs:
+        if not run.overrides:  # a checkpoint of a longer run, or the pretrained model itself
+            continue
+        cfg = _config(args, run.overrides)
+        folder = Path(args.stores).resolve() / ("documents" if cfg.data.parallel_as_mono else "pairs")
+        key = (folder, tuple(cfg.data.languages), tuple(cfg.data.pairs))
+        if key not in built:
+            cfg.tokenizer.path = str(tokenizer) if tokenizer is not None else cfg.tokenizer.path
+            print(f"[ablation] token stores for {run.name}: {folder}", flush=True)
+            build_config_stores(cfg, folder)
+            built.add(key)
+        run.overrides.append(f"--data.store={folder}")
+        _config(args, run.overrides)
+
+
 # -- steps of the recipe ----------------------------------------------------------------------------
 def shared_tokenizer(args: argparse.Namespace) -> Path | None:
     """The tokenizer every run uses: ``--tokenizer``, the base model's own, or one trained here once on
