@@ -1195,3 +1195,29 @@ def test_the_benchmarks_refuse_a_bad_argument_before_any_work(
     assert run_main(bench.main, args, f"benchmarks.{module}") == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(f"benchmarks.{module}: error: {message}"), err
+
+
+def test_a_split_the_bundled_corpus_lacks_everywhere_is_refused_before_the_model_loads(
+    trained, tmp_path, capsys, monkeypatch
+):
+    """A typo'd --split skipped every pair with a note after the model was loaded, and exited 0."""
+    import clmap.evaluate.lm as lm
+    from clmap.evaluate.__main__ import main
+
+    monkeypatch.setattr(lm, "load_checkpoint", lambda *a, **k: pytest.fail("loaded before the check"))
+    argv = [
+        "--checkpoint",
+        str(trained),
+        "--tasks",
+        "lac",
+        "--split",
+        "test,tset",
+        "--out",
+        str(tmp_path / "e"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    known = "dev, ood, test, train"
+    assert (
+        err == f"clmap.evaluate: error: --split tset: no such split in the bundled corpus (it has {known})\n"
+    )
