@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from contextlib import nullcontext
 
@@ -25,6 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from clmap.cli import add_debug_flag, run_main
+from clmap.config import ConfigError
 
 
 def unpack_row(row) -> list[tuple[list[int], list[int]]]:
@@ -289,10 +293,18 @@ def titan_loop(case: dict) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", required=True, help="JSON: impl, config, overrides, steps, warmup, ...")
-    case = json.loads(parser.parse_args(argv).case)
-    loop = {"plain": plain_loop, "titan": titan_loop}[case["impl"]]
+    add_debug_flag(parser)
+    text = parser.parse_args(argv).case
+    loops = {"plain": plain_loop, "titan": titan_loop}
+    try:
+        case = json.loads(text)
+        loop = loops[case["impl"]]
+    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        raise ConfigError(
+            f"--case {text!r}: expected a JSON object with impl one of {', '.join(loops)} ({exc!r})"
+        ) from None
     print(json.dumps(loop(case)))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main, None, "benchmarks.baselines"))

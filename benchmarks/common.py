@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from clmap.outputs import writable_folder
+
 RESULTS_DIR = Path(os.environ.get("CLMAP_BENCH_OUT", Path(__file__).resolve().parent / "results"))
 
 
@@ -79,6 +81,12 @@ def environment_tags(device: torch.device | str = "cpu") -> dict[str, str]:
         "commit": os.environ.get("CLMAP_COMMIT") or git_commit(),  # set it where .git is not the checkout's
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+
+
+def results_folder() -> Path:
+    """The folder rows are appended to, checked writable before a benchmark measures anything (a path
+    under a file or on a read-only disk is one line at once, not a traceback after the measurement)."""
+    return writable_folder(RESULTS_DIR, "the results folder (CLMAP_BENCH_OUT)")
 
 
 def append_csv(name: str, rows: list[dict], out_dir: Path | None = None) -> Path:

@@ -30,7 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.common import append_csv, environment_tags
+from benchmarks.common import append_csv, environment_tags, results_folder
+from clmap.cli import add_debug_flag, run_main
+from clmap.config import ConfigError, check_flag_ranges
 from clmap.parallel import cpu_bf16_features
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,17 +45,22 @@ VARIANTS: dict[str, list[str]] = {
 TINY = Path("tiny")  # --model tiny: configs/tiny.toml's own model
 
 
+def train_args(model: Path, variant: str, steps: int, extra: list[str], run: Path) -> list[str]:
+    """The trainer's command line of one variant (after ``python -m clmap.train``)."""
+    args = ["--config", str(REPO / "configs" / "tiny.toml")]
+    if model != TINY:
+        args += [f"--model.path={model}", f"--tokenizer.path={model}"]
+    args += [f"--run_dir={run}"]
+    args += ["--data.seq_len=128", "--train.global_batch=8", "--train.micro_batch=4"]
+    args += [f"--train.steps={steps}", f"--checkpoint.every={steps + 1}", "--checkpoint.export_hf=false"]
+    args += ["--metrics.eval_every=0", "--metrics.tensorboard=false", "--metrics.progress=false"]
+    return [*args, *VARIANTS[variant], *extra]
+
+
 def run_variant(model: Path, variant: str, steps: int, warmup: int, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory(prefix="clmap-cpu-real-") as tmp:
         run = Path(tmp) / "run"
-        cmd = [sys.executable, "-m", "clmap.train", "--config", str(REPO / "configs" / "tiny.toml")]
-        if model != TINY:
-            cmd += [f"--model.path={model}", f"--tokenizer.path={model}"]
-        cmd += [f"--run_dir={run}"]
-        cmd += ["--data.seq_len=128", "--train.global_batch=8", "--train.micro_batch=4"]
-        cmd += [f"--train.steps={steps}", f"--checkpoint.every={steps + 1}", "--checkpoint.export_hf=false"]
-        cmd += ["--metrics.eval_every=0", "--metrics.tensorboard=false", "--metrics.progress=false"]
-        cmd += [*VARIANTS[variant], *extra]
+        cmd = [sys.executable, "-m", "clmap.train", *train_args(model, variant, steps, extra, run)]
         started = time.monotonic()
         done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600)
         if done.returncode != 0:
@@ -75,6 +82,25 @@ def run_variant(model: Path, variant: str, steps: int, warmup: int, extra: list[
     }
 
 
+def check_arguments(args: argparse.Namespace, variants: list[str], extra: list[str]) -> None:
+    """Every argument before the first training: --steps and --warmup (a measured step left), the
+    variants, the model folder, the results folder, and each variant's trainer command line (the
+    trainer's own checks, in this process)."""
+    from clmap.train import config_from_args
+
+    check_flag_ranges(args, {"--steps": "[1, inf)", "--warmup": "[0, inf)"})
+    if not args.warmup < args.steps:
+        raise ConfigError(f"--warmup: {args.warmup} leaves no measured step below --steps {args.steps}")
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
+    if not (args.model == TINY or (args.model / "config.json").is_file()):
+        raise ConfigError(f"--model {args.model}: no config.json (a Hugging Face folder, or tiny)")
+    results_folder()
+    for variant in variants:
+        config_from_args(train_args(args.model, variant, args.steps, extra, Path("run")))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.cpu_real_model", description=__doc__.split("\n")[0]
@@ -85,11 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1, help="first steps left out of tokens/s")
+    add_debug_flag(parser)
     args, extra = parser.parse_known_args(argv)
     variants = args.variants.split(",")
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown or not (args.model == TINY or (args.model / "config.json").is_file()):
-        parser.error(f"unknown variants {unknown}" if unknown else f"--model {args.model}: no config.json")
+    check_arguments(args, variants, extra)
     tags = {**environment_tags("cpu"), "bf16_features": "+".join(cpu_bf16_features()) or "none"}
     if args.model == TINY:
         config = {"model_type": "tiny"}
@@ -111,4 +136,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, None, "benchmarks.cpu_real_model"))

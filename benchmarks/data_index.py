@@ -10,12 +10,15 @@ speed ratio compares it with the C++ code at that same size.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
 
 import numpy as np
 
-from benchmarks.common import append_csv, environment_tags, time_fn
+from benchmarks.common import append_csv, environment_tags, results_folder, time_fn
+from clmap.cli import add_debug_flag, run_main
+from clmap.config import check_flag_ranges
 from clmap.data.index import blended_index, plan_packing, temperature_weights
 
 
@@ -55,6 +58,16 @@ def _compare(
     return row
 
 
+RANGES = {
+    "--num-samples": "[1, inf)",
+    "--sources": "[1, inf)",
+    "--num-lengths": "[1, inf)",
+    "--capacity": "[1, inf)",
+    "--reference-budget-s": "(0, inf)",
+    "--seed": "[0, inf)",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--num-samples", type=int, default=10_000_000, help="blended-index length")
@@ -63,7 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--capacity", type=int, default=2048, help="packed sequence length")
     parser.add_argument("--reference-budget-s", type=float, default=120.0)
     parser.add_argument("--seed", type=int, default=0)
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
+    check_flag_ranges(args, RANGES)
+    results_folder()
     rng = np.random.default_rng(args.seed)
 
     # Blending: K sources with Zipf-like sizes, temperature-smoothed (T=3) as for languages x tasks.
@@ -107,4 +123,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main, None, "benchmarks.data_index"))

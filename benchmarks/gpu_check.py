@@ -36,6 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from clmap.cli import add_debug_flag, run_main
+from clmap.config import ConfigError
+
 # fp32 as in the tests; bf16 one ulp (2^-8) rather than the tests' 2e-3: a kernel that accumulates in fp32
 # and rounds its bf16 gradient once may differ from plain bf16 torch by a full ulp of the largest element.
 SLACK = {torch.float32: 1e-5, torch.bfloat16: 2.0**-8}
@@ -496,14 +499,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--packing-size", choices=("check", "tiny"), default="check", help="tiny: configs/tiny.toml's model"
     )
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     checks = set(args.checks.split(","))
     if checks - {"kernels", "packing", "step"}:
-        parser.error(f"--checks: unknown {sorted(checks - {'kernels', 'packing', 'step'})}")
+        raise ConfigError(f"--checks: unknown {sorted(checks - {'kernels', 'packing', 'step'})}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible to torch")
     if args.device == "cpu":
         os.environ["TRITON_INTERPRET"] = "1"  # read when the kernels are defined: before importing them
-    from benchmarks.common import append_csv, environment_tags
+    from benchmarks.common import append_csv, environment_tags, results_folder
 
+    results_folder()
     tags = environment_tags(args.device)
     rows = []
 
@@ -533,4 +540,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, None, "benchmarks.gpu_check"))

@@ -23,7 +23,16 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import append_csv, cpu_peak_extra_mb, environment_tags, run_case_subprocess, time_fn
+from benchmarks.common import (
+    append_csv,
+    cpu_peak_extra_mb,
+    environment_tags,
+    results_folder,
+    run_case_subprocess,
+    time_fn,
+)
+from clmap.cli import add_debug_flag, run_main
+from clmap.config import ConfigError, check_flag_ranges, comma_numbers
 
 IMPLS = (
     "naive",
@@ -156,6 +165,32 @@ def run_case(case: dict) -> dict | None:
     }
 
 
+PASSES = ("fwd+bwd", "fwd")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every argument before the first case runs: --rep, --shapes (N,H,V of positive ints), --impls
+    (known names, clmap ones with an optional @MB chunk size), --passes, a CUDA --device that exists, and
+    the results folder."""
+    check_flag_ranges(args, {"--rep": "[1, inf)"})
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible to torch")
+    for shape in (args.shapes or "").split(";") if args.shapes else []:
+        if len(comma_numbers("--shapes", shape, int, 1)) != 3:
+            raise ConfigError(f"--shapes {shape!r}: expected N,H,V (three positive ints)")
+    for impl in args.impls.split(","):
+        name, at, chunk_mb = impl.partition("@")
+        if name not in IMPLS or (at and (not name.startswith("clmap") or not chunk_mb.isdigit())):
+            raise ConfigError(
+                f"--impls: unknown implementation {impl!r}; choose from {', '.join(IMPLS)} "
+                "(clmap ones also as NAME@MB, MB a positive int)"
+            )
+    unknown = [p for p in args.passes.split(",") if p not in PASSES]
+    if unknown:
+        raise ConfigError(f"--passes: unknown {unknown}; choose from {', '.join(PASSES)}")
+    results_folder()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -178,10 +213,12 @@ def main(argv: list[str] | None = None) -> None:
         help="print the profiler's kernel table of one clmap fwd+bwd (first shape)",
     )
     parser.add_argument("--case", help=argparse.SUPPRESS)
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     if args.case:
         print(json.dumps(run_case(json.loads(args.case))))
         return
+    check_arguments(args)
     if args.device == "cpu":
         shapes, dtype = (CPU_QUICK if args.quick else CPU_SWEEP), "fp32"
     else:
@@ -268,4 +305,4 @@ def _print_ratios(rows: list[dict]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, None, "benchmarks.mapping_loss"))

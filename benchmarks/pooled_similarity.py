@@ -15,10 +15,13 @@ benchmarks/results/pooled_similarity.csv.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 
-from benchmarks.common import append_csv, environment_tags, time_fn
+from benchmarks.common import append_csv, environment_tags, results_folder, time_fn
+from clmap.cli import add_debug_flag, run_main
+from clmap.config import ConfigError, check_flag_ranges
 from clmap.kernels.pooled_similarity import paired_cosine
 
 FULL_CPU = [(n, h, s) for n in (4096, 16384) for h in (256, 1024) for s in (16, 256)]
@@ -119,14 +122,19 @@ def bench_case(
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     parser.add_argument("--device", choices=["cpu", "cuda"], default=default_device)
     parser.add_argument("--quick", action="store_true", help="one case only")
     parser.add_argument("--no-reference", action="store_true", help="skip the (slow) reference loop")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    args = parser.parse_args()
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
+    check_flag_ranges(args, {"--threads": "[0, inf)"})
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible to torch")
+    results_folder()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -147,4 +155,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main, None, "benchmarks.pooled_similarity"))

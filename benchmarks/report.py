@@ -15,7 +15,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from clmap.cli import add_debug_flag, run_main
+from clmap.config import existing_path
 from clmap.evaluate.report import markdown_table
+from clmap.outputs import writable_folder
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -325,7 +328,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=HERE / "results")
     parser.add_argument("--readme", type=Path, default=HERE / "README.md")
     parser.add_argument("--merge", type=Path, help="first append the CSV rows found in this folder")
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
+    if args.merge:  # rows merged into --results, which may be new then
+        existing_path("--merge", args.merge, "folder")
+    else:  # the rows to report are read from it
+        existing_path("--results", args.results, "folder")
+    if args.readme.exists():  # a new one is written with the section alone
+        existing_path("--readme", args.readme, "file")
+    writable_folder(args.results, "--results")  # the plots are written there, the rows merged into it
+    writable_folder(args.readme.parent, "--readme's folder")
     if args.merge:
         merge(args.merge, args.results)
     plots = make_plots(args.results)
@@ -335,4 +347,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, None, "benchmarks.report"))

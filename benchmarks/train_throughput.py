@@ -48,8 +48,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import append_csv, environment_tags, run_case_subprocess
+from benchmarks.common import append_csv, environment_tags, results_folder, run_case_subprocess
+from clmap.cli import add_debug_flag, run_main
+from clmap.config import ConfigError, check_batch, check_flag_ranges, existing_path, load_config
 from clmap.launch import train_command
+from clmap.outputs import writable_folder
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_TOML = REPO / "configs" / "tiny.toml"
@@ -397,6 +400,39 @@ def bench_ab(name: str, refs: list[str], args, extra: list[str], work: Path) -> 
     return rows
 
 
+RANGES = {
+    "--steps": "[2, inf)",
+    "--warmup": "[1, inf)",
+    "--profile-steps": "[0, inf)",
+    "--nproc": "[1, inf)",
+    "--timeout": "(0, inf)",
+}
+
+
+def check_arguments(args: argparse.Namespace, extra: list[str], names: list[str]) -> None:
+    """Every argument before a tokenizer is trained or a process started: the counts, --warmup below
+    --steps, --impls, a CUDA --device that exists, --ab, the folders, and each preset's config with the
+    benchmark's and the command line's overrides (the trainer's own checks, the batch over --nproc)."""
+    check_flag_ranges(args, RANGES)
+    if not args.warmup < args.steps:
+        raise ConfigError(f"--warmup: {args.warmup} leaves no measured step below --steps {args.steps}")
+    if args.impls and set(args.impls) - set(IMPLS):
+        raise ConfigError(f"--impls: unknown {sorted(set(args.impls) - set(IMPLS))}; choose from {IMPLS}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is visible to torch")
+    if args.ab and len(args.ab.split(",")) != 2:
+        raise ConfigError(f"--ab {args.ab}: expected two commits, A,B")
+    if args.tokenizers:
+        existing_path("--tokenizers", args.tokenizers, "folder")
+    if args.work:
+        writable_folder(args.work, "--work")
+    results_folder()
+    for name in names:
+        config, preset, _ = PRESETS[name]
+        overrides = [*preset, *BENCH_OVERRIDES, f"--train.device={args.device}", *extra]
+        check_batch(load_config(REPO / config, overrides).train, args.nproc)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
@@ -428,19 +464,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per training process")
     parser.add_argument("--ab", default=None, help="A,B: the trainer of two commits (HEAD: this tree)")
     parser.add_argument("--ab-export", default=None, help="REF,...: write .ab/<ref>.tar for --ab elsewhere")
+    add_debug_flag(parser)
     args, extra = parser.parse_known_args(argv)
     if args.ab_export:
         ab_export(args.ab_export.split(","))
         return
     bad = [a for a in extra if not a.startswith("--") or "." not in a.split("=", 1)[0]]
     if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+        raise ConfigError(f"unrecognized arguments: {' '.join(bad)} (overrides are --section.key=value)")
     args.impls = tuple(args.impls.split(",")) if args.impls else None
-    if args.impls and set(args.impls) - set(IMPLS):
-        parser.error(f"--impls: unknown {sorted(set(args.impls) - set(IMPLS))}; choose from {IMPLS}")
     args.warmup = args.steps // 3 if args.warmup is None else args.warmup
-    if not 0 < args.warmup < args.steps:
-        parser.error("--warmup must be between 1 and --steps - 1")
     if args.profile_steps is None:
         args.profile_steps = 2 if args.device == "cuda" else 0
     names = (
@@ -448,6 +481,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.config not in (None, "all")
         else (list(PRESETS) if args.config == "all" or args.device == "cuda" else ["tiny"])
     )
+    check_arguments(args, extra, names)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="clmap_throughput_"))
     work.mkdir(parents=True, exist_ok=True)
     if args.prepare_tokenizers:
@@ -457,8 +491,6 @@ def main(argv: list[str] | None = None) -> None:
     tags = environment_tags(args.device)
     if args.ab:
         refs = args.ab.split(",")
-        if len(refs) != 2:
-            parser.error("--ab takes two commits: A,B")
         for name in names:
             for row in bench_ab(name, refs, args, extra, work):
                 print(
@@ -478,4 +510,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main, None, "benchmarks.train_throughput"))

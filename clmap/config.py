@@ -655,6 +655,47 @@ def check_ranges(obj, name: typing.Callable[[str], str] = str) -> None:
             raise ConfigError(f"{name(key)}: {value} is outside the allowed range {interval}")
 
 
+# -- the same rules for commands whose flags are plain argparse ones (the ablation, map_separation, the
+# demo, the benchmarks): each checked up front, the error one line naming the flag and the rule
+def flag_dest(flag: str) -> str:
+    """argparse's attribute of a flag: ``--base-steps`` → ``base_steps``."""
+    return flag.lstrip("-").replace("-", "_")
+
+
+def check_flag_ranges(args, ranges: Mapping[str, str]) -> None:
+    """Every flag of ``ranges`` (``{"--steps": "[1, inf)"}``, written as an option's range) inside its range
+    in the parsed ``args``; a flag not given (None) has nothing to check."""
+    for flag, interval in ranges.items():
+        value = getattr(args, flag_dest(flag))
+        if value is not None and not in_range(value, interval):
+            raise ConfigError(f"{flag}: {value} is outside the allowed range {interval}")
+
+
+def comma_numbers(flag: str, text: str | typing.Sequence[str], kind: type, least: float) -> list:
+    """A comma list of numbers, each at least ``least``; anything else is one line naming the flag."""
+    items = [x.strip() for x in text.split(",") if x.strip()] if isinstance(text, str) else list(text)
+    shown, name = ",".join(items), kind.__name__
+    try:
+        values = [kind(x) for x in items]
+    except ValueError:
+        raise ConfigError(f"{flag}: expected a comma list of {name} values, got {shown!r}") from None
+    if not values or any(not v >= least for v in values):  # not >=: NaN is refused too
+        raise ConfigError(f"{flag}: expected {name} values of at least {least}, got {shown!r}")
+    return values
+
+
+def existing_path(flag: str, path: str | Path, kind: Literal["file", "folder", "any"] = "any") -> Path:
+    """``path`` as a Path when it exists and is of ``kind``; otherwise one line naming the flag."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{flag} {path}: no such file or folder")
+    if kind == "file" and not path.is_file():
+        raise ConfigError(f"{flag} {path}: expected a file, found a folder")
+    if kind == "folder" and not path.is_dir():
+        raise ConfigError(f"{flag} {path}: expected a folder, found a file")
+    return path
+
+
 def validate(config: Config) -> None:
     """Ranges and cross-field checks that a type alone cannot express (choices are checked by ``coerce``)."""
     check_ranges(config)

@@ -32,6 +32,7 @@ import torch
 
 from clmap.cli import UserError, add_debug_flag, run_main
 from clmap.model import UnsupportedModelError, check_supported
+from clmap.outputs import writable_folder
 
 PROBE_TEXT = "The capital of France is"
 #: Keys of transformers' GGUF mapping that are metadata sections, not architectures.
@@ -122,11 +123,11 @@ def _check_out(out: Path) -> None:
 
 def import_gguf(source: str, out: str | Path, verify: bool = True) -> Path:
     """Convert SOURCE (file or package, see :func:`resolve_gguf`) into the Hugging Face folder OUT."""
-    _require("gguf")
-    _require("accelerate")
     out = Path(out)
     _check_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    writable_folder(out.parent, "OUT's folder")  # before a package's GGUF is rebuilt or a weight is read
+    _require("gguf")
+    _require("accelerate")
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

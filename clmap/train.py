@@ -659,7 +659,7 @@ def _profiler(cfg: Config, run_dir: Path):
     )
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -670,13 +670,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", action="store_true", help="write a torch.profiler trace for a few steps")
     parser.add_argument("--init-from", metavar="RUN", help="same as --model.init_from=RUN")
     add_debug_flag(parser)
-    args, overrides = parser.parse_known_args(argv)
+    return parser
+
+
+def config_from_args(argv: list[str] | None) -> Config:
+    """The run's config from the trainer's command line, checked (types, ranges, cross-field rules); the
+    launchers (``clmap.demo``) call it before they start processes, so a bad override is one line at once."""
+    args, overrides = build_parser().parse_known_args(argv)
     if args.profile:
         overrides.append("--profile.enabled=true")
     if args.init_from:
         overrides.append(f"--model.init_from={args.init_from}")
-    cfg = load_config(args.config, overrides)
-    run(cfg)
+    return load_config(args.config, overrides)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run(config_from_args(argv))
 
 
 if __name__ == "__main__":

@@ -1014,8 +1014,8 @@ def test_a_run_folder_is_named_as_such_where_a_model_is_expected(trained, tmp_pa
         (["--seeds", "x"], "--seeds: expected a comma list of int values, got 'x'"),
         (["--budgets", "0"], "--budgets: expected int values of at least 1, got '0'"),
         (["--stage-lr", "1e-3"], "--stage-lr [0.001]: expected two learning rates"),
-        (["--eval-limit", "-1"], "--eval-limit: -1 is below the least allowed value 0"),
-        (["--jobs", "0"], "--jobs: 0 is below the least allowed value 1"),
+        (["--eval-limit", "-1"], "--eval-limit: -1 is outside the allowed range [0, inf)"),
+        (["--jobs", "0"], "--jobs: 0 is outside the allowed range [1, inf)"),
         (["--variants", "nope"], "--variants: "),
         (["--tasks", "mt,bogus"], "--tasks: unknown task(s) ['bogus']"),
         (["--pairs", "en"], "--pairs: language pair 'en' is not of the form 'src-tgt'"),
@@ -1056,3 +1056,168 @@ def test_auto_precision_with_bf16_loss_chunks_is_refused_where_auto_means_fp32(t
     args = ["--config", str(REPO / "configs" / "tiny.toml"), f"--run_dir={tmp_path / 'run'}"]
     status, err = _train_here([*args, "--objective.loss_accum_dtype=bf16", "--train.steps=1"], capsys)
     assert status == 2 and "train.mixed_precision=auto means fp32 on this device" in err, err
+
+
+# -- issue 23: map_separation, the demo and the benchmarks check every argument before any work -----------
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--limit", "0"], "--limit: 0 is outside the allowed range [1, inf)"),
+        (["--batch-size", "0"], "--batch-size: 0 is outside the allowed range [1, inf)"),
+        (["--temperature", "0"], "--temperature: 0.0 is outside the allowed range (0, inf)"),
+        (["--layer", "3"], "--layer=3 is outside -1..2"),
+        (["--model", "NOWHERE"], "--model NOWHERE: checkpoint folder does not exist"),
+        (["--model", ""], "--model is required"),
+        (
+            ["--pairs", "en-xx"],
+            "--pairs en-xx --splits test: no en-xx parallel data in the bundled test split",
+        ),
+        (
+            ["--splits", "test,bogus"],
+            "--pairs en-cs --splits bogus: no en-cs parallel data in the bundled bogus",
+        ),
+        (["--out", "OUT.md"], "--out OUT.md: expected a .json file"),
+        (["--out", "FILE/m.json"], "--out's folder FILE is not writable (FILE is a file, not a folder)"),
+        (["--cache", "FILE"], "--cache FILE: not a cache this command wrote"),
+        (["--table-only", "--out", "OUT.json"], "--out OUT.json: no such file or folder"),
+    ],
+)
+def test_map_separation_refuses_a_bad_argument_before_the_model_loads(
+    trained, tmp_path, capsys, monkeypatch, argv, message
+):
+    import clmap.evaluate.lm as lm
+    from clmap.experiments import map_separation
+
+    monkeypatch.setattr(lm, "load_checkpoint", lambda *a, **k: pytest.fail("loaded before the check"))
+    (tmp_path / "FILE").write_text("not a cache")
+    defaults = ["--model", str(trained), "--pairs", "en-cs", "--splits", "test", "--out", "OUT.json"]
+    args = [*defaults, *argv]  # a flag given twice: argparse keeps the case's
+    for name, path in {"NOWHERE": "nowhere", "FILE": "FILE", "OUT": "out"}.items():
+        args = [a.replace(name, str(tmp_path / path)) for a in args]
+        message = message.replace(name, str(tmp_path / path))
+    assert map_separation.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"clmap.experiments.map_separation: error: {message}"), err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--nproc", "0"], "--nproc: 0 is outside the allowed range [1, inf)"),
+        (["--eval-limit", "0"], "--eval-limit: 0 is outside the allowed range [1, inf)"),
+        (["--train.steps=0"], "train.steps: 0 is outside the allowed range [1, inf)"),
+        (
+            ["--nproc", "3"],
+            "train.global_batch (16) must be a multiple of train.micro_batch × world size (8 × 3)",
+        ),
+        (["--config", "NOWHERE.toml"], "NOWHERE.toml: config file not found"),
+        (["--run-dir", "FILE/run"], "--run-dir FILE/run is not writable (FILE is a file, not a folder)"),
+    ],
+)
+def test_the_demo_refuses_a_bad_argument_before_it_starts_a_process(
+    tmp_path, capsys, monkeypatch, argv, message
+):
+    from clmap import demo
+
+    monkeypatch.setattr(demo.subprocess, "run", lambda *a, **k: pytest.fail("started before the check"))
+    (tmp_path / "FILE").write_text("")
+    args = ["--run-dir", str(tmp_path / "run"), *argv]
+    for name in ("NOWHERE", "FILE"):
+        args = [a.replace(name, str(tmp_path / name)) for a in args]
+        message = message.replace(name, str(tmp_path / name))
+    assert demo.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"clmap.demo: error: {message}"), err
+
+
+def test_the_demo_passes_a_failing_steps_exit_status_up_without_a_traceback(tmp_path, capsys, monkeypatch):
+    from clmap import demo
+
+    started = []
+
+    def fails(cmd, **kwargs):
+        started.append(cmd)
+        return subprocess.CompletedProcess(cmd, 2)
+
+    monkeypatch.setattr(demo.subprocess, "run", fails)
+    assert demo.main(["--run-dir", str(tmp_path / "run"), "--train.steps=2"]) == 2
+    assert len(started) == 1 and "clmap.train" in started[0]  # the evaluation never started
+    assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "module, argv, message",
+    [
+        ("data_index", ["--capacity", "0"], "--capacity: 0 is outside the allowed range [1, inf)"),
+        ("data_index", ["--seed", "-1"], "--seed: -1 is outside the allowed range [0, inf)"),
+        ("mapping_loss", ["--rep", "0"], "--rep: 0 is outside the allowed range [1, inf)"),
+        ("mapping_loss", ["--passes", "bwd"], "--passes: unknown ['bwd']; choose from fwd+bwd, fwd"),
+        ("mapping_loss", ["--impls", "clmap@x"], "--impls: unknown implementation 'clmap@x'"),
+        ("mapping_loss", ["--shapes", "8,8"], "--shapes '8,8': expected N,H,V (three positive ints)"),
+        ("pooled_similarity", ["--threads", "-1"], "--threads: -1 is outside the allowed range [0, inf)"),
+        ("report", ["--results", "NOWHERE"], "--results NOWHERE: no such file or folder"),
+        ("gpu_check", ["--device", "cpu", "--checks", "bogus"], "--checks: unknown ['bogus']"),
+        ("baselines", ["--case", "x"], "--case 'x': expected a JSON object with impl one of plain, titan"),
+        ("train_throughput", ["--nproc", "0"], "--nproc: 0 is outside the allowed range [1, inf)"),
+        ("train_throughput", ["--nproc", "3"], "train.global_batch (16) must be a multiple of"),
+        ("train_throughput", ["--train.stepz=3"], "command line.train: unknown key 'stepz'"),
+        ("train_throughput", ["--work", "FILE/w"], "--work FILE/w is not writable (FILE is a file"),
+        ("cpu_real_model", ["--model", "tiny", "--warmup", "3"], "--warmup: 3 leaves no measured step below"),
+        (
+            "cpu_real_model",
+            ["--model", "tiny", "--optim.lr=-1"],
+            "optim.lr: -1.0 is outside the allowed range",
+        ),
+        ("data_index", ["RESULTS"], "the results folder (CLMAP_BENCH_OUT) FILE/results is not writable"),
+    ],
+)
+def test_the_benchmarks_refuse_a_bad_argument_before_any_work(
+    tmp_path, capsys, monkeypatch, module, argv, message
+):
+    import importlib
+
+    import benchmarks.common
+
+    bench = importlib.import_module(f"benchmarks.{module}")
+    (tmp_path / "FILE").write_text("")
+    results = tmp_path / "FILE" / "results" if argv == ["RESULTS"] else tmp_path / "results"
+    monkeypatch.setattr(benchmarks.common, "RESULTS_DIR", results)
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("started a process before the check"))
+    small = {  # what runs if the check is missing stays small
+        "data_index": ["--num-samples", "10", "--num-lengths", "10"],
+        "mapping_loss": ["--shapes", "8,8,8", "--impls", "naive", "--passes", "fwd"],
+        "pooled_similarity": ["--quick", "--no-reference", "--device", "cpu"],
+    }.get(module, [])
+    args = [*small, *(a for a in argv if a != "RESULTS")]
+    for name in ("NOWHERE", "FILE"):
+        args = [a.replace(name, str(tmp_path / name)) for a in args]
+        message = message.replace(name, str(tmp_path / name))
+    assert run_main(bench.main, args, f"benchmarks.{module}") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"benchmarks.{module}: error: {message}"), err
+
+
+def test_a_split_the_bundled_corpus_lacks_everywhere_is_refused_before_the_model_loads(
+    trained, tmp_path, capsys, monkeypatch
+):
+    """A typo'd --split skipped every pair with a note after the model was loaded, and exited 0."""
+    import clmap.evaluate.lm as lm
+    from clmap.evaluate.__main__ import main
+
+    monkeypatch.setattr(lm, "load_checkpoint", lambda *a, **k: pytest.fail("loaded before the check"))
+    argv = [
+        "--checkpoint",
+        str(trained),
+        "--tasks",
+        "lac",
+        "--split",
+        "test,tset",
+        "--out",
+        str(tmp_path / "e"),
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    known = "dev, ood, test, train"
+    assert (
+        err == f"clmap.evaluate: error: --split tset: no such split in the bundled corpus (it has {known})\n"
+    )

@@ -154,6 +154,10 @@ def test_bad_sources_and_outputs_are_one_line_errors(tmp_path, capsys):
         ((tmp_path / "none.gguf", tmp_path / "o1"), "none.gguf: no such file"),
         (("no_such_model_package_xyz", tmp_path / "o2"), "no installed package of that name"),
         ((full / "keep.txt", tmp_path / "o3"), "keep.txt: not a .gguf file"),
+        (  # checked before the source is read (a package's GGUF would be rebuilt first)
+            (tmp_path / "tiny.gguf", full / "keep.txt" / "out"),
+            f"OUT's folder {full / 'keep.txt'} is not writable ({full / 'keep.txt'} is a file, not a folder)",
+        ),
     ]
     for (source, out), message in cases:
         code, err = run_cli(source, out, capsys=capsys)

@@ -837,6 +837,12 @@ def bundled_languages() -> list[str]:
     return sorted(p.name for p in _corpus("mono").iterdir() if p.is_dir())
 
 
+def bundled_split_names() -> list[str]:
+    """Every split some pair or language of the bundled corpus has (``ood``: the pairs only)."""
+    files = [*_corpus("parallel").glob("*/*.jsonl.gz"), *_corpus("mono").glob("*/*.jsonl.gz")]
+    return sorted({f.name.split(".")[0] for f in files})
+
+
 def _split_file(folder: Path, split: str) -> Path:
     file = folder / f"{split}.jsonl.gz"
     if not file.is_file():

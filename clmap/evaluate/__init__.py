@@ -75,6 +75,7 @@ def evaluate(
         pairs if pair_keys else [],
         languages if any(t.bundled == "languages" for t in reads_bundled) else [],
         pair_keys,
+        splits,
     )
     torch.manual_seed(config.seed)
     lm = load_checkpoint(checkpoint, device=config.device)

@@ -197,10 +197,15 @@ def bundled_language_splits(lang: str) -> list[str]:
 
 
 def check_bundled_coverage(
-    pairs: list[tuple[str, str]], languages: list[str], pair_tasks: Sequence[str] = ("mt",)
+    pairs: list[tuple[str, str]],
+    languages: list[str],
+    pair_tasks: Sequence[str] = ("mt",),
+    splits: Sequence[str] = (),
 ) -> None:
     """Fail before any model work when a pair or language that ``pair_tasks`` (or perplexity) read from
-    the bundled corpus is not in it; local data (``--data TASK=PATH``) may hold any pair."""
+    the bundled corpus is not in it (local data, ``--data TASK=PATH``, may hold any pair), or a split
+    no part of the bundled corpus has (a typo: every pair would be skipped; a split only some pairs
+    lack, ``ood`` for the languages, is skipped there with a note)."""
     readers = _readers()
     stored = set(readers.bundled_pairs())
     missing = [f"{a}-{b}" for a, b in pairs if f"{a}-{b}" not in stored and f"{b}-{a}" not in stored]
@@ -216,6 +221,12 @@ def check_bundled_coverage(
         raise EvalDataError(
             f"no bundled monolingual data for language(s) {', '.join(missing)} "
             f"(available: {', '.join(sorted(available))}); pass --data ppl=PATH"
+        )
+    known = readers.bundled_split_names() if pairs or languages else []
+    unknown = [split for split in splits if known and split not in known]
+    if unknown:
+        raise EvalDataError(
+            f"--split {','.join(unknown)}: no such split in the bundled corpus (it has {', '.join(known)})"
         )
 
 

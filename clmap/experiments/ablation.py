@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from clmap.cli import add_debug_flag, run_main
-from clmap.config import ConfigError
+from clmap.config import ConfigError, check_flag_ranges, comma_numbers, existing_path
 from clmap.experiments import recipe, results, writeup
 from clmap.outputs import writable_folder
 
@@ -102,9 +102,9 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         split(args.scale_variants),
         split(args.splits),
     )
-    args.seeds = numbers("--seeds", split(args.seeds), int, 0)
-    args.budgets = numbers("--budgets", split(args.budgets), int, 1)
-    args.stage_lr = numbers("--stage-lr", split(args.stage_lr), float, 0)
+    args.seeds = comma_numbers("--seeds", split(args.seeds), int, 0)
+    args.budgets = comma_numbers("--budgets", split(args.budgets), int, 1)
+    args.stage_lr = comma_numbers("--stage-lr", split(args.stage_lr), float, 0)
     if len(args.stage_lr) != 2 or not args.stage_lr[1] > 0:
         raise ConfigError(
             f"--stage-lr {args.stage_lr}: expected two learning rates, stage 1 (≥ 0) and stage 2 (> 0)"
@@ -125,29 +125,17 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def numbers(flag: str, items: list[str], kind: type, least: float) -> list:
-    """A comma list of numbers, each at least ``least``; anything else is one line naming the flag."""
-    text, name = ",".join(items), kind.__name__
-    try:
-        values = [kind(x) for x in items]
-    except ValueError:
-        raise ConfigError(f"{flag}: expected a comma list of {name} values, got {text!r}") from None
-    if not values or any(v < least for v in values):
-        raise ConfigError(f"{flag}: expected {name} values of at least {least}, got {text!r}")
-    return values
-
-
-# Counts of the command line with the least each may be (None: unset, the preset's value applies).
+# Counts of the command line and their ranges (None: unset, the preset's value applies).
 COUNTS = {
-    "--jobs": ("jobs", 1),
-    "--nproc": ("nproc", 1),
-    "--threads": ("threads", 1),
-    "--base-nproc": ("base_nproc", 1),
-    "--base-threads": ("base_threads", 1),
-    "--base-steps": ("base_steps", 0),
-    "--main-budget": ("main_budget", 1),
-    "--steps": ("steps", 1),
-    "--eval-limit": ("eval_limit", 0),
+    "--jobs": "[1, inf)",
+    "--nproc": "[1, inf)",
+    "--threads": "[1, inf)",
+    "--base-nproc": "[1, inf)",
+    "--base-threads": "[1, inf)",
+    "--base-steps": "[0, inf)",
+    "--main-budget": "[1, inf)",
+    "--steps": "[1, inf)",
+    "--eval-limit": "[0, inf)",
 }
 # The evaluator's settings the ablation passes on: its own checks (clmap/evaluate/options.py), named
 # by the ablation's flags.
@@ -169,10 +157,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     and, with the evaluator's own rules, what is passed on to it."""
     from clmap.evaluate.options import eval_config
 
-    for flag, (key, least) in COUNTS.items():
-        value = getattr(args, key)
-        if value is not None and value < least:
-            raise ConfigError(f"{flag}: {value} is below the least allowed value {least}")
+    check_flag_ranges(args, COUNTS)
     config_dir = Path(args.config_dir)
     for variant in args.variants:
         try:
@@ -182,8 +167,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     if not args.variants:
         raise ConfigError("--variants: no variant given")
     for flag, path in (("--base", args.base), ("--tokenizer", args.tokenizer)):
-        if path is not None and not Path(path).exists():
-            raise ConfigError(f"{flag} {path}: no such file or folder")
+        if path is not None:
+            existing_path(flag, path)
     data = {}
     for entry in args.data:
         task, sep, path = entry.partition("=")

@@ -28,6 +28,10 @@ from pathlib import Path
 
 import torch
 
+from clmap.cli import add_debug_flag, run_main
+from clmap.config import ConfigError, check_flag_ranges, existing_path, field_metadata
+from clmap.outputs import writable_folder
+
 FORMS = ("cosine", "centered", "infonce", "margin")
 
 
@@ -123,8 +127,22 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+PROG = "clmap.experiments.map_separation"
+# Counts and scales of the command line, in the options' range notation; the signal table's τ and m
+# take the ranges of the training options they stand for.
+RANGES = {
+    "--layer": "[-1, inf)",
+    "--limit": "[1, inf)",
+    "--batch-size": "[1, inf)",
+    "--temperature": field_metadata()["objective.infonce_temperature"]["range"],
+    "--margin": field_metadata()["objective.map_margin"]["range"],
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=f"python -m {PROG}", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default="", help="a Hugging Face folder or a clmap run folder")
     p.add_argument("--layer", type=int, default=-1, help="hidden state (default -1: the middle layer)")
     p.add_argument("--pairs", default="en-cs,en-zh,en-ja,en-uk,cs-uk,zh-ja")
@@ -133,65 +151,125 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--temperature", type=float, default=0.05, help="infonce τ of the signal table")
     p.add_argument("--margin", type=float, default=0.2, help="margin m of the signal table")
-    p.add_argument("--out", default="docs/map_separation.json")
+    p.add_argument("--out", default="docs/map_separation.json", help="the JSON; the .md table goes beside it")
     p.add_argument(
         "--cache", default="", help="pooled states saved here (torch.save); those found there are reused"
     )
     p.add_argument("--table-only", action="store_true", help="rewrite the .md table from --out's JSON")
-    args = p.parse_args(argv)
+    add_debug_flag(p)
+    return p
+
+
+def read_result(out: Path) -> dict:
+    """The JSON an earlier run wrote to ``--out`` (for ``--table-only``), or one line saying why not."""
+    existing_path("--out", out, "file")
+    try:
+        result = json.loads(out.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"--out {out}: not a JSON file this command wrote ({exc})") from None
+    if not isinstance(result, dict) or not {"meta", "rows"} <= result.keys():
+        raise ConfigError(f"--out {out}: not a JSON file this command wrote (no meta and rows)")
+    return result
+
+
+def check_out(out: Path) -> None:
+    """--out is a .json file in a writable folder: the table goes to ``out.with_suffix(".md")``, which
+    must be another file."""
+    if out.suffix != ".json":
+        raise ConfigError(f"--out {out}: expected a .json file (the .md table is written beside it)")
+    writable_folder(out.parent, "--out's folder")
+
+
+def check_arguments(args: argparse.Namespace) -> tuple[int, dict[str, list], dict]:
+    """Every argument against its meaning before the model's weights are read: the ranges, --out (a
+    .json whose folder is writable), the model folder and its layer count (from its config alone), every
+    pair and split's bundled data, and a --cache that exists (read here). Returns the layer, the
+    segments by ``pair/split`` and the cache."""
+    from transformers import AutoConfig
+
+    from clmap.evaluate.lm import CheckpointError, resolve_checkpoint
+    from clmap.evaluate.options import parse_pairs, parse_splits
+    from clmap.evaluate.sources import EvalDataError, parallel_segments
+    from clmap.objectives import hidden_state_layer
+
+    check_flag_ranges(args, RANGES)
+    check_out(Path(args.out))
+    if not args.model:
+        raise ConfigError("--model is required (a Hugging Face folder or a clmap run folder)")
+    try:
+        model_dir, _ = resolve_checkpoint(args.model)
+        num_layers = int(AutoConfig.from_pretrained(str(model_dir), local_files_only=True).num_hidden_layers)
+        layer = hidden_state_layer(args.layer, num_layers, "--layer")
+    except (CheckpointError, OSError, ValueError) as exc:  # hidden_state_layer: a ValueError naming --layer
+        message = str(exc)
+        raise ConfigError(message if message.startswith("--") else f"--model {message}") from None
+    segments = {}
+    for a, b in parse_pairs(args.pairs, "--pairs"):
+        for split in parse_splits(args.splits, "--splits"):
+            try:
+                segments[f"{a}-{b}/{split}"] = parallel_segments(a, b, split, limit=args.limit)
+            except EvalDataError as exc:
+                raise ConfigError(f"--pairs {a}-{b} --splits {split}: {exc}") from None
+    cache = {}
+    if args.cache:
+        writable_folder(Path(args.cache).parent, "--cache's folder")
+        if Path(args.cache).exists():
+            try:
+                cache = torch.load(args.cache)
+            except Exception as exc:  # noqa: BLE001 - whatever torch.load finds wrong, said in one line
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ConfigError(
+                    f"--cache {args.cache}: not a cache this command wrote ({reason})"
+                ) from None
+    return layer, segments, cache
+
+
+def measure(args: argparse.Namespace, argv: list[str]) -> dict:
+    """The measurement of the checked ``args``: encode, compare, write --out and its table."""
     out = Path(args.out)
     if args.table_only:
-        result = json.loads(out.read_text(encoding="utf-8"))
+        check_out(out)
+        result = read_result(out)
         out.with_suffix(".md").write_text(markdown_table(result), encoding="utf-8")
         return result
-
-    if not args.model:
-        p.error("--model is required (a Hugging Face folder or a clmap run folder)")
+    layer, segments_of, cache = check_arguments(args)
     from clmap.evaluate.lm import load_checkpoint, pooled_hidden_states
-    from clmap.evaluate.sources import parallel_segments
-    from clmap.objectives import hidden_state_layer
 
     torch.manual_seed(0)
     start = time.perf_counter()
     lm = load_checkpoint(args.model, dtype=torch.float32)
-    layer = hidden_state_layer(args.layer, lm.num_layers, "--layer")
     model_type, num_layers = lm.model.config.model_type, lm.num_layers
     encoder = truncated_decoder(lm.model, layer)
     lm = dataclasses.replace(lm, model=encoder)
     rows = []
-    cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    if args.cache and Path(args.cache).exists():
-        cache = torch.load(args.cache)
-    for pair in args.pairs.split(","):
-        a, b = pair.split("-")
-        for split in args.splits.split(","):
-            segments = parallel_segments(a, b, split, limit=args.limit)
-            if f"{pair}/{split}" in cache and len(cache[f"{pair}/{split}"][0]) == len(segments):
-                u, v = cache[f"{pair}/{split}"]
-            else:
-                u = pooled_hidden_states(lm, [s.src for s in segments], args.batch_size)[layer]
-                v = pooled_hidden_states(lm, [s.tgt for s in segments], args.batch_size)[layer]
-            mean = torch.cat([u, v]).mean(0)
-            row = {"pair": pair, "split": split, "n": len(segments)}
-            row["raw"] = separation(u, v)
-            row["centered"] = separation(u - mean, v - mean)
-            row["centered_per_side"] = separation(u - u.mean(0), v - v.mean(0))
-            row["forms"] = form_signal(u, v, args.temperature, args.margin)
-            rows.append(row)
-            if args.cache:
-                cache[f"{pair}/{split}"] = (u, v)
-                torch.save(cache, args.cache)
-            r, c = row["raw"], row["centered"]
-            print(
-                f"{pair} {split} n={len(segments)}: raw {r['parallel_mean']:.4f} vs "
-                f"{r['nonparallel_mean']:.4f} (AUC {r['auc']:.3f}, P@1 {r['p_at_1']:.3f}); "
-                f"centred {c['parallel_mean']:.3f} vs "
-                f"{c['nonparallel_mean']:.3f} (AUC {c['auc']:.3f}, P@1 {c['p_at_1']:.3f})",
-                flush=True,
-            )
+    for key, segments in segments_of.items():
+        pair, split = key.split("/")
+        if key in cache and len(cache[key][0]) == len(segments):
+            u, v = cache[key]
+        else:
+            u = pooled_hidden_states(lm, [s.src for s in segments], args.batch_size)[layer]
+            v = pooled_hidden_states(lm, [s.tgt for s in segments], args.batch_size)[layer]
+        mean = torch.cat([u, v]).mean(0)
+        row = {"pair": pair, "split": split, "n": len(segments)}
+        row["raw"] = separation(u, v)
+        row["centered"] = separation(u - mean, v - mean)
+        row["centered_per_side"] = separation(u - u.mean(0), v - v.mean(0))
+        row["forms"] = form_signal(u, v, args.temperature, args.margin)
+        rows.append(row)
+        if args.cache:
+            cache[key] = (u, v)
+            torch.save(cache, args.cache)
+        r, c = row["raw"], row["centered"]
+        print(
+            f"{pair} {split} n={len(segments)}: raw {r['parallel_mean']:.4f} vs "
+            f"{r['nonparallel_mean']:.4f} (AUC {r['auc']:.3f}, P@1 {r['p_at_1']:.3f}); "
+            f"centred {c['parallel_mean']:.3f} vs "
+            f"{c['nonparallel_mean']:.3f} (AUC {c['auc']:.3f}, P@1 {c['p_at_1']:.3f})",
+            flush=True,
+        )
     result = {
         "meta": {
-            "command": "python -m clmap.experiments.map_separation " + " ".join(argv or sys.argv[1:]),
+            "command": f"python -m {PROG} " + " ".join(argv),
             "model": str(args.model),
             "model_type": model_type,
             "num_layers": num_layers,
@@ -206,12 +284,21 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "rows": rows,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     out.with_suffix(".md").write_text(markdown_table(result), encoding="utf-8")
     print(f"wrote {out} and {out.with_suffix('.md')} ({result['meta']['wall_s']} s)")
     return result
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Exit status 2 with one line for a bad argument or input (``--debug``: the traceback)."""
+
+    def run(args: list[str]) -> int:
+        measure(build_parser().parse_args(args), args)
+        return 0
+
+    return run_main(run, argv, PROG)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
