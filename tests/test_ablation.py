@@ -511,3 +511,91 @@ def test_a_pretrained_base_is_continued_and_evaluated_as_a_row(recipe_run, small
     key = ("mt", chrf["key"], chrf["metric"].removesuffix(" (test)"), "test")
     assert indexed["pretrained"][0][key]["value"] == chrf["value"]
     assert recipe.LABELS["pretrained"] in (tmp_path / "docs" / "ablation_results.md").read_text()
+
+
+# -- every number of the committed write-ups is generated -------------------------------------------------
+# The write-ups and the results files their numbers come from (the Gemma page's learning-rate sweep reads
+# its own results files through inline values). Allowed outside the generated parts: 95, the confidence
+# level of every interval (a constant of the method, in no results file).
+WRITEUPS = {
+    "ablation": ["ablation_results.json"],
+    "ablation_gemma": [
+        "ablation_gemma_results.json",
+        "gemma_lr_sweep/lr_1e-4_results.json",
+        "gemma_lr_sweep/lr_5e-6_results.json",
+    ],
+}
+ALLOWED_NUMBERS = ("95",)
+
+
+@pytest.mark.parametrize("stem", sorted(WRITEUPS))
+def test_every_number_of_the_writeup_is_generated(stem, tmp_path):
+    """The committed page regenerates unchanged from its committed results files (so every block and
+    inline value is what the files give), and every number outside those generated parts is a setting
+    of the results files (their meta, the configs they name) or in the allow-list. Seen failing with a
+    made-up 0.123 in the prose, with an edited inline value, and with the CPU page's old hand-typed
+    "Checked on more items" section."""
+    from clmap.experiments import provenance
+
+    repo = recipe.REPO
+    docs = repo / "docs"
+    copy = tmp_path / "docs"
+    for name in [f"{stem}.md", *WRITEUPS[stem]]:
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(docs / name, copy / name)
+    writeup.write_docs(results.read_results(copy / WRITEUPS[stem][0]), copy, stem)
+    committed = (docs / f"{stem}.md").read_text(encoding="utf-8")
+    assert (copy / f"{stem}.md").read_text(encoding="utf-8") == committed, "regenerate with --report-only"
+    sources = provenance.settings_sources([docs / f for f in WRITEUPS[stem]], repo)
+    unsourced = provenance.unsourced_numbers(committed, sources, ALLOWED_NUMBERS)
+    assert not unsourced, "hand-typed numbers: " + ", ".join(f"line {p.line}: {p.text}" for p in unsourced)
+
+
+def test_a_number_outside_the_generated_parts_is_refused():
+    """The checker itself: generated parts and settings pass, a made-up number in the prose does not,
+    integers only exactly, decimals at their printed rounding."""
+    from clmap.experiments import provenance
+
+    sources = provenance.Sources()
+    sources.add_json({"seeds": [0, 1, 2], "lr": 3e-3, "model": "Llama 4 layers × 128 hidden"})
+    text = (
+        "Seeds 0, 1 and 2, a Llama of 4 layers × 128 at 3e-3 (P@1, fp32, `--steps 120`).\n"
+        "<!-- v:mean|own|LAC|test|cl_map -->0.4655<!-- /v --> and <!-- ablation:run -->\n7.5\n"
+        "<!-- /ablation:run -->\n"
+    )
+    assert provenance.unsourced_numbers(text, sources) == []
+    bad = provenance.unsourced_numbers(text + "LAC rose by 0.123, 5 seeds, 1,000 items at 0.0030.\n", sources)
+    assert [p.text for p in bad] == ["0.123", "5", "1,000"]
+
+
+def test_targets_by_kind_from_the_logged_mixture():
+    """The ½ NTP share is one of samples: the training summary splits the prediction targets by kind
+    from the logged ``mix/`` shares (seen failing with the pair keys counted as NTP)."""
+    records = [
+        {"step": 1, "tokens/targets": 100.0, "mix/en": 0.25, "mix/cs": 0.25, "mix/en-cs": 0.5},
+        {"step": 2, "tokens/targets": 60.0, "mix/en": 1.0},
+    ]
+    assert results.targets_by_kind(records, ["en-cs"]) == {"ntp": 110.0, "pairs": 50.0}
+    assert results.targets_by_kind([{"step": 1, "tokens/targets": 5.0}], ["en-cs"]) is None
+    runs = [
+        {"variant": v, "stage": "continue", "steps": 3, "training": t}
+        for v, t in (
+            ("ntp_only", {"steps": 3, "budget_tokens": 9, "input_tokens": 9, "target_tokens": 8}),
+            (
+                "cl_map",
+                {
+                    "steps": 3,
+                    "budget_tokens": 9,
+                    "input_tokens": 9,
+                    "target_tokens": 6,
+                    "targets_by_kind": {"ntp": 4.0, "pairs": 2.0},
+                },
+            ),
+        )
+    ]
+    for t in (r["training"] for r in runs):
+        t.update(
+            {k: t.get(k) for k in ("final_loss_ntp", "final_loss_cl", "final_loss_map")}, train_seconds=60
+        )
+    rows = _tables("\n" + "\n".join(writeup.budget_table(runs, 3)), "\n")
+    assert rows[1][5:8] == ["4", "2", "-25.0 %"] and rows[0][5:8] == ["–", "–", "–"]

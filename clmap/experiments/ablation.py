@@ -227,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": args.seeds,
         "main_budget": args.main_budget if args.protocol == "continue" else runs[0].steps,
         "base_steps": args.base_steps,
+        "stage_lr": args.stage_lr,  # peak learning rates of stage 1 and stage 2
         "budgets": args.budgets,
         "scale_variants": args.scale_variants,
         "tasks": args.tasks,

@@ -73,6 +73,7 @@ def training_summary(run_dir: Path, upto: int | None = None) -> dict:
 
     stride = max(1, len(records) // CURVE_POINTS)
     return {
+        "targets_by_kind": targets_by_kind(records, cfg["data"]["pairs"], scale),
         "steps": steps,
         "logged_steps": len(records),
         "budget_tokens": steps * cfg["train"]["global_batch"] * cfg["data"]["seq_len"],
@@ -84,6 +85,22 @@ def training_summary(run_dir: Path, upto: int | None = None) -> dict:
         "final_loss_map": tail_mean("loss/map"),
         "curve": [[r["step"], r.get("loss/ntp")] for r in records[stride - 1 :: stride]],
     }
+
+
+def targets_by_kind(records: list[dict], pairs: list[str], scale: float = 1.0) -> dict | None:
+    """Prediction targets of monolingual text (``ntp``) and of pairs (``pairs``: CL targets, or pairs
+    as plain text), from each logged step's ``mix/`` shares (the trainer's target tokens per language
+    or pair) times its ``tokens/targets``: the ½ NTP share is one of samples, and this is what it gives
+    each kind in tokens. None where the log has no ``mix/`` shares."""
+    if not any(k.startswith("mix/") for r in records for k in r):
+        return None
+    totals = {"ntp": 0.0, "pairs": 0.0}
+    for r in records:
+        for key, share in r.items():
+            if key.startswith("mix/"):
+                kind = "pairs" if key.removeprefix("mix/") in pairs else "ntp"
+                totals[kind] += share * r.get("tokens/targets", 0.0)
+    return {kind: scale * total for kind, total in totals.items()}
 
 
 def run_record(run, reports: dict[str, Path]) -> dict:

@@ -1,9 +1,12 @@
 """The ablation's generated tables and figures, and the write-up they are inserted into.
 
 ``docs/ablation.md`` is hand-written prose with marked blocks (``<!-- ablation:NAME -->`` …
-``<!-- /ablation:NAME -->``) that :func:`write_docs` refills from the results file; every table of
-every metric goes to ``docs/ablation_results.md``, the figures to ``docs/ablation_*.png``. Nothing
-here holds prose: only headings, table captions and the numbers.
+``<!-- /ablation:NAME -->``) that :func:`write_docs` refills from the results file, and inline values
+(``<!-- v:SPEC -->`` … ``<!-- /v -->``, :func:`inline_value`) that it refills in the prose, so that no
+number of the write-up is typed by hand (tests/test_ablation.py checks that with
+:mod:`clmap.experiments.provenance`); every table of every metric goes to ``docs/ablation_results.md``,
+the figures to ``docs/ablation_*.png``. Nothing here holds prose: only headings, table captions and
+the numbers.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 from clmap.evaluate.report import fmt, markdown_table, task_title
 from clmap.experiments import plots, stats
 from clmap.experiments.recipe import BASELINES, LABELS
+from clmap.experiments.results import read_results
 
 SPLIT_NAMES = {"test": "in-domain", "ood": "out-of-domain"}
 VIEW_TITLES = {
@@ -22,6 +26,16 @@ VIEW_TITLES = {
     "template": "every run in the text template",
 }
 BLOCK = re.compile(r"(<!-- ablation:(?P<name>[\w-]+) -->\n).*?(<!-- /ablation:(?P=name) -->)", re.S)
+INLINE = re.compile(r"(<!-- v:(?P<spec>[^>\n]+?) -->)[^\n]*?(<!-- /v -->)")
+INTERVAL = re.compile(r"\[[-+−]?\d[\d.e+-]*, [-+−]?\d[\d.e+-]*\]")  # a printed [lo, hi]
+# One primary endpoint per claim, fixed before reading the tables: (claim, headline label, split,
+# baseline, variant). The baseline is the same pairs fed as plain text, so a gain is the mapping task's,
+# not the parallel data's; out of domain, because in domain the runs trained on the split's own texts.
+PRIMARY = [
+    ("MT", "chrF++", "ood", "parallel_text", "cl_map"),
+    ("alignment", "LAC above floor", "ood", "parallel_text", "cl_map"),
+]
+FALLBACK = {"LAC above floor": "LAC"}  # results files from before the floor was scored
 
 
 def fmt_delta(value: float) -> str:
@@ -132,34 +146,99 @@ def scale_table(curve: dict, variants: Sequence[str]) -> list[str]:
 
 
 def budget_table(runs: Sequence[dict], steps: int) -> list[str]:
-    """Token budget and final training losses per variant at one budget (means over seeds)."""
+    """Token budget, prediction targets by kind and final training losses per variant at one budget
+    (means over seeds): the ½ NTP share is one of samples, so the targets it gives each kind are
+    counted here (``targets_by_kind``, from the trainer's ``mix/`` shares; '–' in a results file from
+    before they were recorded), and the targets relative to NTP only (what (c)–(e) give up)."""
     by_variant: dict[str, list[dict]] = {}
     for run in runs:
-        if run["stage"] == "base" or run["steps"] == steps:
+        if run["training"] is not None and (run["stage"] == "base" or run["steps"] == steps):
             by_variant.setdefault(run["variant"], []).append(run["training"])
+
+    def avg(trainings: list[dict], key: str, kind: str | None = None) -> float | None:
+        if kind is not None:
+            found = [t.get("targets_by_kind") for t in trainings]
+            values = [f[kind] for f in found if f and f.get(kind) is not None]
+        else:
+            values = [t[key] for t in trainings if t.get(key) is not None]
+        return sum(values) / len(values) if values else None
+
+    def count(value: float | None) -> str:
+        return "–" if value is None else f"{value:,.0f}"
+
+    reference = avg(by_variant.get("ntp_only", []), "target_tokens")
     rows = []
     for v, trainings in by_variant.items():
-
-        def avg(key: str, trainings=trainings) -> float | None:
-            values = [t[key] for t in trainings if t[key] is not None]
-            return sum(values) / len(values) if values else None
-
+        targets = avg(trainings, "target_tokens")
+        relative = "–"
+        if reference and targets is not None and v not in ("base", "ntp_only"):
+            relative = f"{100 * (targets / reference - 1):+.1f} %"
         rows.append(
             [
                 label(v),
                 str(trainings[0]["steps"]),
                 f"{trainings[0]['budget_tokens']:,}",
-                f"{avg('input_tokens'):,.0f}",
-                f"{avg('target_tokens'):,.0f}",
-                fmt(avg("final_loss_ntp")),
-                fmt(avg("final_loss_cl")),
-                fmt(avg("final_loss_map")),
-                f"{avg('train_seconds') / 60:.1f}",
+                count(avg(trainings, "input_tokens")),
+                count(targets),
+                count(avg(trainings, "", "ntp")),
+                count(avg(trainings, "", "pairs")),
+                relative,
+                fmt(avg(trainings, "final_loss_ntp")),
+                fmt(avg(trainings, "final_loss_cl")),
+                fmt(avg(trainings, "final_loss_map")),
+                f"{avg(trainings, 'train_seconds') / 60:.1f}",
             ]
         )
     header = ["run", "steps", "budget (steps×batch×seq)", "input tokens", "target tokens"]
+    header += ["NTP targets", "pair targets (CL or as text)", "targets vs (a)"]
     header += ["final NTP loss", "final CL loss", "final map loss", "train min"]
-    return markdown_table(header, rows)
+    lines = markdown_table(header, rows)
+    if any(not t.get("targets_by_kind") for ts in by_variant.values() for t in ts):
+        lines += [
+            "",
+            "NTP and pair targets: '–' where this results file predates their recording "
+            "(`targets_by_kind` of each run's training summary, from the trainer's logged `mix/` shares).",
+        ]
+    return lines
+
+
+def matched_targets_table(runs: Sequence[dict], curve: dict, variants: Sequence[str]) -> list[str]:
+    """The scale curve re-read at matched prediction targets: each budget of the second variant
+    against the first variant interpolated (linearly in target tokens, between the two budgets of its
+    curve around) to the same number of targets. A fixed step budget gives the CL runs fewer targets
+    than NTP only; this view asks whether the gain survives giving NTP only that many targets too.
+    Seed-0 points of the curve except the main budget (mean over seeds); no interval."""
+    if len(variants) != 2:
+        return ["(no scale curve of two variants: no matched view)"]
+    targets: dict[str, dict[int, list[float]]] = {}
+    for run in runs:
+        if run["stage"] not in ("base", "pretrained") and run["variant"] in variants and run["training"]:
+            targets.setdefault(run["variant"], {}).setdefault(run["steps"], []).append(
+                run["training"]["target_tokens"]
+            )
+    mean_targets = {v: {b: sum(t) / len(t) for b, t in by.items()} for v, by in targets.items()}
+    first, second = variants
+    if first not in mean_targets:
+        return ["(no scale curve in this results file)"]
+    body = []
+    for (m, s), by_variant in curve.items():
+        # the base model is every curve's point of 0 stage-2 targets
+        ref = sorted((mean_targets[first].get(b, 0.0), c[0]) for b, c in by_variant.get(first, {}).items())
+        for b, c in by_variant.get(second, {}).items():
+            if b not in mean_targets.get(second, {}):  # the base (0 steps) is the same run for both
+                continue
+            t = mean_targets[second][b]
+            around = [(x, y) for (x, y), (x2, y2) in zip(ref, ref[1:], strict=False) if x <= t <= x2]
+            if not around:
+                body.append([m, split_name(s), str(b), f"{t:,.0f}", fmt(c[0]), "– (outside the curve)", "–"])
+                continue
+            i = ref.index(around[0])
+            (x0, y0), (x1, y1) = ref[i], ref[i + 1]
+            at = y0 + (y1 - y0) * (t - x0) / (x1 - x0)
+            body.append([m, split_name(s), str(b), f"{t:,.0f}", fmt(c[0]), fmt(at), fmt_delta(c[0] - at)])
+    header = ["metric", "split", "stage-2 steps", f"targets of {label(second)}", label(second)]
+    header += [f"{label(first)} at as many targets (interpolated)", "Δ at matched targets"]
+    return markdown_table(header, body) if body else ["(no scale curve in this results file)"]
 
 
 def metric_tables(table: dict) -> list[str]:
@@ -238,18 +317,158 @@ def run_line(meta: dict) -> str:
     return "; ".join(parts) + "."
 
 
-# -- the documents -----------------------------------------------------------------------------------
-def render(results: dict, docs: Path, stem: str = "ablation") -> tuple[dict[str, list[str]], list[Path]]:
-    """The write-up's blocks and the figures (written to ``docs``) of one results file."""
+def endpoint_lines(head: dict, runs: Sequence[dict], intervals: int | None) -> list[str]:
+    """The primary endpoints (:data:`PRIMARY`) with their values, which interval is the primary one,
+    that everything else is exploratory, and how many intervals the page prints (``intervals``)."""
+    lines = [
+        "Primary endpoints, one per claim, fixed in the generator (`PRIMARY` in "
+        "`clmap/experiments/writeup.py`) for every results file; every other row, split, comparison "
+        "and interval of this page is exploratory. They were declared after these runs, not before.",
+        "",
+    ]
+    seeds = sorted({r["seed"] for r in runs if r["stage"] not in ("base", "pretrained")})
+    for claim, metric, split, base, variant in PRIMARY:
+        used = metric
+        if (metric, split, base, variant) not in head["deltas"] and FALLBACK.get(metric):
+            used = FALLBACK[metric]
+        where = f"{used} {split_name(split)}, {label(variant)} minus {label(base)}"
+        d = head["deltas"].get((used, split, base, variant))
+        if d is None:
+            lines.append(f"- {claim}: {where}: not in this results file.")
+            continue
+        kind = "t interval over seeds" if d[3] == "seeds" else "[min, max] over keys, not an interval"
+        text = f"- {claim}: {where}: {cell(*d[:3], delta=True)} ({kind}, {len(seeds)} seed(s))"
+        paired = head.get("paired", {}).get((used, split, base, variant))
+        if paired is not None and paired["lo"] is not None:
+            text += (
+                f"; paired bootstrap over the shared items [{fmt(paired['lo'])}, {fmt(paired['hi'])}]"
+                f" ({paired['items']} items / {paired['documents']} documents), the primary interval"
+            )
+        if used != metric:
+            text += f" ({metric} is not in this results file, which predates it; {used} stands in)"
+        lines.append(text + ".")
+    if intervals is not None:
+        lines += [
+            "",
+            f"This page prints {intervals} intervals (each 95 %, none corrected for multiplicity): at that "
+            "count some exclude 0 by chance alone, so only the primary endpoints carry a claim.",
+        ]
+    return lines
+
+
+# -- inline values of the prose ----------------------------------------------------------------------
+def stats_context(results: dict) -> dict:
+    """Everything the tables and the prose's inline values are computed from, for one results file."""
     meta, runs = results["meta"], results["runs"]
     main = meta["main_budget"]
     own, template = stats.select(runs, main, "own"), stats.select(runs, main, "template")
-    head, head_template = stats.headline(own, BASELINES), stats.headline(template, BASELINES)
-    format_labels = [h[2] for h in stats.HEADLINE if h[0] in ("mt", "clnlu")]
     scale_variants = [v for v in meta.get("scale_variants", []) if any(r["variant"] == v for r in runs)]
     curve = stats.scale_curve(runs, scale_variants, "own") if meta["protocol"] == "continue" else {}
-    lac = stats.lac_layers(runs, main)
-    table = stats.aggregate(own, BASELINES)
+    return {
+        "meta": meta,
+        "runs": runs,
+        "main": main,
+        "own": stats.headline(own, BASELINES),
+        "template": stats.headline(template, BASELINES),
+        "curve": curve,
+        "scale_variants": scale_variants,
+        "indexed": {"own": own, "template": template},
+        "lac": stats.lac_layers(runs, main),
+        "table": stats.aggregate(own, BASELINES),
+    }
+
+
+def inline_value(spec: str, ctx: dict) -> str:
+    """The text of one inline value ``KIND|ARG|...`` of the prose, from a results file's statistics:
+
+    - ``cell|VIEW|LABEL|SPLIT|VARIANT`` mean [lo, hi] of a headline cell (VIEW own or template);
+      ``mean|…`` the mean alone
+    - ``delta|VIEW|LABEL|SPLIT|BASE|VARIANT`` a headline delta with its interval; ``dmean|…`` alone
+    - ``paired|LABEL|SPLIT|BASE|VARIANT`` the paired bootstrap interval of a headline delta
+    - ``scale|LABEL|SPLIT|VARIANT|STEPS`` a scale-curve mean; ``sdelta|LABEL|SPLIT|STEPS`` its Δ
+    - ``metric|TASK|KEY|METRIC|SPLIT|VARIANT`` one key's mean (own format)
+    - ``training|VARIANT|KEY`` a training summary's value at the main budget, mean over seeds;
+      ``ratio|VARIANT|BASE|KEY`` VARIANT's over BASE's as a signed percentage
+    - ``layer|PAIR|SPLIT|VARIANT|LAYER`` LAC at one layer
+    """
+    kind, *args = spec.split("|")
+    if kind in ("cell", "mean"):
+        view, m, s, v = args
+        c = ctx[view]["cells"][m, s, v]
+        return cell(*c[:3]) if kind == "cell" else fmt(c[0])
+    if kind in ("delta", "dmean"):
+        view, m, s, base, v = args
+        if (m, s, base, v) not in ctx[view]["deltas"]:  # a comparison the tables do not print, e.g. (d) − (c)
+            ctx[view]["deltas"].update(stats.headline(ctx["indexed"][view], (base,))["deltas"])
+        d = ctx[view]["deltas"][m, s, base, v]
+        return cell(*d[:3], delta=True) if kind == "delta" else fmt_delta(d[0])
+    if kind == "paired":
+        p = ctx["own"]["paired"][tuple(args)]
+        return f"[{fmt(p['lo'])}, {fmt(p['hi'])}]"
+    if kind == "scale":
+        m, s, v, steps = args
+        return fmt(ctx["curve"][m, s][v][int(steps)][0])
+    if kind == "sdelta":
+        m, s, steps = args
+        first, second = ctx["scale_variants"]
+        by = ctx["curve"][m, s]
+        return fmt_delta(by[second][int(steps)][0] - by[first][int(steps)][0])
+    if kind == "metric":
+        task, key, name, s, v = args
+        for row in ctx["table"]["rows"]:
+            if (row["task"], row["key"], row["metric"], row["split"]) == (task, key, name, s):
+                return fmt(row["cells"][v]["mean"])
+        raise KeyError(spec)
+    if kind in ("training", "ratio"):
+        *variants, key = args
+
+        def mean(v: str) -> float:
+            values = [
+                r["training"][key]
+                for r in ctx["runs"]
+                if r["variant"] == v and r["training"] and (r["stage"] == "base" or r["steps"] == ctx["main"])
+            ]
+            return sum(values) / len(values)
+
+        if kind == "training":
+            return fmt(mean(variants[0]))
+        return f"{100 * (mean(variants[0]) / mean(variants[1]) - 1):+.1f} %"
+    if kind == "layer":
+        pair, s, v, layer = args
+        return fmt(ctx["lac"][pair, s][v][int(layer)][0])
+    raise KeyError(f"<!-- v:{spec} -->: unknown kind {kind!r}")
+
+
+def fill_inline(text: str, contexts: dict[str, dict]) -> str:
+    """``text`` with every inline value refilled; ``@STEM|…`` reads the results file of another stem
+    (``contexts``: stem → statistics; '' is the page's own)."""
+
+    def replace(match: re.Match) -> str:
+        spec, stem = match["spec"], ""
+        if spec.startswith("@"):
+            stem, _, spec = spec[1:].partition("|")
+        if stem not in contexts:
+            raise KeyError(f"<!-- v:{match['spec']} -->: no results file {stem!r}")
+        try:
+            value = inline_value(spec, contexts[stem])
+        except (KeyError, ValueError) as exc:
+            raise KeyError(f"<!-- v:{match['spec']} -->: not in the results file ({exc})") from None
+        return match.group(1) + value + match.group(3)
+
+    return INLINE.sub(replace, text)
+
+
+# -- the documents -----------------------------------------------------------------------------------
+def render(
+    results: dict, docs: Path, stem: str = "ablation", ctx: dict | None = None
+) -> tuple[dict[str, list[str]], list[Path]]:
+    """The write-up's blocks and the figures (written to ``docs``) of one results file (``ctx``: its
+    :func:`stats_context`, if computed already)."""
+    ctx = ctx or stats_context(results)
+    meta, runs, main = ctx["meta"], ctx["runs"], ctx["main"]
+    head, head_template, curve = ctx["own"], ctx["template"], ctx["curve"]
+    scale_variants, lac, table = ctx["scale_variants"], ctx["lac"], ctx["table"]
+    format_labels = [h[2] for h in stats.HEADLINE if h[0] in ("mt", "clnlu")]
     figures = [
         *(plots.plot_headline(head, s, docs / f"{stem}_headline_{s}.png") for s in head["splits"]),
         plots.plot_scale(curve, docs / f"{stem}_scale.png"),
@@ -266,6 +485,8 @@ def render(results: dict, docs: Path, stem: str = "ablation") -> tuple[dict[str,
     figures = [f for f in figures if f is not None]
     blocks = {
         "run": [run_line(meta)],
+        "endpoints": endpoint_lines(head, runs, None),
+        "matched": matched_targets_table(runs, curve, scale_variants),
         "headline": headline_tables(head),
         "template-view": headline_tables(head_template, format_labels),
         "deltas": delta_lines(head),
@@ -282,11 +503,13 @@ def results_markdown(blocks: dict[str, list[str]], stem: str) -> str:
     """Every generated table in one file, under headings (the prose is in the write-up)."""
     sections = [
         ("Run", "run"),
+        ("Primary endpoints", "endpoints"),
         ("Token budget and final training losses", "budget"),
         (f"Headline: {VIEW_TITLES['own']}", "headline"),
         (f"MT and translation choice: {VIEW_TITLES['template']}", "template-view"),
         ("Headline deltas", "deltas"),
         ("Scale curve", "scale"),
+        ("Scale curve at matched prediction targets", "matched"),
         ("Every metric (own format)", "metrics"),
         ("LAC per layer (0 = embeddings; mean over seeds)", "lac"),
         ("Figures", "figures"),
@@ -310,14 +533,22 @@ def fill_template(text: str, blocks: dict[str, list[str]]) -> str:
 
 
 def write_docs(results: dict, docs: Path, stem: str = "ablation") -> list[Path]:
-    """``{stem}_results.md``, the figures and the refilled blocks of ``{stem}.md`` (if it exists)."""
+    """``{stem}_results.md``, the figures and the refilled blocks and inline values of ``{stem}.md``
+    (if it exists); the endpoints block then counts the intervals the filled page prints."""
     docs.mkdir(parents=True, exist_ok=True)
-    blocks, figures = render(results, docs, stem)
+    ctx = stats_context(results)
+    blocks, figures = render(results, docs, stem, ctx)
     tables = docs / f"{stem}_results.md"
     tables.write_text(results_markdown(blocks, stem), encoding="utf-8")
     written = [tables, *figures]
     writeup = docs / f"{stem}.md"
     if writeup.is_file():
-        writeup.write_text(fill_template(writeup.read_text(encoding="utf-8"), blocks), encoding="utf-8")
+        text = writeup.read_text(encoding="utf-8")
+        contexts = {"": ctx}
+        for other in sorted(set(re.findall(r"<!-- v:@([^|>]+)\|", text))):
+            contexts[other] = stats_context(read_results(docs / f"{other}_results.json"))
+        filled = fill_inline(fill_template(text, blocks), contexts)
+        blocks["endpoints"] = endpoint_lines(ctx["own"], ctx["runs"], len(INTERVAL.findall(filled)))
+        writeup.write_text(fill_inline(fill_template(text, blocks), contexts), encoding="utf-8")
         written.append(writeup)
     return written
