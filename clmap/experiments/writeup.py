@@ -439,9 +439,11 @@ def inline_value(spec: str, ctx: dict) -> str:
     raise KeyError(f"<!-- v:{spec} -->: unknown kind {kind!r}")
 
 
-def fill_inline(text: str, contexts: dict[str, dict]) -> str:
+def fill_inline(text: str, contexts: dict[str, dict], missing: list[str] | None = None) -> str:
     """``text`` with every inline value refilled; ``@STEM|…`` reads the results file of another stem
-    (``contexts``: stem → statistics; '' is the page's own)."""
+    (``contexts``: stem → statistics; '' is the page's own). A value the results do not hold is an
+    error, or, given a ``missing`` list, printed as "–" and its spec appended (a run of fewer arms
+    refilling a page written for all of them)."""
 
     def replace(match: re.Match) -> str:
         spec, stem = match["spec"], ""
@@ -451,8 +453,11 @@ def fill_inline(text: str, contexts: dict[str, dict]) -> str:
             raise KeyError(f"<!-- v:{match['spec']} -->: no results file {stem!r}")
         try:
             value = inline_value(spec, contexts[stem])
-        except (KeyError, ValueError) as exc:
-            raise KeyError(f"<!-- v:{match['spec']} -->: not in the results file ({exc})") from None
+        except (KeyError, ValueError, ZeroDivisionError) as exc:
+            if missing is None:
+                raise KeyError(f"<!-- v:{match['spec']} -->: not in the results file ({exc})") from None
+            missing.append(match["spec"])
+            value = "–"
         return match.group(1) + value + match.group(3)
 
     return INLINE.sub(replace, text)
@@ -532,9 +537,11 @@ def fill_template(text: str, blocks: dict[str, list[str]]) -> str:
     return BLOCK.sub(replace, text)
 
 
-def write_docs(results: dict, docs: Path, stem: str = "ablation") -> list[Path]:
+def write_docs(results: dict, docs: Path, stem: str = "ablation", strict: bool = True) -> list[Path]:
     """``{stem}_results.md``, the figures and the refilled blocks and inline values of ``{stem}.md``
-    (if it exists); the endpoints block then counts the intervals the filled page prints."""
+    (if it exists); the endpoints block then counts the intervals the filled page prints. ``strict``:
+    an inline value the results do not hold is an error; otherwise it is printed as "–" and named
+    on stdout (the recipe after a run of fewer arms than the page is written for)."""
     docs.mkdir(parents=True, exist_ok=True)
     ctx = stats_context(results)
     blocks, figures = render(results, docs, stem, ctx)
@@ -547,8 +554,17 @@ def write_docs(results: dict, docs: Path, stem: str = "ablation") -> list[Path]:
         contexts = {"": ctx}
         for other in sorted(set(re.findall(r"<!-- v:@([^|>]+)\|", text))):
             contexts[other] = stats_context(read_results(docs / f"{other}_results.json"))
-        filled = fill_inline(fill_template(text, blocks), contexts)
+        missing: list[str] | None = None if strict else []
+        filled = fill_inline(fill_template(text, blocks), contexts, missing)
         blocks["endpoints"] = endpoint_lines(ctx["own"], ctx["runs"], len(INTERVAL.findall(filled)))
-        writeup.write_text(fill_inline(fill_template(text, blocks), contexts), encoding="utf-8")
+        writeup.write_text(
+            fill_inline(fill_template(text, blocks), contexts, None if strict else []), encoding="utf-8"
+        )
+        if missing:
+            print(
+                f"[ablation] {writeup}: {len(missing)} inline value(s) not in these results, printed as –: "
+                + ", ".join(missing[:8])
+                + (" …" if len(missing) > 8 else "")
+            )
         written.append(writeup)
     return written
