@@ -8,10 +8,13 @@ stores are built from those files by ``build_config_stores`` (the store build ra
 come from these builds); beyond it the 1x store is repeated s times by ``repeat_store`` (the same
 records a build of the repeated files writes, shards hard-linked, not tokenised again). Every run is the
 tiny model for ``--steps`` steps, one process, started fresh; its peak RSS is measured in a wrapper
-process per case (``run_case_subprocess``). Start-up is launch to the first step's start: the time the
-first metrics record appears less that step's own time. Data wait is the mean ``data_time_share`` of
-steps 2..N. A row from the texts (the demo's path) at 1x is the baseline. Rows go to
-benchmarks/results/data_scale.csv with device and commit.
+process per case (``run_case_subprocess``), and its peak private memory (``RssAnon``, sampled every
+20 ms: RSS less the store's memory-mapped pages, which count only as far as the page cache holds them).
+Start-up is launch to the first step's start: the time the first metrics record appears less that
+step's own time. Data wait is the mean ``data_time_share`` of steps 2..N. A row from the texts (the
+demo's path) at 1x is the baseline. Rows go to benchmarks/results/data_scale.csv with device and
+commit; the resume rows (``resume_rows``: a resume's first row at row p, by counting vs from a
+checkpoint's data cursor) to data_resume.csv.
 """
 
 from __future__ import annotations
@@ -132,10 +135,11 @@ def run_case(case: dict) -> dict:
     metrics = run_dir / "metrics.jsonl"
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    first = None
+    first, anon = None, 0
     while proc.poll() is None:
         if first is None and metrics.is_file() and metrics.stat().st_size > 0:
             first = time.perf_counter() - start
+        anon = max(anon, _anon_kib(proc.pid))
         time.sleep(0.02)
     out, err = proc.communicate()
     if proc.returncode != 0:
@@ -150,7 +154,65 @@ def run_case(case: dict) -> dict:
         "step_s": round(sum(r["step_time_s"] for r in later) / len(later), 3),
         "data_wait_share": round(sum(r["data_time_share"] for r in later) / len(later), 4),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+        "peak_anon_mb": round(anon / 1024, 1),
     }
+
+
+def _anon_kib(pid: int) -> int:
+    """The process's private memory now (``RssAnon``, KiB): its RSS less the pages of files it maps. A
+    store's memory-mapped pages count in RSS as far as the page cache holds them, so ``peak_rss_mb``
+    moves with the cache's state (a store just written reads back higher); this does not."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def resume_rows(stores: Path, scale: int, positions: list[int], work: Path) -> list[dict]:
+    """Seconds from a fresh stream to a resumed run's first row at row p (tiny config, these stores, the
+    rows of rank 0 of 2 read): counting every row before p, as a checkpoint without a data cursor must,
+    against starting at the cursor a checkpoint records (``TrainingStream.cursor``)."""
+    from clmap.config import load_config
+    from clmap.data.examples import GroupTable
+    from clmap.data.pipeline import make_stream, open_stores
+    from clmap.data.tokenizer import load_tokenizer
+
+    cfg = load_config(str(CONFIG), [f"--data.store={stores}"])
+    tok = load_tokenizer(stores / "tokenizer")
+    table = GroupTable(cfg.data.languages, cfg.data.pairs)
+    mono, parallel = open_stores(cfg, tok)
+    batch = cfg.train.global_batch
+
+    def stream():
+        return make_stream(cfg, tok, table, mono, parallel, cfg.train.seed, cache_dir=work / "resume-index")
+
+    def keep(p: int) -> bool:
+        return p % batch < batch // 2
+
+    rows = []
+    for position in positions:
+        start = time.perf_counter()
+        counted = stream()
+        row = next(counted.rows(position, keep=keep))
+        counting = time.perf_counter() - start
+        cursor = counted.cursor(row, position)
+        start = time.perf_counter()
+        resumed = next(stream().rows(position, keep=keep, cursor=cursor))
+        at_cursor = time.perf_counter() - start
+        assert resumed == row, "the cursor's row differs from the counted one"
+        rows.append(
+            {
+                "scale": scale,
+                "resume_row": position,
+                "counting_s": round(counting, 3),
+                "cursor_s": round(at_cursor, 3),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -161,6 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-proc", type=int, default=2, help="store build processes")
     parser.add_argument("--threads", type=int, default=2, help="OMP threads of the trainer")
     parser.add_argument("--work", type=Path, default=Path("/tmp/clmap_data_scale"), help="stores, runs")
+    parser.add_argument(
+        "--resume-rows", default="10000,100000", help="rows a resume starts at (data_resume.csv; empty: none)"
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.case:
@@ -186,6 +251,14 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(row), flush=True)
     path = append_csv("data_scale", rows)
     print(f"appended {len(rows)} rows to {path}")
+    positions = [int(p) for p in args.resume_rows.split(",") if p.strip()]
+    if positions:
+        resumes = [
+            {**row, **tags}
+            for s in (min(scales), max(scales))
+            for row in resume_rows(args.work / f"stores-{s}x", s, positions, args.work)
+        ]
+        print(f"appended {len(resumes)} rows to {append_csv('data_resume', resumes)}")
 
 
 if __name__ == "__main__":
