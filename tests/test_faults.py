@@ -850,6 +850,23 @@ def test_input_errors_are_one_line_and_exit_2(small_corpus, small_tokenizer, tmp
     assert not run_dir.exists()  # a start that fails before writing anything leaves no folder behind
 
 
+@pytest.mark.parametrize("kind", ["sentencepiece", "bpe"])
+def test_a_vocabulary_too_small_for_the_corpus_is_one_line_and_leaves_no_tokenizer(
+    small_corpus, tmp_path, capsys, kind
+):
+    """tokenizer.vocab_size below what the corpus's sample needs (SentencePiece: its characters; byte-level
+    BPE: the 256 bytes and the special pieces) is refused by name with the minimum, and the run folder
+    keeps no half-written tokenizer that a second start would take for a trained one."""
+    run_dir = tmp_path / "run"
+    args = _overrides(small_corpus, "", run_dir, **{"tokenizer.vocab_size": 40, "tokenizer.kind": kind})
+    status, err = _train_here(args, capsys)
+    assert status == 2, err
+    assert err.count("\n") == 1 and err.startswith("clmap.train: error: tokenizer.vocab_size=40: "), err
+    assert "at least" in err, err
+    left = sorted(p.name for p in run_dir.iterdir()) if run_dir.exists() else []
+    assert not [name for name in left if name.startswith("tokenizer")], left
+
+
 def test_resume_restores_every_rng(tmp_path):
     """Resume continues the random streams where the checkpoint left them (dropout, sampling, shuffles)."""
     import random

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -196,7 +197,15 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, dist_info: DistInfo, mono, par
     out = run_dir / "tokenizer"
     if dist_info.is_main and not (out / META_FILE).is_file():
         columns = [*mono.values(), *(side for sides in parallel.values() for side in sides)]
-        train_tokenizer(cfg, columns, out, cfg.train.seed)
+        tmp = run_dir / "tokenizer.tmp"  # renamed when complete: a failed training leaves no tokenizer
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            train_tokenizer(cfg, columns, tmp, cfg.train.seed)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
     barrier()
     return load_tokenizer(out)
 

@@ -23,8 +23,11 @@ SentencePiece model, so older exports without ``tokenizer.json`` load as before.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+
+from clmap.cli import UserError
 
 META_FILE = "clmap_tokenizer.json"
 SPM_FILE = "tokenizer.model"
@@ -240,6 +243,10 @@ def hf_tokenizer_from_sentencepiece(model_proto: bytes):
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, split_special_tokens=True, **special)
 
 
+class TokenizerError(UserError, ValueError):
+    """A tokenizer that cannot be trained as configured (named by its config key and the rule)."""
+
+
 def train_sentencepiece(
     texts: Iterable[str],
     out_dir: str | Path,
@@ -260,27 +267,37 @@ def train_sentencepiece(
     out_dir.mkdir(parents=True, exist_ok=True)
     tags = [DEFAULT_SPECIAL_TAG.format(lang=lang) for lang in languages]
     prefix = out_dir / "spm"
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=(t for t in texts if t.strip()),
-        model_prefix=str(prefix),
-        vocab_size=vocab_size,
-        model_type=model_type,
-        byte_fallback=True,
-        character_coverage=character_coverage,
-        user_defined_symbols=tags,
-        pad_id=0,
-        unk_id=1,
-        bos_id=2,
-        eos_id=3,
-        input_sentence_size=max_sentences,
-        shuffle_input_sentence=True,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        split_digits=True,
-        hard_vocab_limit=False,  # small corpora: a smaller vocabulary instead of an error
-        minloglevel=2,
-        num_threads=2,
-    )
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=(t for t in texts if t.strip()),
+            model_prefix=str(prefix),
+            vocab_size=vocab_size,
+            model_type=model_type,
+            byte_fallback=True,
+            character_coverage=character_coverage,
+            user_defined_symbols=tags,
+            pad_id=0,
+            unk_id=1,
+            bos_id=2,
+            eos_id=3,
+            input_sentence_size=max_sentences,
+            shuffle_input_sentence=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            split_digits=True,
+            hard_vocab_limit=False,  # small corpora: a smaller vocabulary instead of an error
+            minloglevel=2,
+            num_threads=2,
+        )
+    except RuntimeError as exc:  # SentencePiece's own check, an INTERNAL error with a C++ location
+        need = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(exc))
+        if need is None:
+            raise
+        raise TokenizerError(
+            f"tokenizer.vocab_size={vocab_size}: this corpus's sample needs at least {need[1]} pieces (the "
+            f"characters SentencePiece keeps at character_coverage={character_coverage}, the language "
+            "tags and the special pieces); set it to that or more"
+        ) from None
     prefix.with_suffix(".model").rename(out_dir / SPM_FILE)
     prefix.with_suffix(".vocab").unlink(missing_ok=True)
     backend = spm.SentencePieceProcessor(model_file=str(out_dir / SPM_FILE))
@@ -303,13 +320,21 @@ def train_byte_level_bpe(
     from transformers import PreTrainedTokenizerFast
 
     tags = [DEFAULT_SPECIAL_TAG.format(lang=lang) for lang in languages]
+    special = ["<pad>", "<s>", "</s>", *tags]
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    if vocab_size < len(alphabet) + len(special):  # the trainer would silently keep them all
+        raise TokenizerError(
+            f"tokenizer.vocab_size={vocab_size}: a byte-level BPE needs at least "
+            f"{len(alphabet) + len(special)} pieces ({len(alphabet)} bytes and {len(special)} special "
+            "pieces); set it to that or more"
+        )
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=["<pad>", "<s>", "</s>", *tags],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=special,
+        initial_alphabet=alphabet,
         show_progress=False,
     )
     backend.train_from_iterator((t for t in texts if t.strip()), trainer)
