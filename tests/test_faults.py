@@ -1037,6 +1037,7 @@ def test_a_run_folder_is_named_as_such_where_a_model_is_expected(trained, tmp_pa
         (["--tasks", "mt,bogus"], "--tasks: unknown task(s) ['bogus']"),
         (["--pairs", "en"], "--pairs: language pair 'en' is not of the form 'src-tgt'"),
         (["--splits", "a-b"], "--splits 'a-b': expected a comma list of split names"),
+        (["--splits", "test,bogus"], "--splits bogus: no such split in the bundled corpus (it has dev, "),
         (["--eval-batch-size", "0"], "--eval-batch-size: 0 is outside the allowed range [1, inf)"),
         (["--data", "mt"], "--data 'mt': expected TASK=PATH"),
         (["--data", "bogus=x"], "--data keys ['bogus'] unknown"),

@@ -16,6 +16,7 @@ from clmap.evaluate.options import (
     DEFAULT_PAIRS,
     PROMPT_FORMATS,
     EvalConfig,
+    check_bundled_inputs,
     eval_config,
     parse_pairs,
     parse_splits,
@@ -57,7 +58,6 @@ def evaluate(
     from clmap.evaluate.lm import load_checkpoint
     from clmap.evaluate.mt import choose_prompt_format
     from clmap.evaluate.report import write_report
-    from clmap.evaluate.sources import check_bundled_coverage
     from clmap.evaluate.tasks import EvalContext
 
     if config is None:
@@ -68,15 +68,7 @@ def evaluate(
     data = dict(config.data)
     pairs, splits = parse_pairs(config.pairs), parse_splits(config.split)
     prompt = choose_prompt_format(checkpoint, config.prompt_format, config.mt_template)
-    reads_bundled = [t for t in tasks if t.bundled is not None and t.data_keys[0] not in data]
-    pair_keys = [t.data_keys[0] for t in reads_bundled if t.bundled == "pairs"]
-    languages = list(dict.fromkeys(lang for pair in pairs for lang in pair))
-    check_bundled_coverage(
-        pairs if pair_keys else [],
-        languages if any(t.bundled == "languages" for t in reads_bundled) else [],
-        pair_keys,
-        splits,
-    )
+    check_bundled_inputs(config)
     torch.manual_seed(config.seed)
     lm = load_checkpoint(checkpoint, device=config.device)
     context = EvalContext(Path(checkpoint), config, lm, pairs, splits, data, prompt)

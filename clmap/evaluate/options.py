@@ -114,7 +114,28 @@ def eval_config(settings: Mapping[str, object], name: Callable[[str], str] = fla
         )
     parse_pairs(config.pairs, name("pairs"))
     parse_splits(config.split, name("split"))
+    check_bundled_inputs(config, name)
     return config
+
+
+def check_bundled_inputs(config: EvalConfig, name: Callable[[str], str] = flag) -> None:
+    """What ``config``'s tasks would read from the bundled corpus (every task without a ``--data``
+    file) is there: its pairs, languages and splits, before any model work (one line naming the flag)."""
+    from clmap.evaluate.sources import check_bundled_coverage
+    from clmap.evaluate.tasks import TASKS
+
+    tasks = [TASKS[task] for task in config.tasks]
+    reads_bundled = [t for t in tasks if t.bundled is not None and t.data_keys[0] not in config.data]
+    pair_keys = [t.data_keys[0] for t in reads_bundled if t.bundled == "pairs"]
+    pairs = parse_pairs(config.pairs, name("pairs"))
+    languages = list(dict.fromkeys(lang for pair in pairs for lang in pair))
+    check_bundled_coverage(
+        pairs if pair_keys else [],
+        languages if any(t.bundled == "languages" for t in reads_bundled) else [],
+        pair_keys,
+        parse_splits(config.split, name("split")),
+        name,
+    )
 
 
 def parse_pairs(pairs: str | Sequence[str], where: str = "--pairs") -> list[tuple[str, str]]:

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from clmap.cli import UserError
 from clmap.data.languages import FLORES_CODES, LANGUAGES
 
 
-class EvalDataError(ValueError):
+class EvalDataError(UserError, ValueError):
     """Input data the evaluator cannot use; the message names the file, record and field."""
 
 
@@ -201,16 +202,17 @@ def check_bundled_coverage(
     languages: list[str],
     pair_tasks: Sequence[str] = ("mt",),
     splits: Sequence[str] = (),
+    name=lambda key: f"--{key}",
 ) -> None:
     """Fail before any model work when a pair or language that ``pair_tasks`` (or perplexity) read from
     the bundled corpus is not in it (local data, ``--data TASK=PATH``, may hold any pair), or a split
     no part of the bundled corpus has (a typo: every pair would be skipped; a split only some pairs
-    lack, ``ood`` for the languages, is skipped there with a note)."""
+    lack, ``ood`` for the languages, is skipped there with a note). ``name``: a setting's flag."""
     readers = _readers()
     stored = set(readers.bundled_pairs())
     missing = [f"{a}-{b}" for a, b in pairs if f"{a}-{b}" not in stored and f"{b}-{a}" not in stored]
     if missing:
-        hint = " or ".join(f"--data {task}=PATH" for task in pair_tasks)
+        hint = " or ".join(f"{name('data')} {task}=PATH" for task in pair_tasks)
         raise EvalDataError(
             f"no bundled parallel data for {', '.join(missing)} (available: {', '.join(sorted(stored))}); "
             f"{', '.join(pair_tasks)} would read it: pass {hint} (a parallel file or FLORES folder)"
@@ -220,13 +222,14 @@ def check_bundled_coverage(
     if missing:
         raise EvalDataError(
             f"no bundled monolingual data for language(s) {', '.join(missing)} "
-            f"(available: {', '.join(sorted(available))}); pass --data ppl=PATH"
+            f"(available: {', '.join(sorted(available))}); pass {name('data')} ppl=PATH"
         )
     known = readers.bundled_split_names() if pairs or languages else []
     unknown = [split for split in splits if known and split not in known]
     if unknown:
         raise EvalDataError(
-            f"--split {','.join(unknown)}: no such split in the bundled corpus (it has {', '.join(known)})"
+            f"{name('split')} {','.join(unknown)}: no such split in the bundled corpus "
+            f"(it has {', '.join(known)})"
         )
 
 
