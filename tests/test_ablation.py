@@ -72,6 +72,7 @@ def _args(corpus, tokenizer, out, docs, *extra: str) -> list[str]:
     ]
     args += ["--seeds", "0,1", "--base-steps", "4", "--budgets", "3,6", "--main-budget", "3", "--jobs", "2"]
     args += ["--out", str(out), "--docs", str(docs), "--tokenizer", str(tokenizer), "--eval-limit", "8"]
+    args += ["--eval-task-limit", "mt=4"]  # MT's own item count, as the CPU preset gives generation fewer
     args += ["--tasks", "mt,clnlu,ppl,lac", "--pairs", "en-cs", "--splits", "test", "--max-new-tokens", "8"]
     args += ["--eval-batch-size", "8", "--base-nproc", "1"]
     return args + [f"--set={o[2:]}" for o in sets] + list(extra)
@@ -419,6 +420,25 @@ def test_reports_scored_on_several_splits_are_read_apart():
         "tasks": {"ppl": {"metrics": [{"key": "en", "metric": "ppl", "value": 9.0}]}},
     }
     assert results.report_entries(single, "template")[0][0]["split"] == "test"
+
+
+def test_the_per_task_item_counts_reach_every_evaluation_and_the_run_line(recipe_run):
+    """``--eval-limit 8 --eval-task-limit mt=4``: every report's MT scores 4 items a direction, the
+    other tasks 8; the results file and the write-up's run line say so."""
+    out, docs = recipe_run
+    for name, prompt_format in (
+        ("base", "template"),
+        ("cl_map_s1_3", "mapping"),
+        ("cl_map_s1_3", "template"),
+    ):
+        tasks = _report(out, name, prompt_format)["tasks"]
+        assert [len(tasks["mt"]["details"][d]["item_ids"]) for d in ("en→cs", "cs→en")] == [4, 4]
+        assert tasks["clnlu"]["details"]["en→cs choice"]["n"] == 8
+        if "lac" in tasks:
+            assert len(tasks["lac"]["details"]["en-cs"]["item_ids"]) == 8
+    meta = json.loads((docs / "ablation_results.json").read_text())["meta"]
+    assert (meta["eval_limit"], meta["eval_task_limit"]) == (8, {"mt": 4})
+    assert "8 items (mt 4) per task and direction" in (docs / "ablation.md").read_text()
 
 
 def test_skip_existing_reuses_finished_runs(recipe_run, small_corpus, small_tokenizer, capsys):

@@ -201,6 +201,41 @@ def test_cli_end_to_end(checkpoints, task_data, tmp_path, capsys):
     assert "Machine translation" in capsys.readouterr().out
 
 
+def test_a_task_limit_sets_that_task_s_items_and_the_rest_keep_limit(checkpoints, tmp_path):
+    """``--task-limit mt=2,ppl=4`` beside ``--limit 3``: MT scores 2 items, perplexity 4, choice and LAC
+    the 3 of ``--limit`` (MT's generation costs more than scoring, so the ablation gives it fewer)."""
+    out = tmp_path / "limits"
+    argv = ["--checkpoint", str(checkpoints["run"]), "--out", str(out), "--tasks", "mt,clnlu,ppl,lac"]
+    assert main([*argv, *_common(3), "--task-limit", "mt=2", "--task-limit", "ppl=4,clnlu=3"]) == 0
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert report["settings"]["limit"] == 3 and report["settings"]["task_limit"] == {
+        "mt": 2,
+        "ppl": 4,
+        "clnlu": 3,
+    }
+    tasks = report["tasks"]
+    assert [len(tasks["mt"]["details"][d]["item_ids"]) for d in ("en→cs", "cs→en")] == [2, 2]
+    assert len(tasks["ppl"]["details"]["cs"]["item_ids"]) == 4
+    assert len(tasks["lac"]["details"]["en-cs"]["item_ids"]) == 3
+    assert tasks["clnlu"]["details"]["en→cs choice"]["n"] == 3
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("bogus=3", "--task-limit: bogus=3 not of the form TASK=N with a task of mt, clnlu"),
+        ("mt=0", "--task-limit: mt=0 not of the form TASK=N"),
+        ("mt", "--task-limit 'mt': expected TASK=N"),
+        ("mt=x", "--task-limit['mt']: expected int, got 'x'"),
+    ],
+)
+def test_a_bad_task_limit_is_one_line_before_any_model_work(given, expected, tmp_path, capsys):
+    argv = ["--checkpoint", str(tmp_path / "absent"), "--out", str(tmp_path / "o"), "--task-limit", given]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert expected in err and len(err.splitlines()) == 1, err
+
+
 def test_cli_mt_from_a_flores_folder_with_a_plain_hf_model(checkpoints, task_data, tmp_path):
     out = tmp_path / "mt"
     argv = [

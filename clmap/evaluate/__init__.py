@@ -81,6 +81,7 @@ def evaluate(
             "pairs": ",".join(f"{a}-{b}" for a, b in pairs),
             "split": ",".join(splits),
             "limit": config.limit,
+            "task_limit": dict(config.task_limit) or None,
             "items": config.items,
             "num_beams": config.num_beams,
             "device": config.device,

@@ -45,29 +45,31 @@ def build_parser() -> argparse.ArgumentParser:
             dest=f.name,
             default=None,
             action="append" if typing.get_origin(annotation) is dict else "store",
-            metavar="TASK=PATH" if f.name == "data" else f.name.upper(),
+            metavar={"data": "TASK=PATH", "task_limit": "TASK=N"}.get(f.name, f.name.upper()),
             help=f"{f.metadata['doc']} [{summary}]".replace("%", "%%"),
         )
     return parser
 
 
-def _data_map(entries: list[str] | None) -> dict[str, str] | None:
-    """``["mt=PATH", ...]`` (repeated ``--data``) → ``{"mt": "PATH"}``."""
+def _task_map(entries: list[str] | None, option: str, value: str, commas: bool) -> dict[str, str] | None:
+    """``["mt=PATH", ...]`` (a repeated ``option``) → ``{"mt": "PATH"}``; with ``commas`` an entry may
+    hold several (``mt=128,clnlu=256``; paths may contain commas, so ``--data`` takes one each)."""
     if entries is None:
         return None
-    data = {}
-    for entry in entries:
-        task, sep, path = entry.partition("=")
-        if not sep or not path:
-            raise ConfigError(f"--data {entry!r}: expected TASK=PATH")
-        data[task.strip()] = path
-    return data
+    table = {}
+    for entry in (e for given in entries for e in (given.split(",") if commas else [given])):
+        task, sep, text = entry.partition("=")
+        if not sep or not task.strip() or not text:
+            raise ConfigError(f"{option} {entry!r}: expected TASK={value}")
+        table[task.strip()] = text
+    return table
 
 
 def settings_of(args: argparse.Namespace) -> EvalConfig:
     """The evaluator's settings from the parsed command line, every one checked before any work."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)}
-    given["data"] = _data_map(given["data"])
+    given["data"] = _task_map(given["data"], "--data", "PATH", commas=False)
+    given["task_limit"] = _task_map(given["task_limit"], "--task-limit", "N", commas=True)
     return eval_config(given)
 
 

@@ -46,6 +46,11 @@ class EvalConfig:
     limit: int | None = eval_option(
         None, "at most N items per task and pair (language); unset: all", range="[1, inf)"
     )
+    task_limit: dict[str, int] = eval_option(
+        {},
+        "TASK=N: a task's own --limit, e.g. mt=128 beside --limit 256 (generation costs more than "
+        "scoring); comma list or repeatable; N >= 1",
+    )
     items: ItemSelection = eval_option(
         "sample",
         "how --limit picks the items: sample (seeded by --seed, stratified over documents, the same "
@@ -107,6 +112,12 @@ def eval_config(settings: Mapping[str, object], name: Callable[[str], str] = fla
     unknown = [t for t in config.tasks if t not in ALL_TASKS]
     if unknown:
         raise ConfigError(f"{name('tasks')}: unknown task(s) {unknown}; choose from {', '.join(ALL_TASKS)}")
+    bad_limits = [f"{k}={n}" for k, n in config.task_limit.items() if k not in ALL_TASKS or n < 1]
+    if bad_limits:
+        raise ConfigError(
+            f"{name('task_limit')}: {', '.join(bad_limits)} not of the form TASK=N with a task of "
+            f"{', '.join(ALL_TASKS)} and N >= 1"
+        )
     bad_keys = [k for k in config.data if k not in DATA_KEYS]
     if bad_keys:
         raise ConfigError(

@@ -26,11 +26,15 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clmap.cli import add_debug_flag, run_main
 from clmap.config import ConfigError, check_flag_ranges, comma_numbers, existing_path
 from clmap.experiments import recipe, results, writeup
 from clmap.outputs import writable_folder
+
+if TYPE_CHECKING:
+    from clmap.evaluate.options import EvalConfig
 
 DEFAULT_TASKS = "mt,clnlu,ppl,lac"
 DEFAULT_SPLITS = "test,ood"
@@ -69,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--base-nproc", type=int, default=None, help="processes of the stage-1 run")
     add("--base-threads", type=int, default=None, help="OMP threads per process of the stage-1 run")
     add("--eval-limit", type=int, default=None, help="items per task, direction and split (0 = all)")
+    add(
+        "--eval-task-limit",
+        default=None,
+        metavar="TASK=N,...",
+        help="a task's own --eval-limit, e.g. mt=128 (the evaluator's --task-limit; preset)",
+    )
     add("--tasks", default=DEFAULT_TASKS, help="evaluator tasks")
     add("--pairs", default=None, help="evaluation language pairs (preset)")
     add("--splits", default=DEFAULT_SPLITS, help="bundled splits scored side by side (test, ood)")
@@ -109,7 +119,7 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         raise ConfigError(
             f"--stage-lr {args.stage_lr}: expected two learning rates, stage 1 (≥ 0) and stage 2 (> 0)"
         )
-    check_arguments(args)
+    args.eval_task_limit = check_arguments(args).task_limit  # {"mt": 128}: parsed by the evaluator's rules
     if args.protocol == "continue" and args.main_budget not in args.budgets:
         args.budgets = sorted({*args.budgets, args.main_budget})
     args.eval_limit = args.eval_limit or None
@@ -144,6 +154,7 @@ EVAL_FLAGS = {
     "pairs": "--pairs",
     "split": "--splits",
     "limit": "--eval-limit",
+    "task_limit": "--eval-task-limit",
     "device": "--device",
     "batch_size": "--eval-batch-size",
     "max_new_tokens": "--max-new-tokens",
@@ -151,10 +162,10 @@ EVAL_FLAGS = {
 }
 
 
-def check_arguments(args: argparse.Namespace) -> None:
+def check_arguments(args: argparse.Namespace) -> EvalConfig:
     """Every argument against its meaning before any work (a bad one would otherwise surface after
     hours of training, in the evaluator): counts, the variants' files, the base config, the tokenizer
-    and, with the evaluator's own rules, what is passed on to it."""
+    and, with the evaluator's own rules, what is passed on to it (returned, parsed)."""
     from clmap.evaluate.options import eval_config
 
     check_flag_ranges(args, COUNTS)
@@ -180,12 +191,13 @@ def check_arguments(args: argparse.Namespace) -> None:
         "pairs": args.pairs,
         "split": args.splits,
         "limit": args.eval_limit or None,
+        "task_limit": args.eval_task_limit or None,
         "device": args.device,
         "batch_size": args.eval_batch_size,
         "max_new_tokens": args.max_new_tokens,
         "data": data,
     }
-    eval_config(settings, name=lambda key: EVAL_FLAGS[key])
+    return eval_config(settings, name=lambda key: EVAL_FLAGS[key])
 
 
 def describe_model(args: argparse.Namespace, run: recipe.Run) -> str:
@@ -234,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "pairs": args.pairs,
         "splits": ",".join(args.splits),
         "eval_limit": args.eval_limit,
+        "eval_task_limit": args.eval_task_limit,
         "wall_min": (time.perf_counter() - t_start) / 60,
         "train_min": args.timing.get("train", 0.0) / 60,
         "eval_min": args.timing.get("eval", 0.0) / 60,

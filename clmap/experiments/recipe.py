@@ -422,11 +422,19 @@ def evaluate(run: Run, prompt_format: str, args: argparse.Namespace) -> tuple[Pa
     report = out / "report.json"
     if report.is_file() and not args.overwrite:
         settings = json.loads(report.read_text())["settings"]
-        wanted = (tasks, args.pairs, args.eval_limit, ",".join(args.splits), prompt_format)
+        wanted = (
+            tasks,
+            args.pairs,
+            args.eval_limit,
+            args.eval_task_limit,
+            ",".join(args.splits),
+            prompt_format,
+        )
         if (
             settings.get("tasks"),
             settings.get("pairs"),
             settings.get("limit"),
+            settings.get("task_limit") or {},
             settings.get("split"),
             settings.get("prompt_format"),
         ) == wanted:
@@ -438,6 +446,8 @@ def evaluate(run: Run, prompt_format: str, args: argparse.Namespace) -> tuple[Pa
     cmd += ["--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.eval_batch_size)]
     cmd += evaluator_options(prompt_format, args.splits)
     cmd += ["--limit", str(args.eval_limit)] if args.eval_limit else []
+    if args.eval_task_limit:
+        cmd += ["--task-limit", ",".join(f"{task}={n}" for task, n in args.eval_task_limit.items())]
     for entry in args.data:
         cmd += ["--data", entry]
     print(f"[ablation] {run.name}: evaluating ({prompt_format})", flush=True)

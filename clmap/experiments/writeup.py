@@ -292,6 +292,13 @@ def lac_table(lac: dict, variants: Sequence[str]) -> list[str]:
     return markdown_table(["pair", "split", "layer", *map(label, variants)], body)
 
 
+def items_line(meta: dict) -> str:
+    """How many items each task scored: "32 items", or "256 items (mt 128)" with per-task limits."""
+    own = meta.get("eval_task_limit") or {}
+    line = f"{meta['eval_limit'] or 'all'} items"
+    return line + (f" ({', '.join(f'{task} {n}' for task, n in own.items())})" if own else "")
+
+
 def run_line(meta: dict) -> str:
     """What produced the numbers: command, model, budgets, seeds, evaluation, wall time."""
     parts = [
@@ -301,7 +308,7 @@ def run_line(meta: dict) -> str:
         f"main budget: {meta['main_budget']} steps",
         f"seeds: {', '.join(map(str, meta['seeds']))}",
         f"evaluation: tasks {meta['tasks']}, pairs {meta['pairs']}, splits {meta['splits']}, "
-        f"{meta['eval_limit'] or 'all'} items per task and direction, evaluation seed 0",
+        f"{items_line(meta)} per task and direction, evaluation seed 0",
         f"wall time {meta['wall_min']:.1f} min (summed over parallel jobs: training "
         f"{meta['train_min']:.1f} min, evaluation {meta['eval_min']:.1f} min)",
     ]

@@ -106,16 +106,20 @@ class EvalContext:
             print(f"[clmap.evaluate] {note}", file=sys.stderr)  # recorded in report.json/md as well
         return False
 
-    def segments(self, a: str, b: str, source: DataSource, limited: bool = True) -> list[ParallelSegment]:
-        """The scored segments (``--limit`` of them drawn as ``--items`` says, the same for both
-        directions of a pair); ``limited=False``: every segment of the source."""
+    def limit(self, task: str) -> int | None:
+        """How many items ``task`` scores per pair (language): ``--task-limit``, else ``--limit``."""
+        return self.settings.task_limit.get(task, self.settings.limit)
+
+    def segments(self, a: str, b: str, source: DataSource, task: str | None) -> list[ParallelSegment]:
+        """The segments ``task`` scores (its :meth:`limit` of them drawn as ``--items`` says, the same
+        for both directions of a pair); ``task=None``: every segment of the source."""
         s = self.settings
         return parallel_segments(
             a,
             b,
             split=source.split or "test",
             path=source.path,
-            limit=s.limit if limited else None,
+            limit=None if task is None else self.limit(task),
             items=s.items,
             seed=s.seed,
         )

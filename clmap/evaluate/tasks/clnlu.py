@@ -45,8 +45,9 @@ class CrossLingualUnderstanding(Task):
             for source in sources:
                 if not context.usable(source, src, tgt, result):
                     continue
-                pool = context.segments(src, tgt, source, limited=False)  # distractors: the whole source
-                chosen = [seg.index for seg in context.segments(src, tgt, source)]  # MT's and LAC's items
+                pool = context.segments(src, tgt, source, None)  # distractors: the whole source
+                # the items: at equal limits the same sample as MT's and LAC's
+                chosen = [seg.index for seg in context.segments(src, tgt, source, "clnlu")]
                 questions = clnlu.translation_choice_items(
                     context.lm,
                     pool,
@@ -91,7 +92,7 @@ class CrossLingualUnderstanding(Task):
         }
         for a, b in context.pairs:
             questions = clnlu.belebele_items(
-                context.lm, folder, a, b, limit=s.limit, items=s.items, seed=s.seed
+                context.lm, folder, a, b, limit=context.limit("clnlu"), items=s.items, seed=s.seed
             )
             acc = clnlu.choice_accuracy(
                 questions, clnlu.model_scorer(context.lm, s.batch_size, f"belebele {a}-{b}")

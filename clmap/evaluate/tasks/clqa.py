@@ -41,7 +41,7 @@ class CrossLingualQA(Task):
             result.bertscore = {"model": str(s.bertscore_model), "layer": layer[0], "why": layer[1]}
             result.notes.append(f"BERTScore-P: {s.bertscore_model}, layer {layer[0]} ({layer[1]})")
         for a, b in context.pairs:
-            qa_items = clqa.clqa_items(context.data["clqa"], a, b, limit=s.limit)
+            qa_items = clqa.clqa_items(context.data["clqa"], a, b, limit=context.limit(self.name))
             scores = clqa.evaluate_clqa(
                 context.lm,
                 qa_items,

@@ -23,7 +23,7 @@ class CrossLingualSummarisation(Task):
             return result
         result.data["clsum"] = str(context.data["clsum"])
         for a, b in context.pairs:
-            records = clsum.crosssum_records(context.data["clsum"], a, b, limit=s.limit)
+            records = clsum.crosssum_records(context.data["clsum"], a, b, limit=context.limit(self.name))
             scores = clsum.evaluate_clsum(context.lm, records, a, b, batch_size=s.batch_size)
             key = f"{a}→{b}"
             for name in (*clsum.ROUGE_TYPES, "empty_generations"):

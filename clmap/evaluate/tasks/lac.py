@@ -52,7 +52,7 @@ class LanguageAlignment(Task):
                 aligned = alignment.evaluate_alignment(
                     context.lm,
                     pair,
-                    context.segments(a, b, source),
+                    context.segments(a, b, source, self.name),
                     batch_size=s.batch_size,
                     n_boot=s.n_boot,
                     seed=s.seed,

@@ -35,7 +35,7 @@ class MachineTranslation(Task):
                     context.lm,
                     src,
                     tgt,
-                    context.segments(src, tgt, source),
+                    context.segments(src, tgt, source, self.name),
                     prompt_format=context.prompt.name,
                     shots=shots,
                     template=s.mt_template,

@@ -31,7 +31,7 @@ class Perplexity(Task):
                     lang,
                     split=source.split or "test",
                     path=source.path,
-                    limit=s.limit,
+                    limit=context.limit(self.name),
                     items=s.items,
                     seed=s.seed,
                 )
