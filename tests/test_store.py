@@ -20,7 +20,7 @@ from conftest import LANGS, PAIRS, REPO, tiny_overrides
 from clmap.config import load_config
 from clmap.data.examples import IGNORE_INDEX, GroupTable
 from clmap.data.pipeline import check_stores, load_texts, make_stream, open_stores, train_data
-from clmap.data.readers import read_monolingual, read_parallel
+from clmap.data.readers import DataError, read_monolingual, read_parallel
 from clmap.data.store import (
     INDEX_DIR,
     KILL_AFTER_SHARDS,
@@ -117,6 +117,15 @@ def test_mono_store_round_trip_and_shards(corpus, tmp_path):
     assert all(
         tripled[i + r * len(store)].tolist() == expected[i] for r in range(3) for i in range(0, 360, 7)
     )
+
+
+def test_a_store_given_as_a_text_corpus_is_named_as_a_store(corpus, tmp_path):
+    """``data.mono_paths=en=STORE``: one line saying it is a store and how to train from it (before,
+    the reader parsed store.json as JSONL: "store.json, line 1: invalid JSON")."""
+    out = build_store(corpus["tok_dir"], [corpus["mono"]], "mono", tmp_path / "s", shard_tokens=1000)
+    for read in (read_monolingual, read_parallel):
+        with pytest.raises(DataError, match=rf"^{out}: is a token store .* data\.store=FOLDER"):
+            read(out)
 
 
 def test_parallel_store_and_num_proc(corpus, tmp_path):

@@ -154,6 +154,11 @@ def _expand(path: Paths, exts: Iterable[str]) -> list[Path]:
     files: list[Path] = []
     for item in items:
         p = Path(item)
+        if p.is_dir() and (p / "store.json").is_file():  # clmap.data.store.STORE_FILE (store imports us)
+            raise DataError(
+                f"{p}: is a token store (python -m clmap.data.store build), not a text corpus; "
+                "train from stores with data.store=FOLDER (the folder that holds them)"
+            )
         if p.is_dir():
             found = sorted(f for f in p.iterdir() if f.is_file() and _ext(f) in exts)
             if not found:
