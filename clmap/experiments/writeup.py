@@ -330,7 +330,8 @@ def endpoint_lines(head: dict, runs: Sequence[dict], intervals: int | None) -> l
     lines = [
         "Primary endpoints, one per claim, fixed in the generator (`PRIMARY` in "
         "`clmap/experiments/writeup.py`) for every results file; every other row, split, comparison "
-        "and interval of this page is exploratory. They were declared after these runs, not before.",
+        "and interval of this page is exploratory. They were declared in commit 2a2c3ae (2026-12-04 06:46 "
+        "UTC): a results file written before then was not planned around them.",
         "",
     ]
     seeds = sorted({r["seed"] for r in runs if r["stage"] not in ("base", "pretrained")})
