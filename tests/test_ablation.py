@@ -372,6 +372,36 @@ def test_in_and_out_of_domain_side_by_side(recipe_run, tmp_path):
     assert any("out-of-domain (ood)" in line for line in blocks["deltas"])
 
 
+def test_the_results_file_stores_each_item_set_once_and_reads_back_whole(recipe_run, tmp_path):
+    """Every run and metric that scored the same items shares one ``item_sets`` entry (ids and
+    documents written once); reading gives every metric its ids again, equal to the reports'."""
+    out, docs = recipe_run
+    path = docs / "ablation_results.json"
+    data = results.read_results(path)
+    raw = json.loads(path.read_text())
+    mt = next(m for m in _report(out, "cl_map_s1_3", "mapping")["tasks"]["mt"]["metrics"] if m.get("items"))
+    scored = {
+        json.dumps([m["items"]["ids"], m["items"]["docs"]])
+        for report in out.glob("eval/*/*/report.json")
+        for task in json.loads(report.read_text())["tasks"].values()
+        for m in task["metrics"]
+        if m.get("items")
+    }
+    assert len(raw["item_sets"]) == len(scored) >= 2  # at least MT's 4 items and the others' 8
+    assert path.read_text().count(json.dumps(mt["items"]["ids"][0])) == 1
+    record = next(r for r in data["runs"] if r["name"] == "cl_map_s1_3")
+    mine = next(
+        m for m in record["metrics"] if (m["task"], m["key"], m["metric"]) == ("mt", mt["key"], mt["metric"])
+    )
+    assert mine["items"]["ids"] == mt["items"]["ids"] and mine["items"]["values"] == mt["items"]["values"]
+    copy = results.write_results(tmp_path / "again.json", data["meta"], data["runs"])
+    assert results.read_results(copy) == data
+    raw["runs"][0]["metrics"] = [{**m, "items": {"set": "s99"}} for m in raw["runs"][0]["metrics"]]
+    (tmp_path / "bad.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="names item set 's99', not in item_sets"):
+        results.read_results(tmp_path / "bad.json")
+
+
 def test_reports_scored_on_several_splits_are_read_apart():
     """The evaluator's multi-split report: metrics carry ``split`` and a `` (split)`` name suffix."""
     report = {
