@@ -72,7 +72,8 @@ PRESETS: dict[str, dict] = {
         "threads": 1,
         "base_nproc": 2,
         "base_threads": 1,
-        "eval_limit": 32,
+        "eval_limit": 256,  # choice, LAC and perplexity; MT's generation costs more, so 128
+        "eval_task_limit": "mt=128",
         "eval_batch_size": 16,
         "pairs": "en-cs,cs-uk,zh-ja",
         "max_new_tokens": 32,
