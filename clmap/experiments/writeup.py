@@ -395,7 +395,8 @@ def inline_value(spec: str, ctx: dict) -> str:
     - ``paired|LABEL|SPLIT|BASE|VARIANT`` the paired bootstrap interval of a headline delta
     - ``scale|LABEL|SPLIT|VARIANT|STEPS`` a scale-curve mean; ``sdelta|LABEL|SPLIT|STEPS`` its Δ
     - ``metric|TASK|KEY|METRIC|SPLIT|VARIANT`` one key's mean (own format)
-    - ``training|VARIANT|KEY`` a training summary's value at the main budget, mean over seeds;
+    - ``training|VARIANT|KEY`` a training summary's value at the main budget, mean over seeds (a
+      dotted KEY reads a nested one: ``targets_by_kind.ntp``);
       ``ratio|VARIANT|BASE|KEY`` VARIANT's over BASE's as a signed percentage
     - ``layer|PAIR|SPLIT|VARIANT|LAYER`` LAC at one layer
     """
@@ -430,9 +431,14 @@ def inline_value(spec: str, ctx: dict) -> str:
     if kind in ("training", "ratio"):
         *variants, key = args
 
+        def value(training: dict) -> float:
+            for part in key.split("."):  # targets_by_kind.ntp: a nested value
+                training = training[part]
+            return training
+
         def mean(v: str) -> float:
             values = [
-                r["training"][key]
+                value(r["training"])
                 for r in ctx["runs"]
                 if r["variant"] == v and r["training"] and (r["stage"] == "base" or r["steps"] == ctx["main"])
             ]
