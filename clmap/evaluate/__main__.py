@@ -10,10 +10,10 @@ import typing
 from pathlib import Path
 
 from clmap.cli import add_debug_flag, run_main
-from clmap.config import ConfigError, option_summary
+from clmap.config import option_summary
 from clmap.evaluate import evaluate
 from clmap.evaluate.lm import CheckpointError
-from clmap.evaluate.options import EvalConfig, eval_config, flag
+from clmap.evaluate.options import EvalConfig, eval_config, flag, task_table
 from clmap.evaluate.sources import EvalDataError
 from clmap.outputs import output_lock, writable_folder
 
@@ -51,25 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _task_map(entries: list[str] | None, option: str, value: str, commas: bool) -> dict[str, str] | None:
-    """``["mt=PATH", ...]`` (a repeated ``option``) → ``{"mt": "PATH"}``; with ``commas`` an entry may
-    hold several (``mt=128,clnlu=256``; paths may contain commas, so ``--data`` takes one each)."""
-    if entries is None:
-        return None
-    table = {}
-    for entry in (e for given in entries for e in (given.split(",") if commas else [given])):
-        task, sep, text = entry.partition("=")
-        if not sep or not task.strip() or not text:
-            raise ConfigError(f"{option} {entry!r}: expected TASK={value}")
-        table[task.strip()] = text
-    return table
-
-
 def settings_of(args: argparse.Namespace) -> EvalConfig:
     """The evaluator's settings from the parsed command line, every one checked before any work."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)}
-    given["data"] = _task_map(given["data"], "--data", "PATH", commas=False)
-    given["task_limit"] = _task_map(given["task_limit"], "--task-limit", "N", commas=True)
+    given["data"] = task_table(given["data"], "--data", "PATH", commas=False)
+    given["task_limit"] = task_table(given["task_limit"], "--task-limit", "N", commas=True)
     return eval_config(given)
 
 

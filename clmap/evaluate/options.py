@@ -149,6 +149,20 @@ def check_bundled_inputs(config: EvalConfig, name: Callable[[str], str] = flag) 
     )
 
 
+def task_table(entries: list[str] | None, option: str, value: str, commas: bool) -> dict[str, str] | None:
+    """``["mt=PATH", ...]`` (a repeated ``option``) → ``{"mt": "PATH"}``; with ``commas`` an entry may
+    hold several (``mt=128,clnlu=256``; paths may contain commas, so ``--data`` takes one each)."""
+    if entries is None:
+        return None
+    table = {}
+    for entry in (e for given in entries for e in (given.split(",") if commas else [given])):
+        task, sep, text = entry.partition("=")
+        if not sep or not task.strip() or not text:
+            raise ConfigError(f"{option} {entry!r}: expected TASK={value}")
+        table[task.strip()] = text
+    return table
+
+
 def parse_pairs(pairs: str | Sequence[str], where: str = "--pairs") -> list[tuple[str, str]]:
     """``"en-cs,zh-ja"`` → [("en", "cs"), ("zh", "ja")]; rejects malformed codes early."""
     items = pairs.split(",") if isinstance(pairs, str) else list(pairs)

@@ -166,7 +166,7 @@ def check_arguments(args: argparse.Namespace) -> EvalConfig:
     """Every argument against its meaning before any work (a bad one would otherwise surface after
     hours of training, in the evaluator): counts, the variants' files, the base config, the tokenizer
     and, with the evaluator's own rules, what is passed on to it (returned, parsed)."""
-    from clmap.evaluate.options import eval_config
+    from clmap.evaluate.options import eval_config, task_table
 
     check_flag_ranges(args, COUNTS)
     config_dir = Path(args.config_dir)
@@ -180,22 +180,18 @@ def check_arguments(args: argparse.Namespace) -> EvalConfig:
     for flag, path in (("--base", args.base), ("--tokenizer", args.tokenizer)):
         if path is not None:
             existing_path(flag, path)
-    data = {}
-    for entry in args.data:
-        task, sep, path = entry.partition("=")
-        if not sep or not task or not path:
-            raise ConfigError(f"--data {entry!r}: expected TASK=PATH")
-        data[task] = path
     settings = {
         "tasks": args.tasks,
         "pairs": args.pairs,
         "split": args.splits,
         "limit": args.eval_limit or None,
-        "task_limit": args.eval_task_limit or None,
+        "task_limit": task_table(
+            args.eval_task_limit and [args.eval_task_limit], "--eval-task-limit", "N", commas=True
+        ),
         "device": args.device,
         "batch_size": args.eval_batch_size,
         "max_new_tokens": args.max_new_tokens,
-        "data": data,
+        "data": task_table(args.data, "--data", "PATH", commas=False),
     }
     return eval_config(settings, name=lambda key: EVAL_FLAGS[key])
 
